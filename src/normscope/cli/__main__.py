@@ -1,0 +1,5 @@
+import sys
+
+from normscope.cli import main
+
+sys.exit(main())

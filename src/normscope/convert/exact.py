@@ -1,0 +1,222 @@
+"""Exact LayerNorm → RMSNorm conversion of pre-LN transformers by writer centring.
+
+In a pre-LN transformer every reader of the residual stream sits behind a LayerNorm, which
+discards the stream's component along 𝟙. Subtracting from every *writer* (token and position
+embeddings, attention and MLP output projections, weights and biases) its mean over the
+d_model axis therefore leaves the outputs unchanged and makes every residual vector
+zero-mean, after which LN(x) = γ ⊙ x/√(mean(x²) + ε) + β = RMSNorm(x) with the same ε
+(Jiang et al. 2023; TransformerLens ``center_writing_weights``; ``lm-hidden-geometry.md`` §6).
+
+Design choice: γ and β stay in the norm — each LayerNorm becomes ``normscope.nn.RMSNorm``
+with ``bias=True`` holding the same weight and bias — rather than being folded into the
+readers. The architecture and state-dict keys stay those of the original model (only the
+norm class changes), which keeps the conversion a small, auditable identity and makes a
+saved conversion loadable into the original HF class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normscope.convert.families import Plan, centre_, plan
+from normscope.nn import RMSNorm
+
+FORMAT = 1
+
+
+def _set(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def rmsnorm_like(ln: nn.LayerNorm) -> RMSNorm:
+    """An RMSNorm with ``ln``'s ε, gain and bias (same dtype and device)."""
+    w = ln.weight
+    norm = RMSNorm(
+        tuple(ln.normalized_shape), eps=float(ln.eps), affine=w is not None, bias=ln.bias is not None,
+        device=w.device if w is not None else None, dtype=w.dtype if w is not None else None,
+    )
+    with torch.no_grad():
+        if w is not None:
+            norm.weight.copy_(w)
+        if ln.bias is not None:
+            norm.bias.copy_(ln.bias)
+    return norm
+
+
+def _untie(model: nn.Module, p: Plan) -> bool:
+    """Give the unembedding its own copy of a tied input-embedding matrix. Returns True if it was tied."""
+    if p.unembedding is None:
+        return False
+    head = model.get_submodule(p.unembedding)
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is None or head.weight.data_ptr() != emb.weight.data_ptr():
+        return False
+    head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
+    model.config.tie_word_embeddings = False
+    if hasattr(model, "get_expanded_tied_weights_keys"):
+        model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
+    return True
+
+
+def _fold_embedding_norm(model: nn.Module, emb_path: str, norm_path: str) -> None:
+    """Replace E by LN(E) row by row (float64) and the embedding LN by Identity (BLOOM).
+
+    Exact because that LN reads only the token embedding, which takes one of ``vocab`` values.
+    """
+    emb, ln = model.get_submodule(emb_path), model.get_submodule(norm_path)
+    with torch.no_grad():
+        w = ln.weight.double() if ln.weight is not None else None
+        b = ln.bias.double() if ln.bias is not None else None
+        table = F.layer_norm(emb.weight.double(), tuple(ln.normalized_shape), w, b, ln.eps)
+        emb.weight.copy_(table.to(emb.weight.dtype))
+    _set(model, norm_path, nn.Identity())
+
+
+def to_rmsnorm(model: nn.Module) -> nn.Module:
+    """Return a copy of a pre-LN transformer with every LayerNorm replaced by RMSNorm, exactly.
+
+    For each residual writer W (rows of the embedding tables; the d_model axis of attention
+    and MLP output projections, layout-aware for HF ``Conv1D``) and its bias b:
+    W ← W − mean_dmodel(W), b ← b − mean(b), computed in float64 and cast back. A tied
+    unembedding is untied first so it keeps the original matrix. BLOOM's embedding LN is
+    folded into the embedding table. Each residual-reading LayerNorm (γ, β, ε) becomes
+    ``normscope.nn.RMSNorm(d, eps=ε, bias=True)`` with the same γ, β. The input is not modified.
+    The conversion record is stored in ``config.normscope_conversion``.
+
+    **Arguments:** ``model`` — an HF model of a supported family (``families.SUPPORTED``).
+
+    **Returns:** the converted model. Raises ``NotConvertibleError`` (a ``ValueError``) with
+    the reason for post-LN models, RMSNorm models and unknown architectures.
+    """
+    p = plan(model)
+    new = copy.deepcopy(model)
+    modules = dict(new.named_modules())
+    emb = new.get_input_embeddings() if hasattr(new, "get_input_embeddings") else None
+    touches_table = p.embedding_norm is not None or any(modules[w] is emb for w in p.writers)
+    untied = _untie(new, p) if touches_table else False
+    if p.embedding_norm:
+        emb_path = next(w for w in p.writers if modules[w] is emb)
+        _fold_embedding_norm(new, emb_path, p.embedding_norm)
+    removed = {w: centre_(modules[w]) for w in p.writers}
+    for n in p.norms:
+        _set(new, n, rmsnorm_like(modules[n]))
+    record = {
+        "format": FORMAT,
+        "family": p.family,
+        "norms": p.norms,
+        "embedding_norm_folded": p.embedding_norm,
+        "untied_unembedding": untied,
+        "norm_module": "normscope.nn.RMSNorm(bias=True)",
+    }
+    new.config.normscope_conversion = record
+    new._normscope_centring = removed  # largest |mean| removed per writer, for the manifest
+    return new
+
+
+def apply_structure(model: nn.Module, record: dict) -> nn.Module:
+    """Rebuild a conversion's module structure on a freshly built original model (for loading).
+
+    Replaces the recorded norms by RMSNorm and a folded embedding LN by Identity; the
+    weights come from the saved state dict afterwards.
+    """
+    if record.get("format") != FORMAT:
+        raise ValueError(f"unknown normscope conversion format {record.get('format')!r} (expected {FORMAT})")
+    for n in record["norms"]:
+        _set(model, n, rmsnorm_like(model.get_submodule(n)))
+    if record.get("embedding_norm_folded"):
+        _set(model, record["embedding_norm_folded"], nn.Identity())
+    model.config.normscope_conversion = record
+    return model
+
+
+@contextlib.contextmanager
+def evaluating(*models: nn.Module):
+    """Put models in eval mode (no dropout) for the block, restoring their modes after."""
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
+def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=ids)
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+@torch.no_grad()
+def compare(original: nn.Module, converted: nn.Module, batches: Iterable[torch.Tensor]) -> dict:
+    """Logit agreement of two models on token batches.
+
+    Returns ``max_abs_dlogits`` (max |Δlogit|), ``mean_abs_dlogits``, ``max_abs_logit``, and the
+    KL divergence KL(p_original ‖ p_converted) of next-token distributions (``kl_mean``,
+    ``kl_max``, in nats), over ``tokens`` positions.
+    """
+    mx = mean_num = kl_sum = kl_max = big = 0.0
+    n_tok = n_el = 0
+    for ids in batches:
+        with evaluating(original, converted):
+            a, b = _logits(original, ids), _logits(converted, ids)
+        d = (a.double() - b.double()).abs()
+        mx = max(mx, float(d.max()))
+        mean_num += float(d.sum())
+        n_el += d.numel()
+        big = max(big, float(a.abs().max()))
+        la, lb = F.log_softmax(a.double(), -1), F.log_softmax(b.double(), -1)
+        kl = (la.exp() * (la - lb)).sum(-1).clamp_min(0.0)
+        kl_sum += float(kl.sum())
+        kl_max = max(kl_max, float(kl.max()))
+        n_tok += kl.numel()
+    if n_tok == 0:
+        raise ValueError("compare() got no batches")
+    return {
+        "tokens": n_tok,
+        "max_abs_dlogits": mx,
+        "mean_abs_dlogits": mean_num / n_el,
+        "max_abs_logit": big,
+        "kl_mean": kl_sum / n_tok,
+        "kl_max": kl_max,
+    }
+
+
+@torch.no_grad()
+def residual_mean(converted: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+    """Largest |mean(x)| / RMS(x) of the input to every converted norm (0 for a centred stream)."""
+    record = converted.config.normscope_conversion
+    worst: dict[str, float] = {n: 0.0 for n in record["norms"]}
+    handles = []
+    for n in record["norms"]:
+        def hook(mod, args, n=n):
+            x = args[0].double()
+            r = (x.mean(-1).abs() / x.square().mean(-1).sqrt().clamp_min(1e-300)).max()
+            worst[n] = max(worst[n], float(r))
+        handles.append(converted.get_submodule(n).register_forward_pre_hook(hook))
+    try:
+        with evaluating(converted):
+            for ids in batches:
+                converted(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return worst
+
+
+def describe(model: nn.Module) -> dict:
+    """The conversion record plus per-writer centring (for the manifest)."""
+    record = dict(model.config.normscope_conversion)
+    removed = getattr(model, "_normscope_centring", None)
+    if removed is not None:
+        record["writers_centred"] = {k: {"max_abs_mean_removed": v} for k, v in removed.items()}
+    return record
+
+

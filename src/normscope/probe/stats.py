@@ -1,0 +1,242 @@
+"""Streaming, mergeable statistics with fixed-bin histograms.
+
+:class:`StreamStats` keeps, for each of M metrics, the count, mean and M2 (sum of squared
+deviations), min, max and a fixed-bin histogram. Memory is independent of the number of values
+seen. Batches are folded in and states merged with Chan et al.'s parallel update::
+
+    n = na + nb,  δ = mean_b − mean_a,  mean = mean_a + δ·nb/n,  M2 = M2a + M2b + δ²·na·nb/n
+
+Quantiles (p01, p50, p99) are interpolated linearly inside the histogram bin (in the bin's own
+scale), clamped to [min, max]: their error is at most one bin width. ``std`` is the population
+SD, sqrt(M2/n).
+
+Each metric has a fixed histogram range on one of three scales: ``linear`` (angles, fractions),
+``log10`` (positive, many decades: norms, RMS, cos², gaps) and ``asinh`` (signed, many decades:
+means; t = asinh(v/param)). Values outside go to underflow/overflow counters (log10 of 0 is an
+underflow).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+__all__ = ["HistSpec", "StreamStats", "SPECS", "BINS"]
+
+BINS = 2000
+
+
+@dataclass(frozen=True)
+class HistSpec:
+    scale: str  # "linear" | "log10" | "asinh"
+    lo: float  # in transformed units
+    hi: float
+    param: float = 1.0  # asinh scale
+    bins: int = BINS
+
+    def transform(self, v: torch.Tensor) -> torch.Tensor:
+        if self.scale == "linear":
+            return v
+        if self.scale == "log10":
+            return torch.log10(v)  # v <= 0 -> -inf / nan -> underflow
+        return torch.asinh(v / self.param)
+
+    def inverse(self, t: torch.Tensor) -> torch.Tensor:
+        if self.scale == "linear":
+            return t
+        if self.scale == "log10":
+            return torch.pow(10.0, t)
+        return torch.sinh(t) * self.param
+
+    @property
+    def width(self) -> float:
+        return (self.hi - self.lo) / self.bins
+
+
+# fixed ranges per metric kind (documented in SCHEMA.md)
+SPECS = {
+    "angle_deg": HistSpec("linear", 0.0, 180.0),
+    "rotation_deg": HistSpec("linear", 0.0, 180.0),
+    "norm": HistSpec("log10", -8.0, 8.0),
+    "rms": HistSpec("log10", -8.0, 8.0),
+    "std": HistSpec("log10", -8.0, 8.0),
+    "mean": HistSpec("asinh", -33.0, 33.0, param=1e-6),
+    "cos2": HistSpec("log10", -16.0, 0.0),
+    "radial_fraction": HistSpec("linear", 0.0, 1.0),
+    "rms_gap": HistSpec("log10", -12.0, 2.0),
+}
+
+
+class StreamStats:
+    """Mergeable statistics of M metrics (rows) over a stream of values."""
+
+    def __init__(self, specs: Sequence[HistSpec]):
+        self.specs = list(specs)
+        m = len(self.specs)
+        self.bins = self.specs[0].bins
+        if any(s.bins != self.bins for s in self.specs):
+            raise ValueError("all metrics of one StreamStats need the same bin count")
+        self.n = torch.zeros(m, dtype=torch.int64)
+        self.mean = torch.zeros(m, dtype=torch.float64)
+        self.m2 = torch.zeros(m, dtype=torch.float64)
+        self.min = torch.full((m,), math.inf, dtype=torch.float64)
+        self.max = torch.full((m,), -math.inf, dtype=torch.float64)
+        self.hist = torch.zeros(m, self.bins + 2, dtype=torch.int64)  # [underflow, bins..., overflow]
+        self._lo = torch.tensor([s.lo for s in self.specs], dtype=torch.float64)
+        self._w = torch.tensor([s.width for s in self.specs], dtype=torch.float64)
+        self._hi = torch.tensor([s.hi for s in self.specs], dtype=torch.float64)
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(self.specs):
+            groups.setdefault((s.scale, s.param), []).append(i)
+        self._groups = [(self.specs[idx[0]], torch.tensor(idx)) for idx in groups.values()]
+
+    # -- updating ----------------------------------------------------------------------------
+    def update(self, values: torch.Tensor) -> None:
+        """Fold in ``values`` of shape (M, T) (any float dtype/device; NaN rows entries skipped)."""
+        v = values.detach().to("cpu", torch.float64)
+        if v.ndim != 2 or v.shape[0] != len(self.specs):
+            raise ValueError(f"expected values of shape ({len(self.specs)}, T), got {tuple(v.shape)}")
+        if v.shape[1] == 0:
+            return
+        finite = torch.isfinite(v)
+        if bool(finite.all()):
+            self._update_dense(v)
+        else:  # rare: per-row masking
+            for i in range(v.shape[0]):
+                row = v[i][finite[i]]
+                if row.numel():
+                    self._update_rows(row[None, :], torch.tensor([i]))
+
+    def _update_dense(self, v: torch.Tensor) -> None:
+        self._update_rows(v, None)
+
+    def _update_rows(self, v: torch.Tensor, rows: torch.Tensor | None) -> None:
+        m, t = v.shape
+        mb = v.mean(1)
+        m2b = ((v - mb[:, None]) ** 2).sum(1)
+        vmin, vmax = torch.aminmax(v, dim=1)
+        sel = slice(None) if rows is None else rows
+        na = self.n[sel].to(torch.float64)
+        n = na + t
+        delta = mb - self.mean[sel]
+        self.mean[sel] = self.mean[sel] + delta * (t / n)
+        self.m2[sel] = self.m2[sel] + m2b + delta * delta * (na * t / n)
+        self.n[sel] += t
+        self.min[sel] = torch.minimum(self.min[sel], vmin)
+        self.max[sel] = torch.maximum(self.max[sel], vmax)
+        self.hist[sel] += self._histogram(v, rows)
+
+    def _histogram(self, v: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        m = v.shape[0]
+        idx_rows = torch.arange(len(self.specs)) if rows is None else rows
+        tv = torch.empty_like(v)
+        if rows is None:
+            for spec, idx in self._groups:
+                tv[idx] = spec.transform(v[idx])
+        else:
+            for j, r in enumerate(rows.tolist()):
+                tv[j] = self.specs[r].transform(v[j])
+        lo, w, hi = self._lo[idx_rows, None], self._w[idx_rows, None], self._hi[idx_rows, None]
+        pos = torch.floor((tv - lo) / w)
+        pos = torch.where(tv == hi, torch.full_like(pos, self.bins - 1), pos)  # hi edge inclusive
+        pos = torch.nan_to_num(pos, nan=-1.0).clamp_(-1, self.bins) + 1  # 0 = underflow, bins+1 = overflow
+        flat = (pos.long() + (torch.arange(m) * (self.bins + 2))[:, None]).reshape(-1)
+        return torch.bincount(flat, minlength=m * (self.bins + 2)).view(m, self.bins + 2)
+
+    # -- merging -----------------------------------------------------------------------------
+    def merge(self, other: "StreamStats") -> "StreamStats":
+        """Fold ``other`` into ``self`` (Chan et al.); returns self."""
+        if other.specs != self.specs:
+            raise ValueError("cannot merge statistics with different metrics/histogram ranges")
+        na = self.n.to(torch.float64)
+        nb = other.n.to(torch.float64)
+        n = na + nb
+        safe = torch.where(n > 0, n, torch.ones_like(n))
+        delta = other.mean - self.mean
+        self.mean = torch.where(n > 0, self.mean + delta * nb / safe, self.mean)
+        self.m2 = self.m2 + other.m2 + torch.where(n > 0, delta * delta * na * nb / safe, torch.zeros_like(n))
+        self.n = self.n + other.n
+        self.min = torch.minimum(self.min, other.min)
+        self.max = torch.maximum(self.max, other.max)
+        self.hist = self.hist + other.hist
+        return self
+
+    def state(self) -> dict:
+        """Plain-tensor state (for all_gather / pickling)."""
+        return {k: getattr(self, k).clone() for k in ("n", "mean", "m2", "min", "max", "hist")}
+
+    @classmethod
+    def from_state(cls, specs: Sequence[HistSpec], state: dict) -> "StreamStats":
+        s = cls(specs)
+        for k, v in state.items():
+            setattr(s, k, v.clone())
+        return s
+
+    # -- summaries ---------------------------------------------------------------------------
+    def quantile(self, i: int, q: float) -> float:
+        """Quantile q in [0, 1] of metric i, interpolated inside its histogram bin."""
+        n = int(self.n[i])
+        if n == 0:
+            return math.nan
+        spec = self.specs[i]
+        h = self.hist[i].to(torch.float64)
+        cum = torch.cumsum(h, 0)
+        target = q * n
+        k = int(torch.searchsorted(cum, torch.tensor(target, dtype=torch.float64)).clamp(max=len(cum) - 1))
+        while k < len(cum) - 1 and h[k] == 0:
+            k += 1
+        before = float(cum[k] - h[k])
+        frac = 0.0 if h[k] == 0 else min(max((target - before) / float(h[k]), 0.0), 1.0)
+        vmin, vmax = float(self.min[i]), float(self.max[i])
+        if k == 0:  # underflow: between min and the low edge
+            lo_v, hi_v = vmin, float(spec.inverse(torch.tensor(spec.lo)))
+            val = lo_v + frac * (min(hi_v, vmax) - lo_v) if math.isfinite(lo_v) else vmin
+        elif k == len(cum) - 1:  # overflow: between the high edge and max
+            lo_v = float(spec.inverse(torch.tensor(spec.hi)))
+            val = lo_v + frac * (vmax - lo_v)
+        else:
+            t = spec.lo + (k - 1 + frac) * spec.width
+            val = float(spec.inverse(torch.tensor(t, dtype=torch.float64)))
+        return min(max(val, vmin), vmax)
+
+    def summary(self, i: int, *, with_hist: bool = True) -> dict:
+        """JSON-ready summary of metric i (see SCHEMA.md)."""
+        n = int(self.n[i])
+        out: dict = {"count": n}
+        if n == 0:
+            out.update({k: None for k in ("mean", "std", "min", "max", "p01", "p50", "p99")})
+            return out
+        out["mean"] = float(self.mean[i])
+        out["std"] = math.sqrt(max(float(self.m2[i]) / n, 0.0))
+        out["min"] = float(self.min[i])
+        out["max"] = float(self.max[i])
+        for name, q in (("p01", 0.01), ("p50", 0.5), ("p99", 0.99)):
+            out[name] = self.quantile(i, q)
+        if with_hist:
+            out["hist"] = self.hist_summary(i)
+        return out
+
+    def hist_summary(self, i: int) -> dict:
+        """Histogram trimmed to its non-empty span; edges in the metric's own units."""
+        spec = self.specs[i]
+        h = self.hist[i]
+        inner = h[1:-1]
+        nz = torch.nonzero(inner).flatten()
+        if nz.numel():
+            a, b = int(nz[0]), int(nz[-1]) + 1
+        else:
+            a = b = 0
+        t_edges = spec.lo + torch.arange(a, b + 1, dtype=torch.float64) * spec.width
+        edges = spec.inverse(t_edges) if b > a else torch.zeros(0, dtype=torch.float64)
+        return {
+            "scale": spec.scale,
+            "param": spec.param,
+            "bin_width": spec.width,
+            "edges": [float(e) for e in edges],
+            "counts": [int(c) for c in inner[a:b]],
+            "underflow": int(h[0]),
+            "overflow": int(h[-1]),
+        }

@@ -1,0 +1,393 @@
+"""Gupta-style tables (angle with 𝟙, norm spread, rotation) from a stats dict.
+
+The three tables of Gupta, Ozdemir & Anumanchipalli (arXiv:2409.12951 v2, Tables 2-4)
+aggregate per-token metrics over all blocks of a model. Each of our cells is the
+mean of the per-layer token means, followed by two spreads:
+
+- **paper-style ±** = mean over layers of the per-layer token SD, divided by √L
+  (L = number of blocks). This is how the paper's "±" behaves (reference
+  ``lm-hidden-geometry.md`` §4.2: legend SD / √L); the paper never states it.
+- **σ** = the true pooled token SD over all layers,
+  σ² = Σ_l n_l (s_l² + (m_l − m̄)²) / Σ_l n_l (exact from per-layer mean m_l, SD s_l, count n_l).
+
+Vector types follow the paper (§2.4): *Hidden* = input of the block's first norm
+(LN1, before attention), *Post-LN1* = its output, *Pre-LN2* = input of the second
+norm (before the MLP), *Post-LN2* = its output. For post-LN encoders (BERT/MiniLM)
+LN1/LN2 are the norms after the attention and MLP residual adds, so "Hidden" is
+the residual sum *after* the add; the embedding norm and the final norm are not
+part of these tables (the paper studies neither), but are in the per-layer plots.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Iterable, Sequence
+
+PRE_ROLES = ("pre_attention", "pre_mlp")
+POST_ROLES = ("post_attention", "post_mlp")
+BLOCK_ROLES = PRE_ROLES + POST_ROLES
+
+
+# ----------------------------------------------------------------------------- stats access
+
+
+def num(summary: Any, key: str) -> float:
+    """``summary[key]`` as float, NaN when missing or null."""
+    if not isinstance(summary, dict):
+        return math.nan
+    v = summary.get(key)
+    if v is None:
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def count_of(summary: Any) -> float:
+    """Number of values behind a summary (``count`` or ``n``), NaN if unknown."""
+    for key in ("count", "n"):
+        v = num(summary, key)
+        if not math.isnan(v):
+            return v
+    return math.nan
+
+
+def layer_index(entry: dict) -> int | None:
+    """Block index of a layer entry: its ``layer`` field, else the first integer in its name."""
+    v = entry.get("layer")
+    if isinstance(v, int):
+        return v
+    m = re.search(r"\.(\d+)\.", "." + str(entry.get("name", "")) + ".")
+    return int(m.group(1)) if m else None
+
+
+def is_post_ln(model: dict) -> bool:
+    """True when the model has block norms and none of them sits before a sublayer."""
+    roles = {e.get("role") for e in model.get("layers", [])}
+    return not (roles & set(PRE_ROLES)) and bool(roles & set(POST_ROLES))
+
+
+def ln_sites(model: dict) -> tuple[list[dict], list[dict], str, str]:
+    """The block norms playing the paper's LN1 and LN2 roles, plus their roles' names.
+
+    LN1 = ``pre_attention`` norms (or ``post_attention`` for post-LN models),
+    LN2 = ``pre_mlp`` norms (or ``post_mlp``). Sorted by block index.
+    """
+    layers = model.get("layers", [])
+    post = is_post_ln(model)
+    r1, r2 = ("post_attention", "post_mlp") if post else ("pre_attention", "pre_mlp")
+    key = lambda e: (layer_index(e) if layer_index(e) is not None else -1)
+    ln1 = sorted((e for e in layers if e.get("role") == r1), key=key)
+    ln2 = sorted((e for e in layers if e.get("role") == r2), key=key)
+    return ln1, ln2, r1, r2
+
+
+def get_path(entry: dict, path: str) -> Any:
+    """``get_path(e, "input.angle_deg")`` -> e["input"]["angle_deg"] (None if missing)."""
+    cur: Any = entry
+    for part in path.split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+@dataclass(frozen=True)
+class Agg:
+    """Across-layer aggregate of per-layer token summaries (see module docstring)."""
+
+    mean: float
+    pm: float  # paper-style: mean per-layer SD / sqrt(L)
+    sd: float  # pooled token SD over all layers
+    max: float
+    min: float
+    n_layers: int
+
+    def fmt(self, digits: int = 2, *, sd: bool = True) -> str:
+        if self.n_layers == 0 or math.isnan(self.mean):
+            return "–"
+        s = f"{self.mean:.{digits}f} ± {self.pm:.{digits}f}"
+        if sd:
+            s += f" (σ {self.sd:.{digits}f})"
+        return s
+
+
+def aggregate(summaries: Sequence[Any]) -> Agg:
+    """Aggregate per-layer summaries ``{"mean","std","min","max"[,"count"]}``.
+
+    Layers whose summary has no finite mean are ignored (e.g. all-NaN layers).
+    """
+    rows = [s for s in summaries if isinstance(s, dict) and math.isfinite(num(s, "mean"))]
+    if not rows:
+        nan = math.nan
+        return Agg(nan, nan, nan, nan, nan, 0)
+    L = len(rows)
+    means = [num(s, "mean") for s in rows]
+    sds = [num(s, "std") for s in rows]
+    counts = [count_of(s) for s in rows]
+    if any(math.isnan(c) or c <= 0 for c in counts):
+        counts = [1.0] * L
+    n = sum(counts)
+    mbar = sum(c * m for c, m in zip(counts, means)) / n
+    var = sum(c * ((0.0 if math.isnan(s) else s) ** 2 + (m - mbar) ** 2) for c, s, m in zip(counts, sds, means)) / n
+    finite_sds = [s for s in sds if math.isfinite(s)]
+    pm = (sum(finite_sds) / len(finite_sds)) / math.sqrt(L) if finite_sds else math.nan
+    maxes = [num(s, "max") for s in rows if math.isfinite(num(s, "max"))]
+    mins = [num(s, "min") for s in rows if math.isfinite(num(s, "min"))]
+    return Agg(
+        mean=mbar,
+        pm=pm,
+        sd=math.sqrt(var),
+        max=max(maxes) if maxes else math.nan,
+        min=min(mins) if mins else math.nan,
+        n_layers=L,
+    )
+
+
+def agg_path(entries: Iterable[dict], path: str) -> Agg:
+    return aggregate([get_path(e, path) for e in entries])
+
+
+# ----------------------------------------------------------------------------- paper numbers
+
+
+def paper_tables() -> dict:
+    """The paper's published numbers (``normscope/data/gupta_tables.json``), with provenance."""
+    text = resources.files("normscope").joinpath("data", "gupta_tables.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _pm(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, list):
+        return f"{v[0]:.2f} ± {v[1]:.2f}"
+    return f"{v:.2f}"
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Table:
+    """A rendered-agnostic table: header, rows (label + cells), which rows are the paper's, notes."""
+
+    key: str
+    title: str
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    paper_rows: set[int] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        out = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
+        for i, r in enumerate(self.rows):
+            cells = list(r)
+            if i in self.paper_rows:
+                cells[0] = f"{cells[0]} *(paper)*"
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        out.append("")
+        out += [f"- {n}" for n in self.notes]
+        return "\n".join(out) + "\n"
+
+    def to_html(self) -> str:
+        h = ['<div class="table-wrap"><table class="gupta">', "<thead><tr>"]
+        h += [f"<th>{html.escape(c)}</th>" for c in self.header]
+        h.append("</tr></thead><tbody>")
+        first_paper = min(self.paper_rows) if self.paper_rows else None
+        for i, r in enumerate(self.rows):
+            cls = "paper" if i in self.paper_rows else "ours"
+            if i == first_paper:
+                h.append(
+                    f'<tr class="sep"><td colspan="{len(self.header)}">'
+                    "Published numbers of Gupta et al. (2025), their models and data — for reference</td></tr>"
+                )
+            tds = [f'<td class="label">{html.escape(r[0])}</td>'] + [f"<td>{_cell_html(c)}</td>" for c in r[1:]]
+            h.append(f'<tr class="{cls}">' + "".join(tds) + "</tr>")
+        h.append("</tbody></table></div>")
+        if self.notes:
+            h.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in self.notes) + "</ul>")
+        return "".join(h)
+
+
+def _cell_html(c: str) -> str:
+    m = re.match(r"^(.*?) \(σ (.*)\)$", c)
+    if m:
+        return f'{html.escape(m.group(1))} <span class="sd">σ {html.escape(m.group(2))}</span>'
+    return html.escape(c)
+
+
+def _label(model: dict) -> str:
+    lab = str(model.get("name", "?"))
+    if is_post_ln(model):
+        lab += " [post-LN]"
+    return lab
+
+
+PM_NOTE = (
+    "Our cells: mean over blocks of the per-block token mean ± paper-style spread "
+    "(mean per-block token SD / √L, L = number of blocks), then σ = pooled SD over all tokens of all blocks. "
+    "The paper's ± matches SD/√L of its per-layer histograms (an inference from its numbers, not stated by the paper); "
+    "it is NOT the token spread, which is √L times larger."
+)
+
+
+def _model_notes(models: Sequence[dict]) -> list[str]:
+    notes = []
+    for m in models:
+        if is_post_ln(m):
+            notes.append(
+                f"{m.get('name')}: post-LN encoder, so 'Hidden' is the input of attention.output.LayerNorm "
+                "(residual sum after the attention add) and LN2 is output.LayerNorm (after the MLP add); "
+                "not directly comparable with the paper's pre-LN decoders."
+            )
+    return notes
+
+
+def table2(stats: dict, *, paper: dict | None = None) -> Table:
+    """Table 2: angle (°) with the all-ones vector, before and after the block norms."""
+    paper = paper_tables() if paper is None else paper
+    t = Table(
+        "table2",
+        "Table 2 — angle with 𝟙 (degrees), all blocks",
+        ["model", "Hidden & 𝟙", "Post-LN1 & 𝟙", "Pre-LN2 & 𝟙", "Post-LN2 & 𝟙"],
+    )
+    for m in stats.get("models", []):
+        ln1, ln2, _, _ = ln_sites(m)
+        t.rows.append(
+            [
+                _label(m),
+                agg_path(ln1, "input.angle_deg").fmt(),
+                agg_path(ln1, "output.angle_deg").fmt(),
+                agg_path(ln2, "input.angle_deg").fmt(),
+                agg_path(ln2, "output.angle_deg").fmt(),
+            ]
+        )
+    for name, (h, p1, p2) in paper["table2_angle_with_ones_deg"]["rows"].items():
+        t.paper_rows.add(len(t.rows))
+        t.rows.append([name, _pm(h), _pm(p1), "n/a", _pm(p2)])
+    t.notes = [
+        PM_NOTE,
+        "Random-vector baseline: an isotropic x in R^d has angle 90° ± 57.3°/√d with 𝟙.",
+        "The paper prints no Pre-LN2 column in Table 2 (only in histogram legends, shown below); "
+        "'–' = the model has no such norm (GPT-J has one LN per block).",
+    ] + _model_notes(stats.get("models", []))
+    return t
+
+
+def table3(stats: dict, *, paper: dict | None = None) -> Table:
+    """Table 3: L2 norms before and after the block norms (mean ± spread, and max)."""
+    paper = paper_tables() if paper is None else paper
+    t = Table(
+        "table3",
+        "Table 3 — L2 norm of the vectors, all blocks",
+        ["model", "Hidden", "max Hidden", "Post-LN1", "max Post-LN1", "Post-LN2", "max Post-LN2", "SD ratio Hidden/Post-LN1"],
+    )
+    for m in stats.get("models", []):
+        ln1, ln2, _, _ = ln_sites(m)
+        h, p1, p2 = agg_path(ln1, "input.norm"), agg_path(ln1, "output.norm"), agg_path(ln2, "output.norm")
+        ratio = h.sd / p1.sd if p1.n_layers and p1.sd > 0 else math.nan
+        t.rows.append(
+            [
+                _label(m),
+                h.fmt(),
+                _num(h.max),
+                p1.fmt(),
+                _num(p1.max),
+                p2.fmt(),
+                _num(p2.max),
+                "–" if math.isnan(ratio) else f"{ratio:.1f}× (pooled σ)",
+            ]
+        )
+    for name, row in paper["table3_l2_norm"]["rows"].items():
+        h, mh, p1, mp1, p2, mp2 = row
+        ratio = f"{h[1] / p1[1]:.0f}× (their ±)" if h and p1 else "–"
+        t.paper_rows.add(len(t.rows))
+        t.rows.append([name, _pm(h), _pm(mh), _pm(p1), _pm(mp1), _pm(p2), _pm(mp2), ratio])
+    t.notes = [
+        PM_NOTE,
+        "max = largest single-token norm over all blocks. The paper reports that the norm layers shrink the "
+        "spread of the norm 10-100×; the last column is that factor.",
+        "Post-LN norms depend on the learned gain γ (and bias β); the standardised norm before the affine step is √d.",
+    ] + _model_notes(stats.get("models", []))
+    return t
+
+
+def table4(stats: dict, *, paper: dict | None = None) -> Table:
+    """Table 4: rotation (°) between a norm layer's input and its output."""
+    paper = paper_tables() if paper is None else paper
+    t = Table(
+        "table4",
+        "Table 4 — rotation (degrees) between norm input and output, all blocks",
+        ["model", "LN1: Hidden → Post-LN1", "LN2: Pre-LN2 → Post-LN2", "of which mean removal: LN1", "LN2"],
+    )
+    for m in stats.get("models", []):
+        ln1, ln2, _, _ = ln_sites(m)
+        t.rows.append(
+            [
+                _label(m),
+                agg_path(ln1, "rotation_deg").fmt(),
+                agg_path(ln2, "rotation_deg").fmt(),
+                _mean_removal_rotation(ln1),
+                _mean_removal_rotation(ln2),
+            ]
+        )
+    for name, (r1, r2) in paper["table4_rotation_deg"]["rows"].items():
+        t.paper_rows.add(len(t.rows))
+        t.rows.append([name, _pm(r1), _pm(r2), "n/a", "n/a"])
+    t.notes = [
+        PM_NOTE,
+        "The paper labels the LN2 column 'Hidden & Post-LN2'; we read 'Hidden' there as the LN2 input (the more "
+        "plausible reading, reference §5.1).",
+        "'of which mean removal' = mean over tokens of |90° − θ(x, 𝟙)|, the rotation that removing the mean alone "
+        "causes (our decomposition, not in the paper; bounded via the mean of |90° − mean θ| when per-token data is "
+        "unavailable). RMSNorm's standardisation rotates nothing, so the rest comes from the gain γ (and bias β).",
+    ] + _model_notes(stats.get("models", []))
+    return t
+
+
+def _mean_removal_rotation(entries: list[dict]) -> str:
+    """|90° − θ| aggregated over blocks, from the ``rms_gap`` summaries when present."""
+    gaps = [e.get("rms_gap") for e in entries]
+    if entries and all(isinstance(g, dict) and "mean" in g for g in gaps):
+        a = aggregate(gaps)
+        return f"{a.mean:.2f}"
+    return "–"
+
+
+def paper_legend_table(paper: dict | None = None) -> Table:
+    """The single-layer histogram legends (mean ± token SD at one layer), for scale."""
+    paper = paper_tables() if paper is None else paper
+    leg = paper["histogram_legends_angle_deg"]
+    t = Table(
+        "legends",
+        "Paper's single-layer angle histograms (legend mean ± token SD, degrees)",
+        ["model (layer)", "Hidden", "Post-LN1", "Pre-LN2", "Post-LN2"],
+    )
+    for name, row in leg["rows"].items():
+        t.paper_rows.add(len(t.rows))
+        t.rows.append([f"{name} ({paper['models'][name]['hist_layer']})"] + [_pm(v) for v in row])
+    t.notes = [
+        "Here the ± IS the token SD at that layer. Dividing it by √L gives the ± of Table 2 "
+        "(e.g. GPT-J 8.90/√28 = 1.68)."
+    ]
+    return t
+
+
+def _num(v: float) -> str:
+    return "–" if v is None or math.isnan(v) else f"{v:.2f}"
+
+
+def gupta_tables(stats: dict) -> list[Table]:
+    """Tables 2, 3, 4 (ours beside the paper's) and the paper's legend statistics."""
+    paper = paper_tables()
+    return [table2(stats, paper=paper), table3(stats, paper=paper), table4(stats, paper=paper), paper_legend_table(paper)]
