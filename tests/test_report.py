@@ -11,7 +11,8 @@ import pytest
 
 from normscope.report import Section, aggregate, build, gupta_tables, model_verdict, paper_tables
 from normscope.report import markup
-from normscope.report.tables import ln_sites
+from normscope.report.build import sanitize
+from normscope.report.tables import ln_sites, mean_abs_deviation
 
 
 def summarize(x: np.ndarray, lo: float | None = None, hi: float | None = None, bins: int = 60) -> dict:
@@ -157,35 +158,37 @@ def test_verdict_reflects_mean_component(stats):
     assert v1.cos2.mean > 0.3 and v1.answer.startswith("No")
 
 
-def test_build_writes_self_contained_report(stats, tmp_path):
+@pytest.fixture(scope="module")
+def built(stats, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
     extra = [("Swap test", "Some **markdown** with a [link](https://example.com).\n\n| a | b |\n|---|---|\n| 1 | 2 |\n", ())]
-    path = build(stats, tmp_path, extra_sections=extra)
-    page = path.read_text()
-    assert path.name == "report.html"
+    return build(stats, out, extra_sections=extra)
+
+
+def test_build_writes_self_contained_report(built):
+    page = built.read_text()
+    out = built.parent
+    assert built.name == "report.html"
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page), "external resource in report"
-    assert "<link" not in page and "<script" not in page
+    assert "<link" not in page and "<script" not in page and "url(" not in page
     assert page.count("data:image/png;base64,") >= 5
     for needle in ("Table 2", "Table 3", "Table 4", "tiny-pre", "GPT-2 XL", "√L",
                    "Is mean removal redundant", "Swap test", "<strong>markdown</strong>"):
         assert needle in page, needle
-    assert (tmp_path / "tables.md").read_text().count("| GPT-2 XL *(paper)*") == 3
-    assert len(list((tmp_path / "figures").glob("*.png"))) >= 5
+    assert (out / "tables.md").read_text().count("| GPT-2 XL *(paper)*") == 3
+    assert len(list((out / "figures").glob("*.png"))) >= 5
 
 
-def test_stats_json_round_trip(stats, tmp_path):
-    build(stats, tmp_path)
-    back = json.loads((tmp_path / "stats.json").read_text())
+def test_stats_json_round_trip(stats, built):
+    back = json.loads((built.parent / "stats.json").read_text())
     assert back == json.loads(json.dumps(stats))
 
 
-def test_nonfinite_numbers_become_null(stats, tmp_path):
-    s = json.loads(json.dumps(stats))
-    s["models"][0]["layers"][1]["input"]["angle_deg"]["max"] = float("nan")
-    s["models"][0]["layers"][1]["rms_gap"]["mean"] = float("inf")
-    build(s, tmp_path)
-    text = (tmp_path / "stats.json").read_text()
-    assert "NaN" not in text and "Infinity" not in text
-    assert json.loads(text)["models"][0]["layers"][1]["input"]["angle_deg"]["max"] is None
+def test_nonfinite_numbers_become_null():
+    s = {"a": [float("nan"), 1.5, float("-inf")], "b": {"c": np.float32(2.5), "d": (1, 2)}}
+    clean = sanitize(s)
+    assert clean == {"a": [None, 1.5, None], "b": {"c": 2.5, "d": [1, 2]}}
+    json.dumps(clean, allow_nan=False)
 
 
 def test_build_rejects_empty_stats(tmp_path):
@@ -206,9 +209,18 @@ def test_extra_section_images_and_html(stats, tmp_path):
     fig2, ax2 = plt.subplots()
     ax2.plot([1, 0])
     sec = Section("Attention", "<p id='att'>raw html</p>", images=[("from a file", png), fig2])
-    page = build(stats, tmp_path / "r", extra_sections=[sec]).read_text()
+    one = {"models": [fake_model("one", d=16, n_layers=2, tokens=50, post_ln=False, offset=0.0, seed=5)]}
+    page = build(one, tmp_path / "r", extra_sections=[sec]).read_text()
     assert "<p id='att'>raw html</p>" in page and "from a file" in page
     assert page.count("data:image/png;base64,") >= 7
+
+
+def test_mean_removal_rotation_from_histogram():
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.normal(90.3, 1.2, 5000), rng.normal(60, 5, 50)])
+    s = summarize(x, 0.0, 180.0, 2000)  # the probe's binning: 0.09° bins
+    assert mean_abs_deviation(s) == pytest.approx(np.abs(x - 90).mean(), abs=0.045)
+    assert math.isnan(mean_abs_deviation({"mean": 1.0}))
 
 
 def test_markdown_subset():

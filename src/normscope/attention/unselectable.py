@@ -17,6 +17,7 @@ Decision procedure (every decision comes with a checked certificate):
 1. duplicates (equal after rounding, see ``decimals``) are unselectable under the strict
    definition: two equal keys always tie;
 2. affinely independent sets (n_unique <= rank + 1) are all vertices;
+   planar sets (rank 2) use Andrew's monotone chain with the same relative tolerance;
 3. pre-filter: strict arg-max of the scores under a batch of queries (each key itself, each
    whitened key, ``n_random`` Gaussian directions); a strict winner is a vertex;
 4. each undecided key i: column generation with non-negative least squares over a growing set
@@ -108,6 +109,33 @@ def _lp_selectable(z: np.ndarray, i: int) -> bool:
     raise RuntimeError(f"HiGHS could not decide key {i}: {res.message} / {res2.message}")
 
 
+def _hull_2d(z: np.ndarray, tol: float) -> np.ndarray:
+    """Strict vertices of a planar hull: Andrew's monotone chain, dropping points within a
+    relative ``tol`` of collinear (points on an edge are not vertices: they tie or lose)."""
+    n = z.shape[0]
+    order = np.lexsort((z[:, 1], z[:, 0]))
+    scale = float(np.abs(z).max()) ** 2
+    eps = tol * scale
+
+    def chain(idx):
+        out: list[int] = []
+        for i in idx:
+            while len(out) >= 2:
+                o, a = z[out[-2]], z[out[-1]]
+                cross = (a[0] - o[0]) * (z[i][1] - o[1]) - (a[1] - o[1]) * (z[i][0] - o[0])
+                if cross <= eps:  # not a strict left turn
+                    out.pop()
+                else:
+                    break
+            out.append(int(i))
+        return out
+
+    lower, upper = chain(order), chain(order[::-1])
+    sel = np.zeros(n, dtype=bool)
+    sel[lower[:-1] + upper[:-1]] = True
+    return sel
+
+
 def _decide_unique(z: np.ndarray, method: str, tol: float, n_random: int, seed: int, queries: np.ndarray | None) -> np.ndarray:
     """Selectable mask for distinct points with full-rank whitened coordinates z (n, r)."""
     n, r = z.shape
@@ -121,6 +149,8 @@ def _decide_unique(z: np.ndarray, method: str, tol: float, n_random: int, seed: 
         return sel
     if method == "lp":
         return np.array([_lp_selectable(z, i) for i in range(n)])
+    if r == 2:
+        return _hull_2d(z, tol)
 
     rng = np.random.default_rng(seed)
     parts = [z.T, rng.standard_normal((r, n_random))]
@@ -132,6 +162,7 @@ def _decide_unique(z: np.ndarray, method: str, tol: float, n_random: int, seed: 
 
     scale = 1.0 + np.sqrt((z * z).sum(axis=1).max())
     atol = tol * scale
+    zaug = np.hstack([z, np.ones((n, 1))])  # [z_j, 1]: NNLS rows for Σλ_j z_j = z_i and Σλ_j = 1
     # Outer keys first: they are more likely vertices, and the vertices found grow every S.
     order = np.argsort(-(z * z).sum(axis=1))
     for i in order:
@@ -145,13 +176,12 @@ def _decide_unique(z: np.ndarray, method: str, tol: float, n_random: int, seed: 
         in_s[s_idx] = True
         verdict: bool | None = None
         for _ in range(n):  # each round adds >= 1 key to S, so this bound is never reached
-            pts = z[s_idx]
-            a = np.vstack([pts.T, np.ones(len(s_idx))])
+            a = zaug[s_idx].T
             try:
-                lam, _ = nnls(a, np.append(z[i], 1.0), maxiter=50 * a.shape[1])
+                lam, _ = nnls(a, zaug[i], maxiter=50 * a.shape[1])
             except RuntimeError:
                 break
-            u = z[i] - lam @ pts
+            u = z[i] - lam @ z[s_idx]
             gap = 1.0 - lam.sum()
             unorm = np.linalg.norm(u)
             if unorm <= atol and abs(gap) <= tol:

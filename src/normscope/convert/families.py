@@ -213,7 +213,8 @@ def plan(model: nn.Module) -> Plan:
             raise NotConvertibleError(f"{n} normalises over {tuple(m.normalized_shape)}; only the last axis is supported")
     # Every LayerNorm must be accounted for; an unknown one could read the stream un-normed.
     known = set(norms) | set(inner) | ({emb_norm} if emb_norm else set())
-    unknown = [name for name, m in modules.items() if is_layernorm(m) and name not in known]
+    inside_inner = lambda name: any(name.startswith(f"{i}.") for i in inner)  # noqa: E731
+    unknown = [name for name, m in modules.items() if is_layernorm(m) and name not in known and not inside_inner(name)]
     if unknown:
         raise NotConvertibleError(
             f"{mtype}: unrecognised LayerNorm module(s) {unknown[:5]}; cannot prove the conversion exact"

@@ -66,52 +66,114 @@ def _tie_vectors(w_grp: np.ndarray) -> np.ndarray:
     return h[:, 1:].T
 
 
-def _solve_reduced(dpole: np.ndarray, wpole: np.ndarray, *, rows: bool):
-    """All eigenvalues of diag(dpole) − wpole wpoleᵀ, dpole strictly descending, wpole > 0.
+def _secular_roots(dpole: np.ndarray, wpole: np.ndarray) -> np.ndarray:
+    """Eigenvalues of diag(dpole) − wpole wpoleᵀ (dpole strictly descending, wpole > 0), descending.
 
-    Uses ``dlasd4`` on cI − M = diag(D̃²) + wwᵀ, D̃ = √(c − d) ascending, c = max d.
-    Returns ζ (descending, index q matching pole q from above: d_{q+1} < ζ_q < d_q), and,
-    with ``rows``, E[q, j] = ζ_q − d̃_j (relative-accurate) and D̃.
+    Root q lies in (d_{q+1}, d_q) (the last one below d_{n−1}). ``dlasd4`` solves the equivalent
+    positive update cI − M = diag(D̃²) + wwᵀ with D̃ = √(c − d) ascending and c = max d; its
+    ``delta·work`` = D̃ⱼ² − σ_q² = ζ_q − d̃ⱼ to full relative accuracy, so ζ_q is read off the
+    nearer pole.
     """
     n = dpole.size
-    c = float(dpole[0])
-    dt = np.sqrt(np.maximum(c - dpole, 0.0))
-    dt[0] = 0.0
+    if n == 1:  # dlasd4 returns delta = work = 1 for n = 1; the root is explicit
+        return dpole - wpole**2
+    dt = _shifted_poles(dpole)
     zeta = np.empty(n)
-    E = np.empty((n, n)) if rows else None
     for q in range(n):
-        delta, _sigma, work, info = dlasd4(q, dt, wpole)
-        if info != 0:
-            raise RuntimeError(f"LAPACK dlasd4 failed for root {q} (info={info})")
-        # ζ_q − d̃_j = D̃_j² − σ_q² = delta_j·work_j; take ζ from the nearer pole for accuracy.
-        e_q = delta[q] * work[q]
-        if q + 1 < n:
-            e_up = delta[q + 1] * work[q + 1]
-            zeta[q] = dpole[q] + e_q if abs(e_q) <= abs(e_up) else dpole[q + 1] + e_up
-        else:
-            zeta[q] = dpole[q] + e_q
-        if rows:
-            np.multiply(delta, work, out=E[q])
-    return zeta, E, dt
+        delta, _s, work, info = dlasd4(q, dt, wpole)
+        _check_info(info, q)
+        zeta[q] = _nearest(dpole, delta, work, q)
+    return zeta
 
 
-def _loewner_vectors(E: np.ndarray, dt: np.ndarray, keep_rows: int) -> torch.Tensor:
-    """Unit eigenvectors (rows) from the Gu–Eisenstat coupling ŵ; only the first ``keep_rows``."""
-    n = dt.size
-    Et = torch.from_numpy(E)
-    Dt = torch.from_numpy(dt)
-    # d̃_q − d̃_j = D̃_j² − D̃_q² = (D̃_j − D̃_q)(D̃_j + D̃_q)
-    ratio = Dt[None, :] - Dt[:, None]
-    ratio.mul_(Dt[None, :] + Dt[:, None])
-    diag = torch.diagonal(ratio)
-    diag.fill_(-1.0)
-    torch.div(Et, ratio, out=ratio)
-    # ŵ_j² = −E[j,j] ∏_{q≠j} E[q,j]/(d̃_q − d̃_j): the diagonal was set so that ratio[j,j] = −E[j,j]
-    what = torch.sqrt(torch.abs(torch.prod(ratio, dim=0)))
-    del ratio
-    V = torch.div(what[None, :], Et[:keep_rows])
+def _shifted_poles(dpole: np.ndarray) -> np.ndarray:
+    dt = np.sqrt(np.maximum(dpole[0] - dpole, 0.0))
+    dt[0] = 0.0
+    return dt
+
+
+def _check_info(info: int, q: int) -> None:
+    if info != 0:
+        raise RuntimeError(f"LAPACK dlasd4 did not converge for root {q} (info={info})")
+
+
+def _nearest(dpole: np.ndarray, delta: np.ndarray, work: np.ndarray, q: int) -> float:
+    e_q = delta[q] * work[q]
+    if q + 1 < dpole.size:
+        e_up = delta[q + 1] * work[q + 1]
+        if abs(e_up) < abs(e_q):
+            return float(dpole[q + 1] + e_up)
+    return float(dpole[q] + e_q)
+
+
+def _secular_vectors(
+    dpole: np.ndarray, wpole: np.ndarray, col_pole: np.ndarray, col_coef: np.ndarray, out: np.ndarray, out_rows: np.ndarray
+) -> np.ndarray:
+    """Roots and unit eigenvectors of the reduced DPR1 problem, written into rows of ``out``.
+
+    Column n of ``out`` (an original coordinate) takes the entry of pole ``col_pole[n]`` times
+    ``col_coef[n]`` (u_n = w_n/‖w_group‖; 0 for deflated null coordinates, whose ``col_pole`` is
+    ``len(dpole)``). Root q is written to row ``out_rows[q]`` (skipped if negative).
+
+    Gu–Eisenstat: ŵⱼ² = −(ζⱼ − d̃ⱼ)·∏_{q≠j}(ζ_q − d̃ⱼ)/(d̃_q − d̃ⱼ), accumulated row by row
+    while ``dlasd4`` runs, with d̃_q − d̃ⱼ = (D̃ⱼ − D̃_q)(D̃ⱼ + D̃_q) exactly as in the shifted problem;
+    then vᵢ ∝ ŵ/(d̃ − ζᵢ) and rows are normalised in torch (all threads).
+    """
+    n = dpole.size
+    zeta = np.empty(n)
+    if n == 1:
+        zeta[0] = dpole[0] - wpole[0] ** 2
+        what = wpole.copy()
+        e_rows = {0: np.array([-wpole[0] ** 2])}
+    else:
+        dt = _shifted_poles(dpole)
+        acc = np.ones(n)
+        ext = np.empty(n + 1)
+        ext[n] = np.inf
+        ratio = np.empty(n)
+        tmp = np.empty(n)
+        for q in range(n):
+            delta, _s, work, info = dlasd4(q, dt, wpole)
+            _check_info(info, q)
+            zeta[q] = _nearest(dpole, delta, work, q)
+            e = np.multiply(delta, work, out=ext[:n])
+            np.subtract(dt, dt[q], out=ratio)
+            np.add(dt, dt[q], out=tmp)
+            ratio *= tmp
+            ratio[q] = 1.0
+            np.divide(e, ratio, out=ratio)
+            ratio[q] = -e[q]
+            acc *= ratio
+            r = out_rows[q]
+            if r >= 0:
+                row = out[r]
+                np.take(ext, col_pole, out=row, mode="clip")
+                np.reciprocal(row, out=row)
+        what = np.sqrt(np.abs(acc))
+        e_rows = None
+    if e_rows is not None and out_rows[0] >= 0:
+        out[out_rows[0]] = 1.0 / np.append(e_rows[0], np.inf)[col_pole]
+    # v_q[n] = −u_n ŵ_{p(n)} / e_q[p(n)], then normalise (the reduced and full norms agree)
+    scale = np.append(what, 0.0)[col_pole] * col_coef
+    rows = torch.from_numpy(out_rows[out_rows >= 0])
+    full = torch.from_numpy(out)
+    contiguous = rows.numel() == full.shape[0] and bool(torch.equal(rows, torch.arange(full.shape[0])))
+    V = full if contiguous else full.index_select(0, rows)
+    V.mul_(torch.from_numpy(scale)[None, :])
     V.mul_(torch.linalg.vector_norm(V, dim=1).reciprocal_().neg_()[:, None])
-    return V
+    if not contiguous:
+        full.index_copy_(0, rows, V)
+    return zeta
+
+
+def _tie_vectors(w_grp: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (rows) of {v : w_grpᵀv = 0} from a Householder reflection."""
+    m = w_grp.size
+    u = w_grp / np.linalg.norm(w_grp)
+    v = u.copy()
+    v[0] += math.copysign(1.0, u[0])
+    h = np.eye(m) - (2.0 / float(v @ v)) * np.outer(v, v)
+    return h[:, 1:].T
 
 
 def principal_axes(
@@ -136,9 +198,11 @@ def principal_axes(
     """
     g = np.asarray(gain, dtype=np.float64)
     n = g.size
+    if method not in ("secular", "dense"):
+        raise ValueError(f"method must be 'secular' or 'dense', got {method!r}")
     if not np.any(g):
         return np.zeros(0), (np.zeros((n, 0)) if directions else None)
-    keep, groups, tol, n_null = _deflate(g)
+    keep, groups, _tol, n_null = _deflate(g)
     n_axes = n - max(n_null, 1)
     if method == "dense":
         M = np.diag(g * g) - np.outer(g, g) / n
@@ -148,45 +212,45 @@ def principal_axes(
         else:
             z, V = np.linalg.eigvalsh(M)[::-1][:n_axes], None
         return np.sqrt(n * np.maximum(z, 0.0)), V
-    if method != "secular":
-        raise ValueError(f"method must be 'secular' or 'dense', got {method!r}")
 
     d = g * g
     w = g / math.sqrt(n)
     npole = len(groups)
-    dpole = np.array([d[gr].mean() for gr in groups])
-    wpole = np.array([np.linalg.norm(w[gr]) for gr in groups])
-    drop_bottom = n_null == 0  # then ζ = 0 (normal α) is the smallest root: not an axis
-    n_sec = npole - 1 if drop_bottom else npole
-
-    zeta, E, dt = _solve_reduced(dpole, wpole, rows=directions)
-    zeta = zeta[:n_sec]
+    sizes = np.array([gr.size for gr in groups])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    dpole = np.add.reduceat(d[keep], starts) / sizes
+    wpole = np.sqrt(np.add.reduceat(w[keep] ** 2, starts))
+    n_sec = npole - 1 if n_null == 0 else npole  # no null gain: ζ = 0 (normal α) is the last root
     tie_groups = [(p, gr) for p, gr in enumerate(groups) if gr.size > 1]
-    tie_zeta = np.concatenate([np.full(gr.size - 1, dpole[p]) for p, gr in tie_groups]) if tie_groups else np.zeros(0)
-    all_zeta = np.concatenate([zeta, tie_zeta])
-    order = np.argsort(-all_zeta, kind="stable")
-    lengths = np.sqrt(n * np.maximum(all_zeta[order], 0.0))
-    if not directions:
-        return lengths, None
+    tie_zeta = np.array([dpole[p] for p, gr in tie_groups for _ in range(gr.size - 1)])
 
-    Vq = _loewner_vectors(E, dt, n_sec)  # (n_sec, npole), rows unit in the reduced space
-    # Embed: entry n of root q is u_n · Vq[q, p(n)], u = w_group/‖w_group‖ (a sign if m = 1).
-    pole_of = np.repeat(np.arange(npole), [gr.size for gr in groups])
-    u = w[keep] / wpole[pole_of]
-    A = torch.zeros((n_axes, n), dtype=torch.float64)
-    sec_rows = torch.from_numpy(np.argsort(order, kind="stable")[:n_sec])
-    block = Vq.index_select(1, torch.from_numpy(pole_of)).mul_(torch.from_numpy(u)[None, :])
-    if n_sec == n_axes and keep.size == n:
-        A.index_copy_(1, torch.from_numpy(keep), block.index_select(0, torch.argsort(sec_rows)))
-        if not np.array_equal(sec_rows.numpy(), np.arange(n_sec)):
-            pass
-    else:
-        A[sec_rows[:, None], torch.from_numpy(keep)[None, :]] = block
+    if not directions:
+        zeta = _secular_roots(dpole, wpole)[:n_sec]
+        all_zeta = np.concatenate([zeta, tie_zeta])
+        return np.sqrt(n * np.maximum(np.sort(all_zeta)[::-1], 0.0)), None
+
+    # Output row of every eigenpair: secular roots descend already; ties are merged in by ζ.
     if tie_groups:
-        inv = np.argsort(order, kind="stable")
-        r = n_sec
-        for p, gr in tie_groups:
-            rows = torch.from_numpy(inv[r : r + gr.size - 1])
-            A[rows[:, None], torch.from_numpy(gr)[None, :]] = torch.from_numpy(_tie_vectors(w[gr]))
-            r += gr.size - 1
-    return lengths, A.numpy().T
+        pos = np.empty(n_sec + tie_zeta.size, dtype=np.int64)
+        # root q lies strictly below pole q and above pole q+1; a tie ζ equals its pole: sort keys
+        keys = np.concatenate([np.arange(n_sec) + 0.5, [p for p, gr in tie_groups for _ in range(gr.size - 1)]])
+        pos[np.argsort(keys, kind="stable")] = np.arange(keys.size)
+    else:
+        pos = np.arange(n_sec)
+    out_rows = np.full(npole, -1, dtype=np.int64)
+    out_rows[:n_sec] = pos[:n_sec]
+    col_pole = np.full(n, npole, dtype=np.int64)
+    col_coef = np.zeros(n)
+    col_pole[keep] = np.repeat(np.arange(npole), sizes)
+    col_coef[keep] = w[keep] / wpole[col_pole[keep]]
+    A = np.zeros((n_axes, n)) if tie_groups else np.empty((n_axes, n))
+    zeta = _secular_vectors(dpole, wpole, col_pole, col_coef, A, out_rows)[:n_sec]
+    all_zeta = np.empty(n_axes)
+    all_zeta[pos[:n_sec]] = zeta
+    r = n_sec
+    for p, gr in tie_groups:
+        rows = pos[r : r + gr.size - 1]
+        all_zeta[rows] = dpole[p]
+        A[np.ix_(rows, gr)] = _tie_vectors(w[gr])
+        r += gr.size - 1
+    return np.sqrt(n * np.maximum(all_zeta, 0.0)), A.T

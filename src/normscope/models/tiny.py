@@ -9,7 +9,7 @@ Tokenizer: byte-level (256 byte tokens + ``<|endoftext|>``). Chosen over the pac
 SmolLM2/MiniLM tokenizers because the corpus is small (~65k words, ~430k bytes): with a 30–49k
 vocabulary the embeddings would dominate a few-million-parameter model and a few minutes of
 training would see each token only a handful of times. Losses are therefore in nats per byte.
-Held-out split: every 10th topic (sorted by name), so held-out text is whole unseen topics.
+Held-out split: the last 10% of every topic (cut at a line break), never seen in training.
 """
 
 from __future__ import annotations
@@ -58,17 +58,23 @@ def byte_tokenizer(model_max_length: int = 256):
     )
 
 
-def split_texts(texts: list[str]) -> tuple[list[str], list[str]]:
-    """(train, held_out): every 10th text is held out."""
-    train = [t for i, t in enumerate(texts) if i % 10 != 9]
-    held = [t for i, t in enumerate(texts) if i % 10 == 9]
+def split_texts(texts: list[str], fraction: float = 0.1) -> tuple[list[str], list[str]]:
+    """(train, held_out): the last ``fraction`` of each text (cut at a line break) is held out."""
+    train, held = [], []
+    for t in texts:
+        cut = t.rfind("\n", 0, int(len(t) * (1 - fraction)))
+        cut = cut if cut > 0 else int(len(t) * (1 - fraction))
+        if t[:cut].strip():
+            train.append(t[:cut])
+        if t[cut:].strip():
+            held.append(t[cut:])
     return train, held
 
 
 def _stream(tokenizer, texts: list[str]) -> torch.Tensor:
     ids: list[int] = []
     for t in texts:
-        ids += tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids += tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -94,8 +100,8 @@ def heldout_loss(model, stream: torch.Tensor, seq_len: int, batch_size: int = 16
 def train_tiny(
     out: str | Path,
     *,
-    steps: int = 600,
-    batch_size: int = 16,
+    steps: int = 400,
+    batch_size: int = 8,
     seq_len: int = 256,
     n_layer: int = 4,
     n_embd: int = 256,
@@ -104,6 +110,7 @@ def train_tiny(
     warmup: int = 30,
     seed: int = 0,
     threads: int = 2,
+    max_seconds: float | None = None,
     force: bool = False,
     texts: list[str] | None = None,
     progress: bool = True,
@@ -111,8 +118,11 @@ def train_tiny(
     """Train a small pre-LN GPT-2 on ``texts`` (default: ``pydoc_data.topics``) and save it.
 
     AdamW (β = (0.9, 0.95), weight decay 0.1 on matrices), linear warm-up then cosine decay to
-    lr/10, gradient clipping at 1, random windows of ``seq_len`` bytes, no dropout. Writes an
-    HF folder (``save_pretrained`` + tokenizer + ``training.json``) atomically to ``out``.
+    lr/10, gradient clipping at 1, random windows of ``seq_len`` bytes, no dropout. With
+    ``max_seconds`` the schedule runs on max(step/steps, elapsed/max_seconds) and training stops
+    when either reaches 1, so a busy machine gets a shorter but complete schedule (the summary
+    records the steps done). Writes an HF folder (``save_pretrained`` + tokenizer +
+    ``training.json``) atomically to ``out``.
 
     **Returns:** the summary written to ``training.json`` (config, parameter count, held-out
     loss before and after training in nats/byte, bits per byte, wall time).
@@ -136,8 +146,6 @@ def train_tiny(
         torch.manual_seed(seed)
         tok = byte_tokenizer(seq_len)
         train_texts, held_texts = split_texts(texts if texts is not None else default_texts())
-        if not held_texts:
-            raise ValueError("need at least 10 texts to hold out one")
         train, held = _stream(tok, train_texts), _stream(tok, held_texts)
         if len(train) <= seq_len + 1 or len(held) <= seq_len + 1:
             raise ValueError(f"texts too short for seq_len={seq_len}")
@@ -155,10 +163,17 @@ def train_tiny(
             [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95)
         )
 
-        def lr_at(step: int) -> float:
+        def progress_at(step: int) -> float:
+            p = step / steps
+            if max_seconds:
+                p = max(p, (time.perf_counter() - t0) / max_seconds)
+            return p
+
+        def lr_at(step: int, p: float) -> float:
             if step < warmup:
                 return lr * (step + 1) / warmup
-            t = (step - warmup) / max(1, steps - warmup)
+            p0 = warmup / steps  # cosine over the rest of the run
+            t = min(1.0, max(0.0, (p - p0) / max(1e-9, 1 - p0)))
             return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
         gen = torch.Generator().manual_seed(seed)
@@ -167,18 +182,21 @@ def train_tiny(
         t0 = time.perf_counter()
         bar = tqdm(range(steps), desc="train-tiny", disable=not progress)
         for step in bar:
+            p = progress_at(step)
+            if p >= 1.0:
+                break
             starts = torch.randint(0, len(train) - seq_len - 1, (batch_size,), generator=gen)
             x = torch.stack([train[s : s + seq_len] for s in starts.tolist()])
             y = torch.stack([train[s + 1 : s + seq_len + 1] for s in starts.tolist()])
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                g["lr"] = lr_at(step, p)
             logits = model(input_ids=x).logits
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         train_s = time.perf_counter() - t0
@@ -189,10 +207,12 @@ def train_tiny(
             "config": {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_positions": seq_len, "vocab_size": len(tok)},
             "parameters": n_params,
             "tokenizer": "byte-level: ids 0-255 are bytes, 256 is <|endoftext|>; losses are nats per byte",
-            "data": "CPython pydoc_data.topics; held out: every 10th topic sorted by name",
+            "data": "CPython pydoc_data.topics; held out: the last 10% of every topic",
             "train_tokens": len(train),
             "heldout_tokens": len(held),
-            "steps": steps,
+            "steps": len(losses),
+            "steps_planned": steps,
+            "max_seconds": max_seconds,
             "batch_size": batch_size,
             "seq_len": seq_len,
             "lr": lr,

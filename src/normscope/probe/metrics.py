@@ -54,48 +54,88 @@ def token_metrics(
     eps: float,
     gain: torch.Tensor,
     bias: torch.Tensor | None,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All per-token metrics for inputs x and outputs z of shape (T, d).
 
-    **Returns:** ``(values, finite_in, finite_out)``: ``values`` of shape (15, T) in
-    :data:`METRIC_ROWS` order, computed in ``dtype``; ``finite_in``/``finite_out`` are boolean
-    (T,) masks of tokens whose input/output contain no NaN/Inf (values of other tokens are
-    meaningless and must be dropped by the caller).
+    The (T, d) passes run in ``dtype`` (default: float32, or float64 for float64 inputs); every
+    per-token quantity derived from the sums is computed in float64. float32 sums carry a
+    relative error of about 1e-7; the variance σ² = mean(x²) − μ² would lose digits when
+    |μ| ≫ σ, so tokens with cos²θ > 0.5 are recomputed with a centred two-pass formula in
+    float64 (exact to float64 rounding everywhere).
+
+    **Returns:** ``(values, finite_in, finite_out)``: ``values`` float64 of shape (15, T) in
+    :data:`METRIC_ROWS` order; ``finite_in``/``finite_out`` boolean (T,) masks of tokens whose
+    input/output contain no NaN/Inf (their values are meaningless; the caller drops them).
     """
     d = x.shape[-1]
+    if dtype is None:
+        dtype = torch.float64 if torch.float64 in (x.dtype, z.dtype) else torch.float32
+    f64 = torch.float64
     xd = x.to(dtype)
     zd = z.to(dtype)
-    g = gain.to(device=xd.device, dtype=dtype)
-    sx = xd.sum(-1)
-    sxx = torch.linalg.vecdot(xd, xd)
-    sz = zd.sum(-1)
-    szz = torch.linalg.vecdot(zd, zd)
-    sxz = torch.linalg.vecdot(xd, zd)
+    sx = xd.sum(-1).to(f64)
+    sxx = torch.linalg.vecdot(xd, xd).to(f64)
+    sz = zd.sum(-1).to(f64)
+    szz = torch.linalg.vecdot(zd, zd).to(f64)
+    sxz = torch.linalg.vecdot(xd, zd).to(f64)
     fin_in = torch.isfinite(sxx) & torch.isfinite(sx)
     fin_out = torch.isfinite(szz) & torch.isfinite(sz)
 
-    vin = vector_metrics(sx, sxx, d)
-    vout = vector_metrics(sz, szz, d)
+    vin = list(vector_metrics(sx, sxx, d))
+    vout = list(vector_metrics(sz, szz, d))
+    if dtype != f64:
+        _refine(vin, xd, d)
+        _refine(vout, zd, d)
 
     sin2 = (sxx * szz - sxz * sxz).clamp_(min=0.0)
     rotation = torch.atan2(sin2.sqrt(), sxz) * _DEG
+    _refine_rotation(rotation, xd, zd, sxx, szz)
 
     ms = sxx / d
-    if kind == "layernorm":
-        var = vin[3] * vin[3]
-        base = var
-    else:
-        base = ms
+    base = vin[3] * vin[3] if kind == "layernorm" else ms
     denom = base + eps
     rho = torch.where(denom > 0, (base / torch.where(denom > 0, denom, 1.0)).sqrt(), torch.zeros_like(base))
 
     r = torch.rsqrt(ms + eps) if eps > 0 else torch.where(ms > 0, torch.rsqrt(ms), torch.zeros_like(ms))
-    diff = zd - (xd * r[:, None]) * g
+    g = gain.to(device=xd.device, dtype=dtype)
+    diff = torch.addcmul(zd, xd * r.to(dtype)[:, None], g, value=-1.0)
     if bias is not None:
-        diff = diff - bias.to(device=xd.device, dtype=dtype)
-    gap2 = torch.linalg.vecdot(diff, diff)
-    gap = torch.where(szz > 0, (gap2 / torch.where(szz > 0, szz, 1.0)).sqrt(), torch.where(gap2 > 0, math.inf, 0.0))
+        diff -= bias.to(device=xd.device, dtype=dtype)
+    gap2 = torch.linalg.vecdot(diff, diff).to(f64)
+    zero = torch.zeros_like(gap2)
+    gap = torch.where(szz > 0, (gap2 / torch.where(szz > 0, szz, 1.0)).sqrt(), torch.where(gap2 > 0, math.inf, zero))
 
     values = torch.stack([*vin, *vout, rotation, gap, rho])
     return values, fin_in, fin_out
+
+
+def _refine_rotation(rotation: torch.Tensor, x: torch.Tensor, z: torch.Tensor, sxx: torch.Tensor, szz: torch.Tensor) -> None:
+    """Small angles (< 5°) lose digits in sin² = 1 − cos²; recompute them in float64 from the
+    chord between the unit vectors, θ = 2·asin(‖x/‖x‖ − z/‖z‖‖/2)."""
+    rows = torch.nonzero((rotation < 5.0) & (sxx > 0) & (szz > 0)).flatten()
+    if rows.numel() == 0:
+        return
+    xs = x[rows].to(torch.float64) * sxx[rows].rsqrt()[:, None]
+    zs = z[rows].to(torch.float64) * szz[rows].rsqrt()[:, None]
+    chord = torch.linalg.vector_norm(xs - zs, dim=-1)
+    rotation[rows] = 2.0 * torch.asin((chord / 2).clamp(max=1.0)) * _DEG
+
+
+def _refine(metrics: list[torch.Tensor], v: torch.Tensor, d: int) -> None:
+    """Recompute σ, θ and cos²θ in float64 with a centred two-pass formula where cos²θ > 0.5."""
+    rows = torch.nonzero(metrics[5] > 0.5).flatten()
+    if rows.numel() == 0:
+        return
+    sub = v[rows].to(torch.float64)
+    mu = sub.mean(-1)
+    c = sub - mu[:, None]
+    var = torch.linalg.vecdot(c, c) / d
+    ms = torch.linalg.vecdot(sub, sub) / d
+    std = var.sqrt()
+    metrics[0][rows] = torch.atan2(std * math.sqrt(d), mu * math.sqrt(d)) * _DEG
+    metrics[1][rows] = (ms * d).sqrt()
+    metrics[2][rows] = mu
+    metrics[3][rows] = std
+    metrics[4][rows] = ms.sqrt()
+    metrics[5][rows] = torch.where(ms > 0, mu * mu / torch.where(ms > 0, ms, 1.0), torch.zeros_like(ms)).clamp(max=1.0)

@@ -9,6 +9,7 @@ import math
 import warnings
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,7 +34,7 @@ def random_baseline(d: int) -> dict:
 class SiteProbe:
     """Accumulates the statistics of one norm site (hook callback target)."""
 
-    def __init__(self, site: NormSite, *, skip_first: bool = False, dtype: torch.dtype = torch.float64):
+    def __init__(self, site: NormSite, *, skip_first: bool = False, dtype: torch.dtype | None = None):
         self.site = site
         self.skip_first = skip_first
         self.dtype = dtype
@@ -46,8 +47,8 @@ class SiteProbe:
 
     def _params_on(self, device: torch.device) -> None:
         if self._dev != device:
-            self.gain = self.gain.to(device, self.dtype)
-            self.bias = None if self.bias is None else self.bias.to(device, self.dtype)
+            self.gain = self.gain.to(device, torch.float64)
+            self.bias = None if self.bias is None else self.bias.to(device, torch.float64)
             self._dev = device
 
     def __call__(self, site: NormSite, x: torch.Tensor, z: torch.Tensor) -> None:
@@ -144,7 +145,7 @@ def _ln_axes(g: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         LayerNormGeometry = None
     if LayerNormGeometry is not None:
         lengths = LayerNormGeometry(g, b, eps=0.0).axes()
-        lengths = torch.as_tensor(lengths, dtype=torch.float64)
+        lengths = torch.as_tensor(np.array(lengths, dtype=np.float64))
     else:  # dense fallback: eigenvalues ζ of M = diag(g²) − g gᵀ/d, lengths √(d ζ)
         d = g.numel()
         m = torch.diag(g * g) - torch.outer(g, g) / d
@@ -180,7 +181,7 @@ def run(
     progress: bool = True,
     sites: Sequence[NormSite] | None = None,
     name: str | None = None,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = None,
     total: int | None = None,
 ) -> dict:
     """Probe every norm layer of ``model`` over ``batches`` and return the stats dictionary.
@@ -200,7 +201,8 @@ def run(
     - ``progress``: show a tqdm bar (rank 0 only).
     - ``sites``: the norm sites to probe (default: :func:`normscope.models.find_norms`).
     - ``name``: model name recorded in the output.
-    - ``dtype``: precision of the metric computations (float64 default).
+    - ``dtype``: precision of the (token, d)-sized passes (default float32, float64 for float64
+      models); per-token quantities are always float64 (see :func:`metrics.token_metrics`).
     - ``total``: number of batches, for the progress bar.
 
     **Returns:** ``{"schema", "normscope_version", "models": [ {...} ]}`` (SCHEMA.md).
@@ -260,7 +262,7 @@ def run(
         "tokens": tokens,
         "skip_first": skip_first,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "metric_dtype": str(dtype).replace("torch.", ""),
+        "metric_dtype": str(dtype).replace("torch.", "") if dtype else "float32 passes, float64 per token (float64 for float64 models)",
         "num_layers": getattr(config, "num_hidden_layers", None),
         "world_size": dist.get_world_size() if dist else 1,
         "random_baseline": random_baseline(hidden),

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 __all__ = ["HistSpec", "StreamStats", "SPECS", "BINS"]
@@ -182,20 +183,20 @@ class StreamStats:
         if n == 0:
             return math.nan
         spec = self.specs[i]
-        h = self.hist[i].to(torch.float64)
-        cum = torch.cumsum(h, 0)
+        h = self.hist[i].numpy()
+        cum = np.cumsum(h)
         target = q * n
-        k = int(torch.searchsorted(cum, torch.tensor(target, dtype=torch.float64)).clamp(max=len(cum) - 1))
+        k = min(int(np.searchsorted(cum, target, side="left")), len(cum) - 1)
         while k < len(cum) - 1 and h[k] == 0:
             k += 1
         before = float(cum[k] - h[k])
         frac = 0.0 if h[k] == 0 else min(max((target - before) / float(h[k]), 0.0), 1.0)
         vmin, vmax = float(self.min[i]), float(self.max[i])
         if k == 0:  # underflow: between min and the low edge
-            lo_v, hi_v = vmin, float(spec.inverse(torch.tensor(spec.lo)))
-            val = lo_v + frac * (min(hi_v, vmax) - lo_v) if math.isfinite(lo_v) else vmin
+            hi_v = float(spec.inverse(torch.tensor(spec.lo, dtype=torch.float64)))
+            val = vmin + frac * (min(hi_v, vmax) - vmin) if math.isfinite(vmin) else vmin
         elif k == len(cum) - 1:  # overflow: between the high edge and max
-            lo_v = float(spec.inverse(torch.tensor(spec.hi)))
+            lo_v = float(spec.inverse(torch.tensor(spec.hi, dtype=torch.float64)))
             val = lo_v + frac * (vmax - lo_v)
         else:
             t = spec.lo + (k - 1 + frac) * spec.width
@@ -231,12 +232,13 @@ class StreamStats:
             a = b = 0
         t_edges = spec.lo + torch.arange(a, b + 1, dtype=torch.float64) * spec.width
         edges = spec.inverse(t_edges) if b > a else torch.zeros(0, dtype=torch.float64)
+        counts = inner[a:b].tolist()
         return {
             "scale": spec.scale,
             "param": spec.param,
             "bin_width": spec.width,
-            "edges": [float(e) for e in edges],
-            "counts": [int(c) for c in inner[a:b]],
+            "edges": edges.tolist(),
+            "counts": counts,
             "underflow": int(h[0]),
             "overflow": int(h[-1]),
         }

@@ -155,8 +155,8 @@ METRICS_MD = """\
 - **cos²θ** = μ²/(μ² + σ²), the fraction of the squared norm along 𝟙: exactly what mean removal discards.
 - **Norm** ‖v‖₂ of the norm layer's input ("Hidden", "Pre-LN2") and output ("Post-LN1", "Post-LN2"; after γ and β). The standardised vector before γ has norm √d.
 - **Rotation** = angle(x_in, x_out) between a norm layer's input and its output (after γ, β). Mean removal alone rotates by |90° − θ|; RMSNorm's standardisation rotates by 0°, so the rest is the gain γ (and bias β).
-- **RMSNorm gap**: how far LayerNorm's standardised output is from RMSNorm's on the same input (pre-affine); zero when the input already has zero mean.
-- **Radial fraction** ρ = (1 + ε/σ²)^(−1/2): how close the standardised vector is to the full √d radius; below 1 only when σ² is comparable to ε.
+- **RMSNorm gap** = ‖z − RMSNorm(x)‖/‖z‖ with the layer's own γ, β and ε: the relative error of naively swapping this LayerNorm for RMSNorm at this token; zero when the input already has zero mean, rounding level for layers that are RMSNorm already.
+- **Radial fraction** ρ = (1 + ε/σ²)^(−1/2) (RMSNorm: (1 + ε/mean(x²))^(−1/2)): the norm of the standardised vector over √d; below 1 only when the input's variance is comparable to ε.
 - **Random-vector baseline**: an isotropic random vector in R^d makes 90° ± 57.3°/√d with 𝟙 (cos θ ≈ N(0, 1/d)), and E[cos²θ] = 1/d.
 - **p01 / p50 / p99**: 1st, 50th, 99th percentile over tokens. Bands in the plots: p01–p99 (light), mean ± SD (dark).
 """
@@ -255,6 +255,7 @@ details summary{cursor:pointer;font-weight:600}
 .meta{font-size:13.5px}
 .meta td,.meta th{text-align:left}
 .callout{border-left:4px solid #d9a441;background:#fffaf0;padding:8px 14px;border-radius:4px;margin:10px 0}
+.bad{color:#b00020;font-weight:600}
 footer{color:var(--muted);font-size:12.5px;margin-top:40px;border-top:1px solid var(--line);padding-top:10px}
 """
 
@@ -297,14 +298,15 @@ def _verdict_html(v: Verdict, model: dict) -> str:
         ("worst block", html.escape(v.worst_site)),
         ("widest p01/p99 from 90°", f"{_fmt(v.tail_dev)}° at {html.escape(v.tail_site)}"),
     ]
-    if v.gap.n_layers:
-        rows.append(("RMSNorm gap (mean)", f"{v.gap.mean:.4g}"))
+    if v.gap.n_layers and "layernorm" in v.kinds:
+        rows.append(("naive LN→RMSNorm swap error", f"{100 * v.gap.mean:.3g}% of ‖z‖ (mean RMSNorm gap)"))
     toks = model.get("tokens")
     if toks is not None:
         rows.append(("tokens probed", f"{int(toks):,}"))
-    nonfinite = _nonfinite_total(model)
-    if nonfinite:
-        rows.append(("non-finite values", f'<span style="color:#b00">{nonfinite:,} skipped</span>'))
+    nf = nonfinite_counts(model)
+    if nf["input_tokens"] or nf["output_tokens"]:
+        rows.append(("NaN/Inf (skipped)", f'<span class="bad">{nf["input_tokens"]:,} input and {nf["output_tokens"]:,} '
+                     "output token-vectors summed over all norm sites</span>"))
     kv = "".join(f"<dt>{html.escape(k)}</dt><dd>{val}</dd>" for k, val in rows)
     return (
         f'<div class="verdict"><h3>{html.escape(v.model)}{tags}</h3>'
@@ -312,24 +314,17 @@ def _verdict_html(v: Verdict, model: dict) -> str:
     )
 
 
-def _nonfinite_total(model: dict) -> int:
-    """Total non-finite values reported anywhere in a model's stats (keys 'nonfinite', 'nan', 'inf')."""
-    total = 0
-
-    def walk(o: Any):
-        nonlocal total
-        if isinstance(o, dict):
-            for k, v in o.items():
-                if k in ("nonfinite", "n_nonfinite", "nan_count", "inf_count") and isinstance(v, (int, float)) and _finite(v):
-                    total += int(v)
-                else:
-                    walk(v)
-        elif isinstance(o, list):
-            for v in o:
-                walk(v)
-
-    walk(model)
-    return total
+def nonfinite_counts(model: dict) -> dict[str, int]:
+    """Tokens dropped for NaN/Inf, summed over the model's norm sites (probe's ``nonfinite`` dicts)."""
+    tot = {"input_tokens": 0, "output_tokens": 0, "input_values": 0, "output_values": 0}
+    for e in model.get("layers", []):
+        nf = e.get("nonfinite")
+        if isinstance(nf, dict):
+            for k in tot:
+                v = nf.get(k)
+                if _finite(v):
+                    tot[k] += int(v)
+    return tot
 
 
 def _run_table(stats: dict) -> str:
@@ -475,13 +470,17 @@ def _figures(stats: dict, hist_layers: dict[str, list[int]] | None) -> list[tupl
         ),
         (
             "rms_gap_per_block",
-            "RMSNorm gap per block: how far LayerNorm's standardised output is from RMSNorm's on the same input.",
-            plots.metric_curves(stats, "rms_gap", "RMSNorm gap", "gap"),
+            "RMSNorm gap per block, ‖z − RMSNorm(x)‖/‖z‖ with the layer's own γ, β, ε (log scale): the relative "
+            "error of naively swapping LayerNorm for RMSNorm. For layers that are RMSNorm already it is rounding "
+            "error and only checks the probe.",
+            plots.metric_curves(stats, "rms_gap", "RMSNorm gap ‖z − RMSNorm(x)‖/‖z‖", "relative error", log=True),
         ),
         (
             "radial_fraction_per_block",
-            "Radial fraction ρ = (1 + ε/σ²)^(−1/2) per block: 1 means ε is negligible against the input variance.",
-            plots.metric_curves(stats, "radial_fraction", "radial fraction ρ", "ρ"),
+            "Radial fraction ρ = (1 + ε/σ²)^(−1/2) per block (RMSNorm: ε/mean(x²)), shown as 1 − ρ on a log scale: "
+            "line = mean over tokens, band = exact token range. ρ = 1 means ε is negligible against the input "
+            "variance; a missing point means 1 − ρ is 0 to float64 precision.",
+            plots.radial_deficit_curves(stats),
         ),
     ]
     return [(k, c, p) for k, c, p in figs if p is not None]

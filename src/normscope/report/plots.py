@@ -44,6 +44,7 @@ plt.rcParams.update(
     {
         "figure.dpi": 100,
         "savefig.dpi": 110,
+        "figure.constrained_layout.use": True,
         "font.size": 9.5,
         "axes.titlesize": 10.5,
         "axes.titleweight": "bold",
@@ -57,10 +58,18 @@ plt.rcParams.update(
 )
 
 
+def _legend(ax, ncol: int = 3) -> None:
+    """Legend below the axes, so it never hides a curve."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol, fontsize=7.5,
+                  handlelength=2.2, columnspacing=1.2)
+
+
 def png_bytes(fig: plt.Figure) -> bytes:
     """Render ``fig`` to PNG bytes and close it."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white")
+    fig.savefig(buf, format="png", facecolor="white")
     plt.close(fig)
     return buf.getvalue()
 
@@ -141,7 +150,7 @@ def angle_curves(stats: dict) -> bytes:
             if d:
                 sd = null_sd_deg(d)
                 ax.axhspan(90 - 2 * sd, 90 + 2 * sd, color="#999999", alpha=0.18, lw=0,
-                           label=f"random vector 90° ± 2·{sd:.2f}°")
+                           label=f"random vector: 90° ± 2 SD (SD {sd:.2f}°)")
             ax.axhline(90, color="#555555", lw=0.8, ls=":")
             for role, entries in _block_entries(m):
                 _band(ax, _x_of(entries), _series(entries, f"{side}.angle_deg"), ROLE_COLORS[role],
@@ -151,9 +160,7 @@ def angle_curves(stats: dict) -> bytes:
             ax.set_title(f"{m.get('name')} — angle with 𝟙, norm {what}")
             ax.set_xlabel("block")
             ax.set_ylabel("θ(v, 𝟙)  [deg]")
-            ax.legend(loc="best")
-    fig.suptitle("Angle with the all-ones vector per block: mean, mean ± SD (dark), p01–p99 (light)", y=1.0)
-    fig.tight_layout()
+            _legend(ax)
     return png_bytes(fig)
 
 
@@ -178,8 +185,7 @@ def angle_zoom(stats: dict) -> bytes:
         ax.set_title(f"{m.get('name')} — mean θ − 90° (median: ticks)")
         ax.set_xlabel("block")
         ax.set_ylabel("deg")
-        ax.legend(loc="best")
-    fig.tight_layout()
+        _legend(ax)
     return png_bytes(fig)
 
 
@@ -238,17 +244,26 @@ def angle_histograms(stats: dict, layers: dict[str, list[int]] | None = None) ->
             ax.set_visible(True)
             s = get_path(e, f"{side}.angle_deg")
             edges, counts = _hist_arrays(s["hist"])
-            width = np.diff(edges)
-            dens = counts / counts.sum() / width
+            dens = counts / counts.sum() / np.diff(edges)
             color = "#1f77b4" if side == "input" else "#ff7f0e"
-            ax.stairs(dens, edges, fill=True, color=color, alpha=0.55)
-            ax.stairs(dens, edges, color=color, lw=1)
             lo, hi = num(s, "p01"), num(s, "p99")
+            xlim = (edges[0], edges[-1])
             if math.isfinite(lo) and math.isfinite(hi):
-                pad = max(1.0, 0.25 * (hi - lo))
+                # p01..p99 plus margin, and at least ±3 SD of the random baseline around 90°
+                pad = max(0.5, 0.3 * (hi - lo))
+                lo, hi = lo - pad, hi + pad
                 if d:
-                    pad = max(pad, 3 * null_sd_deg(d))
-                ax.set_xlim(max(edges[0], lo - pad), min(edges[-1], hi + pad))
+                    lo, hi = min(lo, 90 - 3 * null_sd_deg(d)), max(hi, 90 + 3 * null_sd_deg(d))
+                xlim = (max(0.0, lo), min(180.0, hi))
+            # draw only the visible bins, as one polygon (stairs() patches are slow with 1000s of bins)
+            keep = np.nonzero((edges[1:] >= xlim[0]) & (edges[:-1] <= xlim[1]))[0]
+            if keep.size:
+                e = edges[keep[0] : keep[-1] + 2]
+                y = np.append(dens[keep[0] : keep[-1] + 1], dens[keep[-1]])
+                y = np.where(y > 0, y, np.nan)
+                ax.fill_between(e, y, step="post", color=color, alpha=0.5, lw=0)
+                ax.step(e, y, where="post", color=color, lw=0.9)
+            ax.set_xlim(*xlim)
             if d:
                 sd = null_sd_deg(d)
                 xs = np.linspace(*ax.get_xlim(), 400)
@@ -261,8 +276,6 @@ def angle_histograms(stats: dict, layers: dict[str, list[int]] | None = None) ->
                     va="top", ha="left", fontsize=8.5, bbox=dict(fc="white", ec="#cccccc", lw=0.5))
             ax.legend(loc="upper right")
         row[0].set_ylabel("density (log)")
-    fig.suptitle("Distribution of the angle with 𝟙 over tokens at one block (legend: mean ± token SD)", y=1.0)
-    fig.tight_layout()
     return png_bytes(fig)
 
 
@@ -284,8 +297,7 @@ def norm_curves(stats: dict) -> bytes:
         ax.set_title(f"{m.get('name')} — ‖v‖₂ per block (band p01–p99)")
         ax.set_xlabel("block")
         ax.set_ylabel("L2 norm")
-        ax.legend(loc="best")
-    fig.tight_layout()
+        _legend(ax)
     return png_bytes(fig)
 
 
@@ -301,13 +313,12 @@ def rotation_curves(stats: dict) -> bytes:
         ax.set_xlabel("block")
         ax.set_ylabel("deg")
         ax.set_ylim(bottom=0)
-        ax.legend(loc="best")
-    fig.tight_layout()
+        _legend(ax)
     return png_bytes(fig)
 
 
 def metric_curves(stats: dict, path: str, title: str, ylabel: str, *, log: bool = False) -> bytes | None:
-    """Per-layer curves of any summary at ``path`` (e.g. "radial_fraction", "rms_gap")."""
+    """Per-layer curves of any summary at ``path`` (e.g. "rms_gap"); log scale shows p01–p99 only."""
     models = stats.get("models", [])
     have = [m for m in models if any(isinstance(get_path(e, path), dict) for e in m.get("layers", []))]
     if not have:
@@ -315,13 +326,46 @@ def metric_curves(stats: dict, path: str, title: str, ylabel: str, *, log: bool 
     fig, axes = _grid(1, len(have), w=5.6, h=3.0)
     for ax, m in zip(axes[0], have):
         for role, entries in _block_entries(m):
-            _band(ax, _x_of(entries), _series(entries, path), ROLE_COLORS[role], ROLE_LABELS[role])
+            _band(ax, _x_of(entries), _series(entries, path), ROLE_COLORS[role], ROLE_LABELS[role], sd=not log)
         _mark_standalone(ax, m, path, _last_x(m))
         if log:
             ax.set_yscale("log")
         ax.set_title(f"{m.get('name')} — {title}")
         ax.set_xlabel("block")
         ax.set_ylabel(ylabel)
-        ax.legend(loc="best")
-    fig.tight_layout()
+        _legend(ax)
+    return png_bytes(fig)
+
+
+def radial_deficit_curves(stats: dict) -> bytes | None:
+    """1 − ρ per layer (log scale): mean, and the exact token range 1 − max ρ … 1 − min ρ.
+
+    ρ is within ~1e-10 of 1 for real inputs, so 1 − ρ is the readable quantity; its percentiles
+    are not shown because the probe's ρ histogram (bins of 5e-4) cannot resolve them.
+    """
+    models = stats.get("models", [])
+    have = [m for m in models if any(isinstance(e.get("radial_fraction"), dict) for e in m.get("layers", []))]
+    if not have:
+        return None
+    fig, axes = _grid(1, len(have), w=5.6, h=3.0)
+    for ax, m in zip(axes[0], have):
+        for role, entries in _block_entries(m):
+            s = _series(entries, "radial_fraction")
+            x = _x_of(entries)
+            mean, lo, hi = 1 - s["mean"], 1 - s["max"], 1 - s["min"]
+            c = ROLE_COLORS[role]
+            pos = lambda v: np.where(v > 0, v, np.nan)  # noqa: E731
+            ax.fill_between(x, pos(lo), pos(hi), color=c, alpha=0.12, lw=0)
+            ax.plot(x, pos(mean), marker="o", ms=3, lw=1.5, color=c, label=ROLE_LABELS[role])
+        for e in _standalone(m):
+            r = e.get("radial_fraction")
+            if isinstance(r, dict) and 1 - num(r, "mean") > 0:
+                x = -1.0 if e.get("role") == "embedding" else _last_x(m) + 1.0
+                ax.plot([x], [1 - num(r, "mean")], marker="D", ms=5, ls="none",
+                        color=ROLE_COLORS.get(e.get("role"), "#9467bd"), label=ROLE_LABELS.get(e.get("role"), "other"))
+        ax.set_yscale("log")
+        ax.set_title(f"{m.get('name')} — 1 − ρ (ε's shrinkage of the radius)")
+        ax.set_xlabel("block")
+        ax.set_ylabel("1 − ρ")
+        _legend(ax)
     return png_bytes(fig)

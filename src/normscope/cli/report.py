@@ -1,0 +1,194 @@
+"""``normscope report``: probe models' norm layers on text and write the HTML/Markdown report.
+
+Loads every ``--model`` (all before probing, so a bad name fails fast), streams token windows of
+the text through each, collects per-token statistics at every norm layer
+(:func:`normscope.probe.run`) and writes ``report.html`` (self-contained), ``tables.md``,
+``stats.json`` and ``figures/`` into a fresh ``--out`` folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import math
+import os
+import sys
+import time
+from typing import Any
+
+DEFAULT_MODELS = ("minilm", "smollm2")
+# Chosen so the default run (both packaged models, first smollm2 load included) stays well under
+# 5 minutes on 2 CPU cores; see the README / report for the measured time.
+DEFAULT_MAX_TOKENS = 8192
+DEFAULT_SEQ_LEN = 256
+DEFAULT_BATCH_SIZE = 8
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="probe models' norm layers and write an HTML report (Gupta et al. Tables 2-4 + plots)",
+        description=(
+            "Run text through each model, measure the geometry of the inputs and outputs of every "
+            "normalisation layer (angle with the all-ones vector, norms, rotation, RMSNorm gap, radial "
+            "fraction) and write report.html, tables.md, stats.json and figures/ to --out. "
+            "Answers Gupta et al. (arXiv:2409.12951): is LayerNorm's mean removal redundant here?"
+        ),
+    )
+    p.add_argument("--model", action="append", dest="models", metavar="NAME",
+                   help="packaged name (minilm, smollm2), local HF folder or .gguf file; repeatable "
+                        f"(default: {' and '.join(DEFAULT_MODELS)})")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist unless --force)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--text", action="append", metavar="FILE",
+                   help="UTF-8 text file to probe with; repeatable (default: CPython's pydoc_data.topics prose)")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+                   help=f"token positions per model, special tokens included (default {DEFAULT_MAX_TOKENS})")
+    p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, metavar="N",
+                   help=f"tokens per window; must fit the model's context (default {DEFAULT_SEQ_LEN})")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help=f"windows per forward pass (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--skip-first", action="store_true",
+                   help="leave position 0 of every window (BOS / [CLS]) out of all statistics")
+    p.add_argument("--layers-hist", nargs="+", default=None, metavar="SPEC",
+                   help="blocks to histogram: 'N[,N...]' for every model or 'MODEL:N[,N...]' "
+                        "(default: the block at ~75%% depth)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def parse_layers_hist(specs: list[str] | None, models: list[str]) -> dict[str, list[int]] | None:
+    """``["20", "minilm:1,4"]`` → {model: [blocks]}; a bare list applies to every model."""
+    if not specs:
+        return None
+    out: dict[str, list[int]] = {}
+    for spec in specs:
+        name, _, blocks = spec.rpartition(":")
+        try:
+            idx = [int(b) for b in blocks.split(",") if b.strip()]
+        except ValueError:
+            raise ValueError(f"--layers-hist {spec!r}: expected 'N[,N...]' or 'MODEL:N[,N...]'") from None
+        if not idx:
+            raise ValueError(f"--layers-hist {spec!r}: no block index given")
+        targets = [name] if name else models
+        for t in targets:
+            if t not in models:
+                raise ValueError(f"--layers-hist {spec!r}: {t!r} is not one of the --model names ({', '.join(models)})")
+            out.setdefault(t, []).extend(i for i in idx if i not in out.get(t, []))
+    return out
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for flag, v in (("--max-tokens", args.max_tokens), ("--seq-len", args.seq_len), ("--batch-size", args.batch_size)):
+        if v < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {v}")
+    if args.skip_first and args.seq_len < 2:
+        raise ValueError("--skip-first needs --seq-len >= 2 (nothing would be left)")
+
+
+def _check_blocks(stats_model: dict, blocks: list[int]) -> None:
+    have = sorted({e.get("layer") for e in stats_model.get("layers", []) if isinstance(e.get("layer"), int)})
+    bad = [b for b in blocks if b not in have]
+    if bad:
+        raise ValueError(
+            f"--layers-hist: {stats_model.get('name')} has no block {bad[0]} (blocks {have[0]}..{have[-1]})"
+            if have else f"--layers-hist: {stats_model.get('name')} has no numbered blocks"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _check_args(args)
+    names = list(dict.fromkeys(args.models or DEFAULT_MODELS))
+    hist_layers = parse_layers_hist(args.layers_hist, names)
+
+    from normscope._io import output_dir
+
+    t0 = time.perf_counter()
+    started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # Refuse an existing --out before any slow work; the folder appears only when everything succeeded.
+    with output_dir(args.out, force=args.force) as tmp:
+        import torch
+
+        from normscope import models as nm
+        from normscope import probe
+        from normscope.models import text as nt
+        from normscope.report import build
+
+        texts = nt.read_texts(args.text) if args.text else nt.default_texts()
+        if sum(len(t.split()) for t in texts) == 0:
+            raise ValueError("the text is empty")
+
+        loaded = []
+        for name in names:
+            _say(args, f"loading {name} ...")
+            t = time.perf_counter()
+            lm = nm.load(name)
+            load_s = time.perf_counter() - t
+            sites = nm.find_norms(lm.model)  # ValueError if the model has no norm layer
+            ctx = nt.context_length(lm.model)
+            if ctx is not None and args.seq_len > ctx:
+                raise ValueError(
+                    f"--seq-len {args.seq_len} is longer than {name}'s context ({ctx} positions); use --seq-len <= {ctx}"
+                )
+            loaded.append((name, lm, sites, ctx, load_s))
+
+        models_out = []
+        for name, lm, sites, ctx, load_s in loaded:
+            batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.max_tokens,
+                                       batch_size=args.batch_size, context=ctx)
+            t = time.perf_counter()
+            res = probe.run(lm, batches, skip_first=args.skip_first, progress=not args.quiet, sites=sites,
+                            name=name, total=math.ceil(args.max_tokens / (args.seq_len * args.batch_size)))
+            probe_s = time.perf_counter() - t
+            for m in res["models"]:
+                m["run"] = {"load_seconds": load_s, "probe_seconds": probe_s, "source": str(getattr(lm, "source", "")),
+                            "context": ctx, "seq_len": args.seq_len}
+                if hist_layers and name in hist_layers:
+                    _check_blocks(m, hist_layers[name])
+                models_out.append(m)
+            del lm
+
+        stats: dict[str, Any] = {k: v for k, v in res.items() if k != "models"}
+        stats["models"] = models_out
+        stats["run"] = {
+            "models": names,
+            "texts": [str(p) for p in args.text] if args.text else
+                     "CPython pydoc_data.topics (English documentation prose; normscope default)",
+            "seq_len": args.seq_len,
+            "max_tokens": args.max_tokens,
+            "batch_size": args.batch_size,
+            "skip_first": args.skip_first,
+            "dtype": "float32",
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+            "threads": torch.get_num_threads(),
+            "started": started,
+        }
+        _say(args, "writing report ...")
+        stats["run"]["seconds"] = time.perf_counter() - t0  # probe + load time; report rendering follows
+        build(stats, tmp, hist_layers=hist_layers)
+    out = os.path.abspath(args.out)
+    for m in models_out:
+        nf = sum(int((e.get("nonfinite") or {}).get("input_tokens", 0)) + int((e.get("nonfinite") or {}).get("output_tokens", 0))
+                 for e in m["layers"])
+        if nf:
+            print(f"warning: {m['name']}: {nf} token-vectors with NaN/Inf were skipped (counted in the report)",
+                  file=sys.stderr)
+    print(f"wrote {os.path.join(out, 'report.html')} (+ tables.md, stats.json, figures/) "
+          f"in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _version(mod: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(mod)
+    except Exception:  # pragma: no cover
+        return "?"
+
+
+def _say(args: argparse.Namespace, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr, flush=True)

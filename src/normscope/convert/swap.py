@@ -1,0 +1,338 @@
+"""The naive swap test: replace each norm by the other kind *without* centring the writers.
+
+LayerNorm models get RMSNorm (same γ, β, ε); RMSNorm models get LayerNorm (same γ, no bias,
+same ε; Gemma's 1 + w gain is applied as such). Unlike the exact conversion
+(:func:`normscope.convert.to_rmsnorm`) this changes the function: for LN → RMSNorm the
+output differs exactly by the input's component along 𝟙, so the damage should track the
+mean angle θ(x, 𝟙) of the norm's input (Gupta et al. 2024 argue hidden vectors sit near 90°,
+making mean subtraction nearly redundant; they never ran this swap, ``lm-hidden-geometry.md``
+§5). We report the change in loss per norm site (or per block) and with all norms swapped,
+beside the probe's angle statistics for each site.
+
+Losses: causal LM → next-token cross-entropy and perplexity; masked LM → cross-entropy on 15%
+of positions masked with a fixed seed; encoders without an LM head (e.g. the packaged MiniLM,
+whose folder holds no MLM head weights) → embedding similarity: 1 − cosine between the
+original and swapped mean-pooled embeddings of each window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normscope.convert.exact import evaluating
+from normscope.nn import RMSNorm
+
+LOSSES = ("auto", "lm", "mlm", "embedding")
+
+
+def _replacement(site: Any) -> nn.Module:
+    """The other kind of norm for ``site`` (a ``normscope.models.NormSite``), same gain/bias/ε."""
+    ref = next((p for p in site.module.parameters()), None)
+    kw = {"device": ref.device if ref is not None else None, "dtype": ref.dtype if ref is not None else None}
+    g, b = site.gain(), site.bias()
+    if site.kind == "layernorm":
+        new: nn.Module = RMSNorm(site.d, eps=site.eps, affine=True, bias=b is not None, **kw)
+    elif site.kind in ("rmsnorm", "rmsnorm_offset"):
+        new = nn.LayerNorm(site.d, eps=site.eps, elementwise_affine=True, bias=b is not None, **kw)
+    else:
+        raise ValueError(f"cannot swap norm kind {site.kind!r} at {site.name}")
+    with torch.no_grad():
+        new.weight.copy_(g)
+        if b is not None:
+            new.bias.copy_(b)
+    return new
+
+
+@contextlib.contextmanager
+def swapped(model: nn.Module, sites: Sequence[Any]) -> Iterator[None]:
+    """Temporarily replace each site's module by the other norm kind; restored on exit."""
+    saved = []
+    try:
+        for s in sites:
+            parent_name, _, leaf = s.name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            saved.append((parent, leaf, getattr(parent, leaf)))
+            setattr(parent, leaf, _replacement(s))
+        yield
+    finally:
+        for parent, leaf, mod in reversed(saved):
+            setattr(parent, leaf, mod)
+
+
+def _pick_loss(model: nn.Module, loss: str) -> str:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss != "auto":
+        return loss
+    name = type(model).__name__
+    if "MaskedLM" in name:
+        return "mlm"
+    if "CausalLM" in name or "LMHead" in name:
+        return "lm"
+    return "embedding"
+
+
+def _mlm_inputs(ids: torch.Tensor, tokenizer_info: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    for t in tokenizer_info["special_ids"]:
+        special |= ids == t
+    pick = (torch.rand(ids.shape, generator=gen) < 0.15) & ~special
+    labels = torch.where(pick, ids, torch.full_like(ids, -100))
+    return torch.where(pick, torch.full_like(ids, tokenizer_info["mask_id"]), ids), labels
+
+
+class _Evaluator:
+    """Runs one model variant over the batches and scores it against the original."""
+
+    def __init__(self, model: nn.Module, batches: list[torch.Tensor], kind: str, mlm: dict | None) -> None:
+        self.model, self.batches, self.kind = model, batches, kind
+        self.inputs = [(b, None) for b in batches]
+        if kind == "mlm":
+            if not mlm or mlm.get("mask_id") is None:
+                raise ValueError("masked-LM loss needs the tokenizer's mask token id (pass tokenizer=)")
+            self.inputs = [_mlm_inputs(b, mlm, seed=i) for i, b in enumerate(batches)]
+        self.reference: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def __call__(self) -> dict[str, float]:
+        tot = n = 0.0
+        embs = []
+        kw = {"use_cache": False} if hasattr(getattr(self.model, "config", None), "use_cache") else {}
+        for ids, labels in self.inputs:
+            out = self.model(input_ids=ids, **kw)
+            if self.kind == "lm":
+                logits = out.logits[:, :-1].double()
+                tot += float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
+                n += logits.shape[0] * logits.shape[1]
+            elif self.kind == "mlm":
+                logits = out.logits.double().flatten(0, 1)
+                tot += float(F.cross_entropy(logits, labels.flatten(), reduction="sum", ignore_index=-100))
+                n += int((labels != -100).sum())
+            else:
+                h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+                embs.append(h.double().mean(1))
+        if self.kind == "embedding":
+            if self.reference is None:  # the first call scores the original model
+                self.reference = embs
+            cos = torch.cat([F.cosine_similarity(e, r, dim=-1) for e, r in zip(embs, self.reference)])
+            return {"loss": float(1 - cos.mean()), "cos_mean": float(cos.mean()), "cos_min": float(cos.min())}
+        if n == 0:
+            raise ValueError("no positions to score (sequences of length 1, or no masked tokens)")
+        loss = tot / n
+        return {"loss": loss, "ppl": math.exp(min(loss, 700.0))}
+
+
+def _groups(sites: Sequence[Any], per: str) -> list[tuple[str, list[Any]]]:
+    if per == "site":
+        return [(s.name, [s]) for s in sites]
+    if per == "layer":
+        out: dict[str, list[Any]] = {}
+        for s in sites:
+            key = f"layer {s.layer}" if s.layer is not None else s.name
+            out.setdefault(key, []).append(s)
+        return list(out.items())
+    raise ValueError(f"per must be 'site' or 'layer', got {per!r}")
+
+
+def swap_test(
+    model: Any,
+    batches: Iterable[torch.Tensor],
+    *,
+    loss: str = "auto",
+    per: str = "site",
+    sites: Sequence[Any] | None = None,
+    tokenizer: Any = None,
+    angles: bool = True,
+    exact: bool = True,
+    name: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Swap norms for the other kind without centring; measure the change in loss.
+
+    For LayerNorm sites the swap is LN(x) → γ ⊙ x/√(mean(x²)+ε) + β (RMSNorm); for RMSNorm
+    sites RMS(x) → γ ⊙ (x − μ)/√(var(x)+ε) (LayerNorm, no bias). Only residual-stream sites
+    are swapped (role ≠ "other"; per-head q/k norms are left alone). Variants: the original,
+    each site (``per="site"``) or each block (``per="layer"``) swapped alone, and all swapped;
+    for LN decoders that :func:`normscope.convert.to_rmsnorm` supports, also the exact
+    (writer-centred) conversion as a control.
+
+    **Arguments:** ``model`` (HF model or ``LoadedModel``), ``batches`` (LongTensor
+    (batch, seq)), ``loss`` ("auto", "lm", "mlm", "embedding"; see module doc), ``per``,
+    ``sites`` (default ``find_norms``), ``tokenizer`` (for the MLM mask id), ``angles`` (run the
+    probe for the mean angle of each site's input with 𝟙), ``exact``, ``name``, ``progress``.
+
+    **Returns:** a dict with ``model``, ``loss_kind``, ``swap``, ``tokens``, ``baseline``, and
+    ``rows`` — one per variant: ``variant``, ``sites``, ``layer``, ``role``, ``loss``,
+    ``delta_loss``, ``ppl``/``ppl_ratio`` (LM losses) or ``cos_mean``/``cos_min`` (embedding),
+    ``angle_in_mean``/``angle_in_std`` (degrees; per-site rows) — and ``angles`` per site.
+    """
+    from tqdm.auto import tqdm
+
+    from normscope.models import find_norms
+
+    if hasattr(model, "model") and hasattr(model, "tokenizer") and hasattr(model, "family"):
+        name = name or model.name
+        tokenizer = tokenizer or model.tokenizer
+        model = model.model
+    batches = [b for b in batches]
+    if not batches:
+        raise ValueError("swap_test got no batches")
+    for b in batches:
+        if not isinstance(b, torch.Tensor) or b.ndim != 2 or b.dtype != torch.long:
+            raise ValueError("each batch must be a LongTensor of shape (batch, seq)")
+    kind = _pick_loss(model, loss)
+    all_sites = list(sites) if sites is not None else find_norms(model)
+    sites = [s for s in all_sites if s.role != "other"]
+    if not sites:
+        raise ValueError("the model has no residual-stream norm sites to swap")
+    kinds = sorted({s.kind for s in sites})
+    mlm = None
+    if kind == "mlm":
+        mask_id = getattr(tokenizer, "mask_token_id", None)
+        mlm = {"mask_id": mask_id, "special_ids": list(getattr(tokenizer, "all_special_ids", []))}
+
+    result: dict[str, Any] = {
+        "model": name or getattr(getattr(model, "config", None), "model_type", type(model).__name__),
+        "family": getattr(getattr(model, "config", None), "model_type", None),
+        "norm_kinds": kinds,
+        "swap": " / ".join(
+            {"layernorm": "LayerNorm → RMSNorm (γ, β, ε kept; no centring)",
+             "rmsnorm": "RMSNorm → LayerNorm (γ, ε kept; no bias)",
+             "rmsnorm_offset": "RMSNorm(1+w) → LayerNorm (gain 1+w, ε kept)"}[k] for k in kinds
+        ),
+        "loss_kind": kind,
+        "loss_note": {
+            "lm": "next-token cross-entropy (nats/token), all positions",
+            "mlm": "masked-LM cross-entropy on 15% of non-special positions (fixed seed)",
+            "embedding": "1 − cosine(original, swapped) of mean-pooled final hidden states per window; "
+            "the model has no LM head",
+        }[kind],
+        "tokens": sum(b.numel() for b in batches),
+        "per": per,
+    }
+    if angles:
+        from normscope.probe import run
+
+        stats = run(model, batches, sites=sites, progress=progress, name=result["model"])
+        result["angles"] = {
+            layer["name"]: {
+                "angle_in_mean": layer["input"]["angle_deg"]["mean"],
+                "angle_in_std": layer["input"]["angle_deg"]["std"],
+            }
+            for layer in stats["models"][0]["layers"]
+        }
+    groups = _groups(sites, per)
+    variants: list[tuple[str, list[Any] | None]] = [("original", [])] + list(groups) + [("all", sites)]
+    with evaluating(model):
+        ev = _Evaluator(model, batches, kind, mlm)
+        base = ev()
+        result["baseline"] = base
+        rows = []
+        for label, group in tqdm(variants, desc="swap-test", disable=not progress):
+            if label == "original":
+                continue
+            with swapped(model, group):
+                r = ev()
+            rows.append(_row(label, group, r, base, kind, result.get("angles")))
+        if exact and kinds == ["layernorm"]:
+            rows.append(_exact_row(model, ev, base, kind))
+    result["rows"] = [r for r in rows if r is not None]
+    return result
+
+
+def _row(label: str, group: list[Any], r: dict, base: dict, kind: str, angles: dict | None) -> dict:
+    row: dict[str, Any] = {
+        "variant": label,
+        "sites": [s.name for s in group],
+        "layer": group[0].layer if len({s.layer for s in group}) == 1 else None,
+        "role": "all" if label == "all" else "+".join(dict.fromkeys(s.role for s in group)),
+        "loss": r["loss"],
+        "delta_loss": r["loss"] - base["loss"],
+    }
+    if kind == "embedding":
+        row.update(cos_mean=r["cos_mean"], cos_min=r["cos_min"])
+    else:
+        row.update(ppl=r["ppl"], ppl_ratio=r["ppl"] / base["ppl"])
+    if angles and len(group) == 1 and group[0].name in angles:
+        row.update(angles[group[0].name])
+    elif angles and len(group) > 1:
+        vals = [angles[s.name]["angle_in_mean"] for s in group if s.name in angles]
+        row["angle_in_mean"] = sum(vals) / len(vals) if vals else None
+    return row
+
+
+def _exact_row(model: nn.Module, ev: _Evaluator, base: dict, kind: str) -> dict | None:
+    from normscope.convert.exact import to_rmsnorm
+    from normscope.convert.families import NotConvertibleError
+
+    try:
+        converted = to_rmsnorm(model)
+    except NotConvertibleError:
+        return None
+    original, ev.model = ev.model, converted.eval()
+    try:
+        r = ev()
+    finally:
+        ev.model = original
+    row = {"variant": "exact (centred writers)", "sites": converted.config.normscope_conversion["norms"],
+           "layer": None, "role": "all", "loss": r["loss"], "delta_loss": r["loss"] - base["loss"]}
+    if kind == "embedding":
+        row.update(cos_mean=r["cos_mean"], cos_min=r["cos_min"])
+    else:
+        row.update(ppl=r["ppl"], ppl_ratio=r["ppl"] / base["ppl"])
+    return row
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def swap_markdown(result: dict) -> str:
+    """The swap-test result as a Markdown table (one row per variant)."""
+    emb = result["loss_kind"] == "embedding"
+    lines = [
+        f"Model `{result['model']}`; swap: {result['swap']}; {result['tokens']} tokens; "
+        f"loss: {result['loss_note']}.",
+        "",
+        f"Baseline loss {result['baseline']['loss']:.4f}"
+        + ("" if emb else f", perplexity {result['baseline']['ppl']:.3f}") + ".",
+        "",
+    ]
+    if emb:
+        lines += ["| swapped | role | mean angle of input with 𝟙 (°) | Δloss (1−cos) | mean cos | min cos |",
+                  "|---|---|---|---|---|---|"]
+    else:
+        lines += ["| swapped | role | mean angle of input with 𝟙 (°) | loss | Δloss | perplexity | ppl ratio |",
+                  "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        ang = r.get("angle_in_mean")
+        ang_s = "–" if ang is None else (f"{ang:.2f} ± {r['angle_in_std']:.2f}" if "angle_in_std" in r else f"{ang:.2f} (avg)")
+        if emb:
+            lines.append(f"| {r['variant']} | {r['role']} | {ang_s} | {r['delta_loss']:.3e} | "
+                         f"{r['cos_mean']:.6f} | {r['cos_min']:.6f} |")
+        else:
+            lines.append(f"| {r['variant']} | {r['role']} | {ang_s} | {r['loss']:.4f} | {r['delta_loss']:+.4f} | "
+                         f"{_fmt(r['ppl'], '.3f')} | {_fmt(r['ppl_ratio'], '.4f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def swap_test_section(result: dict) -> tuple[str, str]:
+    """(title, markdown) for the HTML report: the naive-swap table with a one-paragraph explanation."""
+    title = f"Naive norm swap: {result['model']}"
+    intro = (
+        "Each norm is replaced by the other kind **without centring the residual writers** "
+        f"({result['swap']}), one at a time and all at once, and the loss is measured on the same text. "
+        "The mean angle between the norm's input and the all-ones vector 𝟙 (from the probe) is shown beside it: "
+        "LayerNorm removes exactly the component along 𝟙, so the closer the input is to 90°, the smaller the change. "
+        "Gupta et al. (arXiv:2409.12951) did not run this experiment; these are our measurements."
+    )
+    if any(r["variant"].startswith("exact") for r in result["rows"]):
+        intro += " The *exact* row is the writer-centred conversion (`normscope convert`), which must not change the loss."
+    return title, intro + "\n\n" + swap_markdown(result)

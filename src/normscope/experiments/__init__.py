@@ -1,0 +1,1 @@
+"""Paper reproductions run by `normscope reproduce <paper>`."""

