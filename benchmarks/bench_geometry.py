@@ -13,7 +13,8 @@ max|MV − VZ|/‖M‖ for both. Lengths only at a large N that dense eigvalsh c
 checked by the exact identities Σζ = tr M and Σζ² = ‖M‖²_F.
 
 Usage: ``python benchmarks/bench_geometry.py [--sizes 1024 4096] [--lengths-sizes 4096 8192]
-[--big 16384] [--repeat 3]``. Uses all ``nproc`` threads for both sides (OpenBLAS and torch).
+[--big 16384] [--repeat 3] [--threads T]``. Both sides get the same thread count (OpenBLAS via
+threadpoolctl, torch; default: all ``nproc``); the secular solver splits its roots over them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from normscope.geometry import principal_axes
 
@@ -75,10 +77,17 @@ def main() -> None:
     ap.add_argument("--big", type=int, nargs="*", default=[16384])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dense-repeat", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
-    threads = os.cpu_count() or 1
+    threads = max(1, min(args.threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)
-    print(f"threads: torch {torch.get_num_threads()}, cpu_count {threads}; numpy {np.__version__}, torch {torch.__version__}")
+    with threadpool_limits(limits=threads):
+        _run(args, threads)
+
+
+def _run(args, threads) -> None:
+    print(f"threads: {threads} (torch {torch.get_num_threads()}, BLAS {threadpool_info()[0]['num_threads']}), "
+          f"cpu_count {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; numpy {np.__version__}, torch {torch.__version__}")
     rng = np.random.default_rng(0)
     principal_axes(1 + 0.3 * rng.standard_normal(512), directions=True)  # warm-up (imports, allocator)
     _dense(1 + 0.3 * rng.standard_normal(512), True)

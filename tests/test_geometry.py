@@ -370,3 +370,17 @@ def test_all_zero_gains_and_tiny_gain():
     assert lengths.size == 79
     np.testing.assert_allclose(lengths, np.sqrt(g.size * ref[1:])[::-1], rtol=1e-12)
     assert np.abs(V.T @ V - np.eye(79)).max() < 1e-12
+
+
+def test_threaded_root_finding_matches_single_thread():
+    g = 1 + 0.3 * np.random.default_rng(9).standard_normal(900)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        l1, V1 = principal_axes(g, directions=True)
+        torch.set_num_threads(2)
+        l2, V2 = principal_axes(g, directions=True)
+    finally:
+        torch.set_num_threads(old)
+    np.testing.assert_allclose(l2, l1, rtol=1e-14)
+    np.testing.assert_allclose(np.abs(np.sum(V1 * V2, axis=0)), 1.0, atol=1e-12)

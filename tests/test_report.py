@@ -215,6 +215,23 @@ def test_extra_section_images_and_html(stats, tmp_path):
     assert page.count("data:image/png;base64,") >= 7
 
 
+def test_all_nonfinite_model_still_renders(tmp_path):
+    """A model whose every token was NaN (probe counts 0): the report says 'not measured', no crash."""
+    m = fake_model("dead", d=16, n_layers=2, tokens=20, post_ln=False, offset=0.0, seed=2)
+    empty = {"count": 0, **{k: None for k in ("mean", "std", "min", "max", "p01", "p50", "p99")}}
+    for e in m["layers"]:
+        for side in ("input", "output"):
+            if side in e:
+                e[side] = {k: dict(empty) for k in e[side] if k != "_d"}
+        for k in ("rotation_deg", "rms_gap", "radial_fraction"):
+            if k in e:
+                e[k] = dict(empty)
+        e["nonfinite"] = {"input_tokens": 20, "output_tokens": 20, "input_values": 320, "output_values": 320}
+    page = build({"models": [m]}, tmp_path).read_text()
+    assert "not measured" in page and "NaN/Inf (skipped)" in page
+    assert model_verdict(m).cos2.n_layers == 0
+
+
 def test_mean_removal_rotation_from_histogram():
     rng = np.random.default_rng(7)
     x = np.concatenate([rng.normal(90.3, 1.2, 5000), rng.normal(60, 5, 50)])

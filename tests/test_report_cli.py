@@ -171,7 +171,7 @@ def test_model_without_norm_layers(monkeypatch, tiny, textfile, tmp_path):
 
     real = nm.load(tiny["gpt2"])
     monkeypatch.setattr(nm, "load", lambda name, **kw: nm.LoadedModel(NoNorm(), real.tokenizer, name, "custom"))
-    with pytest.raises(ValueError, match="no normalisation layer"):
+    with pytest.warns(UserWarning, match="registry"), pytest.raises(ValueError, match="no normalisation layer"):
         run_cli(["--model", "nonorm", "--text", textfile, "--out", str(tmp_path / "o"), "--quiet"])
     assert not (tmp_path / "o").exists()
 
@@ -210,6 +210,13 @@ def test_nan_activations_are_counted_not_fatal(monkeypatch, tiny, tmp_path, caps
     page = (out / "report.html").read_text()
     assert "NaN/Inf (skipped)" in page
     assert "NaN/Inf" in capsys.readouterr().err
+
+
+def test_layers_hist_unknown_block(tiny, textfile, tmp_path):
+    with pytest.raises(ValueError, match="no block 7"):
+        run_cli(["--model", tiny["gpt2"], "--text", textfile, "--out", str(tmp_path / "o"), "--layers-hist", "7",
+                 "--quiet"])
+    assert not (tmp_path / "o").exists()
 
 
 def test_layers_hist_parsing():

@@ -35,6 +35,7 @@ Decision procedure (every decision comes with a checked certificate):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -114,23 +115,26 @@ def _hull_2d(z: np.ndarray, tol: float) -> np.ndarray:
     relative ``tol`` of collinear (points on an edge are not vertices: they tie or lose)."""
     n = z.shape[0]
     order = np.lexsort((z[:, 1], z[:, 0]))
-    scale = float(np.abs(z).max()) ** 2
-    eps = tol * scale
+    eps = tol * (1.0 + float(np.sqrt((z * z).sum(axis=1).max())))
+
+    xs, ys = z[:, 0].tolist(), z[:, 1].tolist()
 
     def chain(idx):
         out: list[int] = []
         for i in idx:
+            xi, yi = xs[i], ys[i]
             while len(out) >= 2:
-                o, a = z[out[-2]], z[out[-1]]
-                cross = (a[0] - o[0]) * (z[i][1] - o[1]) - (a[1] - o[1]) * (z[i][0] - o[0])
-                if cross <= eps:  # not a strict left turn
+                o, a = out[-2], out[-1]
+                cross = (xs[a] - xs[o]) * (yi - ys[o]) - (ys[a] - ys[o]) * (xi - xs[o])
+                # keep a only if it lies strictly (by eps) left of the line o -> i
+                if cross <= eps * math.hypot(xi - xs[o], yi - ys[o]):
                     out.pop()
                 else:
                     break
-            out.append(int(i))
+            out.append(i)
         return out
 
-    lower, upper = chain(order), chain(order[::-1])
+    lower, upper = chain(order.tolist()), chain(order[::-1].tolist())
     sel = np.zeros(n, dtype=bool)
     sel[lower[:-1] + upper[:-1]] = True
     return sel

@@ -86,13 +86,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--skip-first needs --seq-len >= 2 (nothing would be left)")
 
 
-def _check_blocks(stats_model: dict, blocks: list[int]) -> None:
-    have = sorted({e.get("layer") for e in stats_model.get("layers", []) if isinstance(e.get("layer"), int)})
+def _check_blocks(name: str, sites: list, blocks: list[int]) -> None:
+    """Every --layers-hist block must exist among the model's numbered norm sites (checked before probing)."""
+    have = sorted({s.layer for s in sites if isinstance(s.layer, int)})
     bad = [b for b in blocks if b not in have]
     if bad:
         raise ValueError(
-            f"--layers-hist: {stats_model.get('name')} has no block {bad[0]} (blocks {have[0]}..{have[-1]})"
-            if have else f"--layers-hist: {stats_model.get('name')} has no numbered blocks"
+            f"--layers-hist: {name} has no block {bad[0]} (blocks {have[0]}..{have[-1]})"
+            if have else f"--layers-hist: {name} has no numbered blocks"
         )
 
 
@@ -131,10 +132,12 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(
                     f"--seq-len {args.seq_len} is longer than {name}'s context ({ctx} positions); use --seq-len <= {ctx}"
                 )
+            if hist_layers and name in hist_layers:
+                _check_blocks(name, sites, hist_layers[name])
             loaded.append((name, lm, sites, ctx, load_s))
 
         models_out = []
-        for name, lm, sites, ctx, load_s in loaded:
+        for i, (name, lm, sites, ctx, load_s) in enumerate(loaded):
             batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.max_tokens,
                                        batch_size=args.batch_size, context=ctx)
             t = time.perf_counter()
@@ -144,10 +147,8 @@ def run(args: argparse.Namespace) -> int:
             for m in res["models"]:
                 m["run"] = {"load_seconds": load_s, "probe_seconds": probe_s, "source": str(getattr(lm, "source", "")),
                             "context": ctx, "seq_len": args.seq_len}
-                if hist_layers and name in hist_layers:
-                    _check_blocks(m, hist_layers[name])
                 models_out.append(m)
-            del lm
+            loaded[i] = lm = None  # free the weights before the next model
 
         stats: dict[str, Any] = {k: v for k, v in res.items() if k != "models"}
         stats["models"] = models_out

@@ -282,7 +282,7 @@ class LayerNormGeometry:
         **Arguments:**
 
         - ``directions``: also return the (N, m) matrix of unit directions (columns, signs arbitrary).
-        - ``method``: ``"secular"`` (O(N²): deflation, LAPACK ``dlasd4`` per root, Gu–Eisenstat
+        - ``method``: ``"secular"`` (O(N²): deflation, LAPACK ``dlaed4`` per root, Gu–Eisenstat
           vectors), ``"dense"`` (``numpy.linalg.eigh`` of M, O(N³)), or ``"auto"`` (dense for N < 64).
 
         **Returns:** ``lengths`` (m,), or ``(lengths, directions)``.

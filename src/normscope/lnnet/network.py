@@ -348,24 +348,20 @@ def _run_fold_scores(e: _Ends, taus: np.ndarray):
     return np.where((a < c1)[:, None], gap, -np.inf), phi
 
 
-def _binary_step(lo, hi, smax):
-    """Best next run fold: returns (rank, gap, (s0, k, side, phi, t, lk)).
+def _binary_step(lo, hi, smax, top: int = 1):
+    """The ``top`` best next run folds, best first: [(rank, gap, (s0, k, side, phi, t, lk))].
 
     Rank: float32-safe candidates first (gap > float32 penalty), then the penalised smallest gap
     (the reference's objective). We also tried ranking by the mean log gap (quantised smallest gap
-    first): no better in float64, worse in float32.
+    first): no better in float64, worse in float32. Each of the ``top`` best coarse candidates
+    (embedding grid + steep embeddings centred in the gaps near both ends) is refined locally.
     """
     R = float(hi[-1] - lo[0])
-    best = (-np.inf, -np.inf, None)
-    for stage in range(2):
-        if stage == 0:
-            s0, k, tt, ll = (np.r_[a, b] for a, b in zip(_grid(lo[0], R, _T_COARSE, _LK_COARSE), _local_candidates(lo, hi, R)))
-        else:
-            if best[2] is None:
-                break
-            s0, k, tt, ll = _grid(lo[0], R, *_refine(best[2][4], best[2][5]))
+
+    def evaluate(s0, k, tt, ll):
         p32 = _penalty(s0, k, smax)[:, None]
         p64 = _penalty(s0, k, smax, _ROUNDOFF64)[:, None]
+        out = []
         for side in (1, -1):
             gmin, phi = _run_fold_scores(_Ends(lo, hi, s0, k, mirror=side == -1), _TAUS)
             if side == -1:
@@ -373,10 +369,23 @@ def _binary_step(lo, hi, smax):
             safe32 = gmin - p32 > 0
             gpen = np.where(safe32, gmin - p32, gmin - p64)
             rank = np.where(gpen > _DIFF_TOL, gpen + _TIER * safe32, -np.inf)
-            g, p = np.unravel_index(int(np.argmax(rank)), rank.shape)
-            if rank[g, p] > best[0]:
-                best = (float(rank[g, p]), float(gpen[g, p]), (float(s0[g]), float(k[g]), side, float(phi[g, p]), tt[g], ll[g]))
-    return best
+            g = np.arange(len(s0))
+            p = rank.argmax(1)
+            for gi, pi in zip(g, p):
+                if np.isfinite(rank[gi, pi]):
+                    out.append((float(rank[gi, pi]), float(gpen[gi, pi]),
+                                (float(s0[gi]), float(k[gi]), side, float(phi[gi, pi]), tt[gi], ll[gi])))
+        return out
+
+    coarse = evaluate(*(np.r_[a, b] for a, b in zip(_grid(lo[0], R, _T_COARSE, _LK_COARSE), _local_candidates(lo, hi, R))))
+    coarse.sort(key=lambda c: -c[0])
+    best = []
+    for c in coarse[:top]:
+        fine = evaluate(*_grid(lo[0], R, *_refine(c[2][4], c[2][5])))
+        fine = [f for f in fine if f[2][2] == c[2][2]] + [c]
+        best.append(max(fine, key=lambda f: f[0]))
+    best.sort(key=lambda c: -c[0])
+    return best or [(-np.inf, -np.inf, None)]
 
 
 def _apply_binary(lo, hi, s0, k, side, phi):
@@ -416,13 +425,29 @@ def _final_step(lo, hi, lab, smax):
     return best
 
 
-def _build_binary(s: np.ndarray, codes: np.ndarray):
-    """Run folds until ≤ 3 runs. Returns (list of (s0, k, phi|None)), final run state)."""
+def _build_binary(s: np.ndarray, codes: np.ndarray, lookahead: int = 0):
+    """Run folds until ≤ 3 runs. Returns (plan [(s0, k, phi)], final run ends and labels).
+
+    ``lookahead`` > 0: among that many best folds, take the one whose *next* fold keeps the
+    larger gap (a two-fold look-ahead; slower, used as a fallback).
+    """
     lo, hi, lab = _runs(s, codes)
     plan = []
     while len(lo) > 3:
         smax = float(max(abs(lo[0]), abs(hi[-1])))
-        _, score, params = _binary_step(lo, hi, smax)
+        cands = _binary_step(lo, hi, smax, top=max(1, lookahead))
+        if lookahead and len(lo) > 4:
+            scored = []
+            for c in cands:
+                if c[2] is None:
+                    continue
+                s0, k, side, phi, _, _ = c[2]
+                nl, nh = _apply_binary(lo, hi, s0, k, side, phi)
+                nxt = _binary_step(nl, nh, float(max(abs(nl[0]), abs(nh[-1]))))[0][1]
+                scored.append((min(c[1], nxt), c))
+            if scored:
+                cands = [max(scored, key=lambda sc: sc[0])[1]]
+        _, score, params = cands[0]
         if params is None or not score > _DIFF_TOL:
             raise ConstructionError(
                 f"run fold {len(plan) + 1}: no embedding keeps differently-labelled features apart "

@@ -69,16 +69,19 @@ def token_metrics(
     input/output contain no NaN/Inf (their values are meaningless; the caller drops them).
     """
     d = x.shape[-1]
+    x, z = x.detach(), z.detach()
     if dtype is None:
         dtype = torch.float64 if torch.float64 in (x.dtype, z.dtype) else torch.float32
     f64 = torch.float64
     xd = x.to(dtype)
     zd = z.to(dtype)
+    # vector_norm is a fused reduction (no (T, d) temporary), several times faster than vecdot
     sx = xd.sum(-1).to(f64)
-    sxx = torch.linalg.vecdot(xd, xd).to(f64)
+    sxx = torch.linalg.vector_norm(xd, dim=-1).to(f64).square()
     sz = zd.sum(-1).to(f64)
-    szz = torch.linalg.vecdot(zd, zd).to(f64)
-    sxz = torch.linalg.vecdot(xd, zd).to(f64)
+    szz = torch.linalg.vector_norm(zd, dim=-1).to(f64).square()
+    work = _workspace(xd.shape, dtype, xd.device)
+    sxz = torch.mul(xd, zd, out=work).sum(-1).to(f64)
     fin_in = torch.isfinite(sxx) & torch.isfinite(sx)
     fin_out = torch.isfinite(szz) & torch.isfinite(sz)
 
@@ -99,15 +102,32 @@ def token_metrics(
 
     r = torch.rsqrt(ms + eps) if eps > 0 else torch.where(ms > 0, torch.rsqrt(ms), torch.zeros_like(ms))
     g = gain.to(device=xd.device, dtype=dtype)
-    diff = torch.addcmul(zd, xd * r.to(dtype)[:, None], g, value=-1.0)
+    # z − x ⊙ (r gᵀ): one contiguous (T, d) outer product; broadcasting x * r[:, None] is slow on CPU
+    diff = torch.outer(r.to(dtype), g, out=work)
+    diff = torch.addcmul(zd, xd, diff, value=-1.0, out=diff)
     if bias is not None:
         diff -= bias.to(device=xd.device, dtype=dtype)
-    gap2 = torch.linalg.vecdot(diff, diff).to(f64)
+    gap2 = torch.linalg.vector_norm(diff, dim=-1).to(f64).square()
     zero = torch.zeros_like(gap2)
     gap = torch.where(szz > 0, (gap2 / torch.where(szz > 0, szz, 1.0)).sqrt(), torch.where(gap2 > 0, math.inf, zero))
 
     values = torch.stack([*vin, *vout, rotation, gap, rho])
     return values, fin_in, fin_out
+
+
+_WORK: dict = {}
+
+
+def _workspace(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reused (T, d) scratch buffer. Fresh multi-MB allocations are returned to the OS and
+    page-faulted back in on every call, which costs more than the arithmetic itself on CPU."""
+    n = shape[0] * shape[1]
+    key = (dtype, device)
+    buf = _WORK.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=dtype, device=device)
+        _WORK[key] = buf
+    return buf[:n].view(shape)
 
 
 def _refine_rotation(rotation: torch.Tensor, x: torch.Tensor, z: torch.Tensor, sxx: torch.Tensor, szz: torch.Tensor) -> None:

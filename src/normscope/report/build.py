@@ -84,7 +84,6 @@ class Verdict:
     tail_dev: float
     tail_site: str
     gap: Agg
-    first_frac: float | None
     answer: str
 
 
@@ -143,7 +142,6 @@ def model_verdict(model: dict) -> Verdict:
         tail_dev=tail,
         tail_site=tail_site,
         gap=gap,
-        first_frac=None,
         answer=answer,
     )
 
@@ -180,6 +178,13 @@ def deviations_md(stats: dict) -> str:
         f"{_texts_label(run)} in chunks of {run.get('seq_len', '?')} tokens, "
         f"{'skipping' if run.get('skip_first') else 'including'} the first position of every chunk, "
         f"at most {run.get('max_tokens', '?')} tokens per model, in {run.get('dtype', 'float32')}.",
+        (
+            "**First positions** were left out (--skip-first): every statistic starts at position 1 of each window."
+            if run.get("skip_first") else
+            "**First positions** are included, as the paper appears to do. The first token of a window often carries "
+            "outlier ('massive activation') norms that dominate the max and σ of the Hidden norm; rerun with "
+            "`--skip-first` to leave position 0 out."
+        ),
         "**Final and embedding norms** are not in the paper's tables; they are excluded from our tables too but shown "
         "in the per-block plots (◆ markers).",
     ]
@@ -364,7 +369,7 @@ def _run_table(stats: dict) -> str:
         ("max_tokens", "token budget per model"),
         ("skip_first", "skip first position"),
         ("dtype", "dtype"),
-        ("seconds", "total run time"),
+        ("seconds", "load + probe time"),
         ("torch", "torch"),
         ("transformers", "transformers"),
         ("started", "started (UTC)"),
@@ -436,7 +441,7 @@ def _parse_extra(extra: Iterable[Any]) -> list[Section]:
 
 def _figures(stats: dict, hist_layers: dict[str, list[int]] | None) -> list[tuple[str, str, bytes]]:
     """(file stem, caption, png) for every figure that has data."""
-    figs: list[tuple[str, str, bytes | None]] = [
+    figs: list[tuple[str, str, Any]] = [
         (
             "angle_per_block",
             "Angle with 𝟙 per block, for the inputs (left) and outputs (right) of each norm. Lines: mean over tokens; "
@@ -526,6 +531,9 @@ def build(
     # ---- markdown
     md = [f"# {title}", ""]
     md.append("## Summary: is mean removal redundant in these models?\n")
+    md.append("Measured on the inputs of every block norm. Verdict rule: *yes* when no block's mean cos²θ reaches 1% "
+              "(mean removal would discard under 1% of the squared norm everywhere); *mostly* when only the average "
+              "stays under 1%.\n")
     for v, _m in verdicts:
         md.append(
             f"- **{v.model}** ({', '.join(v.kinds)}{', post-LN' if v.post_ln else ''}, d = {v.d}): {v.answer} "
@@ -556,7 +564,9 @@ def build(
         f"<h1>{html.escape(title)}</h1><p class='sub'>{html.escape(sub)}</p>",
         "<section class='summary'><h2>Is mean removal redundant in these models?</h2>",
         "<p>Gupta et al. (2025) argue that LayerNorm's mean subtraction is redundant at inference because hidden "
-        "vectors already sit at ≈90° to the all-ones vector 𝟙. Measured on the inputs of every block norm here:</p>",
+        "vectors already sit at ≈90° to the all-ones vector 𝟙. Measured on the inputs of every block norm here "
+        "(verdict rule: <em>yes</em> when no block's mean cos²θ reaches 1%, i.e. mean removal would discard under 1% "
+        "of the squared norm everywhere; <em>mostly</em> when only the average stays under 1%):</p>",
         "<div class='verdicts'>" + "".join(_verdict_html(v, m) for v, m in verdicts) + "</div></section>",
         "<h2>Run</h2>",
         _run_table(clean),

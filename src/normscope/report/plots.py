@@ -58,6 +58,13 @@ plt.rcParams.update(
 )
 
 
+def _set_log(ax) -> None:
+    """Log y-scale when the axes hold positive finite data (an all-NaN panel stays linear)."""
+    y0, y1 = ax.dataLim.y0, ax.dataLim.y1
+    if np.isfinite(y1) and y1 > 0 and np.isfinite(y0):
+        ax.set_yscale("log")
+
+
 def _legend(ax, ncol: int = 3) -> None:
     """Legend below the axes, so it never hides a curve."""
     handles, labels = ax.get_legend_handles_labels()
@@ -269,7 +276,7 @@ def angle_histograms(stats: dict, layers: dict[str, list[int]] | None = None) ->
                 xs = np.linspace(*ax.get_xlim(), 400)
                 ax.plot(xs, np.exp(-0.5 * ((xs - 90) / sd) ** 2) / (sd * math.sqrt(2 * math.pi)), color="#444444",
                         lw=1, ls="--", label=f"random 90±{sd:.2f}°")
-            ax.set_yscale("log")
+            _set_log(ax)
             ax.set_title(f"{m.get('name')} block {b}: {lab}")
             ax.set_xlabel("θ(v, 𝟙) [deg]")
             ax.text(0.02, 0.97, f"{num(s, 'mean'):.2f} ± {num(s, 'std'):.2f}", transform=ax.transAxes,
@@ -293,7 +300,7 @@ def norm_curves(stats: dict) -> bytes:
         _mark_standalone(ax, m, "input.norm", _last_x(m))
         if d:
             ax.axhline(math.sqrt(d), color="#555555", lw=0.8, ls=":", label=f"√d = {math.sqrt(d):.1f}")
-        ax.set_yscale("log")
+        _set_log(ax)
         ax.set_title(f"{m.get('name')} — ‖v‖₂ per block (band p01–p99)")
         ax.set_xlabel("block")
         ax.set_ylabel("L2 norm")
@@ -329,7 +336,7 @@ def metric_curves(stats: dict, path: str, title: str, ylabel: str, *, log: bool 
             _band(ax, _x_of(entries), _series(entries, path), ROLE_COLORS[role], ROLE_LABELS[role], sd=not log)
         _mark_standalone(ax, m, path, _last_x(m))
         if log:
-            ax.set_yscale("log")
+            _set_log(ax)
         ax.set_title(f"{m.get('name')} — {title}")
         ax.set_xlabel("block")
         ax.set_ylabel(ylabel)
@@ -363,7 +370,7 @@ def radial_deficit_curves(stats: dict) -> bytes | None:
                 x = -1.0 if e.get("role") == "embedding" else _last_x(m) + 1.0
                 ax.plot([x], [1 - num(r, "mean")], marker="D", ms=5, ls="none",
                         color=ROLE_COLORS.get(e.get("role"), "#9467bd"), label=ROLE_LABELS.get(e.get("role"), "other"))
-        ax.set_yscale("log")
+        _set_log(ax)
         ax.set_title(f"{m.get('name')} — 1 − ρ (ε's shrinkage of the radius)")
         ax.set_xlabel("block")
         ax.set_ylabel("1 − ρ")
