@@ -1,7 +1,5 @@
 """normscope.attention.measure on tiny random-init GPT-2, Llama (GQA) and BERT models."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -41,6 +39,8 @@ def _randomise_norm_affine(model):
 
 
 @pytest.mark.parametrize("make", [_gpt2, _llama, _bert])
+
+
 def test_qk_extraction_matches_module(make):
     model = make()
     layers = attention_layers(model)

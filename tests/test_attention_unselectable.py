@@ -34,10 +34,10 @@ def test_matches_hull_lp_and_qhull(n, d):
     assert np.array_equal(got, qhull)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(2))
 def test_prefilter_agrees_with_all_lp_medium(seed):
     rng = np.random.default_rng(seed)
-    keys = rng.standard_normal((300, 7)) * rng.uniform(0.1, 10.0, size=7)  # anisotropic
+    keys = rng.standard_normal((200, 7)) * rng.uniform(0.1, 10.0, size=7)  # anisotropic
     fast = unselectable(keys)
     assert 0.05 < fast.mean() < 0.95  # a non-trivial mix, so the test can fail either way
     assert np.array_equal(fast, unselectable(keys, method="lp"))

@@ -305,7 +305,7 @@ def test_rho_law_monte_carlo_and_quantile():
     p = np.array([0.01, 0.5, 0.99])
     np.testing.assert_allclose(rho_cdf(rho_quantile(p, n, eps, s), n, eps, s), p, rtol=1e-10)
     np.testing.assert_allclose(np.quantile(rho, p), geo.rho_quantile(p, scale=s), rtol=2e-3)
-    assert rho_cdf(0.5, 10, 0.0) == 0.0 and rho_cdf(1.0, 10, 1e-3) == 1.0
+    assert rho_cdf(0.5, 10, 0.0) == 0.0 and rho_cdf(1.0, 10, 0.0) == 0.0 and rho_cdf(1.0, 10, 1e-3) == 1.0
 
 
 def test_from_module():

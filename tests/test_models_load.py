@@ -92,3 +92,25 @@ def test_smollm2_loads_cached_and_probes(tmp_path_factory):
         assert layer["rms_gap"]["max"] < 1e-5  # the layer is the RMSNorm we recompute
     mid = m["layers"][30]
     assert 80 < mid["input"]["angle_deg"]["mean"] < 100
+
+
+def test_smollm2_cache_validation(tmp_path, monkeypatch):
+    """A cache folder is used only when complete and made from the same GGUF (size + version)."""
+    from normscope.models import loading
+
+    monkeypatch.setenv("NORMSCOPE_CACHE", str(tmp_path))
+    assert loading.cache_dir() == tmp_path
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"x" * 10)
+    folder = tmp_path / "smollm2"
+    folder.mkdir()
+    assert not loading._smollm2_cache_ok(folder, gguf)  # empty
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "config.json").write_text("{}")
+    meta = folder / "normscope_cache.json"
+    meta.write_text('{"version": %d, "gguf_size": 11}' % loading._CACHE_VERSION)
+    assert not loading._smollm2_cache_ok(folder, gguf)  # other GGUF
+    meta.write_text('{"version": %d, "gguf_size": 10}' % loading._CACHE_VERSION)
+    assert loading._smollm2_cache_ok(folder, gguf)
+    meta.write_text("not json")
+    assert not loading._smollm2_cache_ok(folder, gguf)

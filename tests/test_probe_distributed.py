@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from normscope.probe import run
+from normscope.probe import run, shard
 
 pytestmark = pytest.mark.distributed
 
@@ -65,7 +65,7 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # toy architecture: not in the registry
-            stats = run(_model(), _batches()[rank::world], skip_first=True, progress=False)
+            stats = run(_model(), shard(_batches()), skip_first=True, progress=False)
         with open(f"{out}.{rank}", "w") as f:
             json.dump(stats, f)
     finally:

@@ -277,3 +277,44 @@ def test_geometry_fields():
     geo2 = layer_geometry(rms_site)
     ga = rms_site.gain().abs() * math.sqrt(32)
     assert geo2["semi_axis_max"] == pytest.approx(float(ga.max())) and geo2["offset"] is None
+
+
+def test_hooks_see_keyword_inputs_and_are_removed():
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln = nn.LayerNorm(4)
+
+        def forward(self, h):
+            return self.ln(input=h)  # hidden state passed as a keyword
+
+    net = Net()
+    with pytest.warns(UserWarning):
+        sites = find_norms(net)
+    seen = []
+    h = torch.randn(2, 3, 4)
+    with norm_hooks(net, sites, lambda s, x, z: seen.append((x, z))):
+        out = net(h)
+    assert len(seen) == 1 and seen[0][0] is h and seen[0][1] is out
+    net(h)
+    assert len(seen) == 1  # removed on exit
+
+
+def test_bf16_inputs_are_upcast_exactly():
+    x = torch.randn(16, 24).to(torch.bfloat16)
+    z = torch.nn.functional.rms_norm(x, (24,), eps=1e-5)
+    g = torch.ones(24, dtype=torch.float64)
+    a, _, _ = token_metrics(x, z, kind="rmsnorm", eps=1e-5, gain=g, bias=None)
+    b, _, _ = token_metrics(x.float(), z.float(), kind="rmsnorm", eps=1e-5, gain=g, bias=None)
+    assert torch.equal(a, b)
+    assert a[13].max() < 1e-2  # bf16 output rounding (8-bit mantissa) bounds the gap
+
+
+def test_shard_round_robin():
+    from normscope.probe import shard
+
+    items = [torch.tensor([[i]]) for i in range(7)]
+    assert [int(b) for b in shard(items, 1, 3)] == [1, 4]
+    assert len(list(shard(items))) == 7  # no process group: everything

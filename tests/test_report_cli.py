@@ -65,7 +65,8 @@ def tiny(tmp_path_factory) -> dict[str, str]:
     torch.manual_seed(0)
     v = 64
     return {
-        "gpt2": _save(GPT2LMHeadModel(GPT2Config(vocab_size=v, n_positions=64, n_embd=32, n_layer=3, n_head=2)),
+        "gpt2": _save(GPT2LMHeadModel(GPT2Config(vocab_size=v, n_positions=64, n_embd=32, n_layer=3, n_head=2,
+                                                         bos_token_id=2, eos_token_id=2)),
                       root / "gpt2"),
         "bert": _save(BertModel(BertConfig(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                            intermediate_size=64, max_position_embeddings=64)), root / "bert"),
@@ -215,7 +216,7 @@ def test_nan_activations_are_counted_not_fatal(monkeypatch, tiny, tmp_path, caps
 def test_layers_hist_unknown_block(tiny, textfile, tmp_path):
     with pytest.raises(ValueError, match="no block 7"):
         run_cli(["--model", tiny["gpt2"], "--text", textfile, "--out", str(tmp_path / "o"), "--layers-hist", "7",
-                 "--quiet"])
+                 "--seq-len", "32", "--quiet"])
     assert not (tmp_path / "o").exists()
 
 

@@ -12,7 +12,7 @@ the test runs on whitened coordinates of the keys' affine hull: rank-deficient s
 outputs live in a (d-1)-dimensional hyperplane; n <= d keys span at most n-1 dimensions) need
 no special case and no rank assertion.
 
-Decision procedure (every decision comes with a checked certificate):
+Decision procedure (steps 3–4 decide only with a checked certificate):
 
 1. duplicates (equal after rounding, see ``decimals``) are unselectable under the strict
    definition: two equal keys always tie;

@@ -40,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"(default: {' and '.join(DEFAULT_MODELS)})")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist unless --force)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--text", action="append", metavar="FILE",
-                   help="UTF-8 text file to probe with; repeatable (default: CPython's pydoc_data.topics prose)")
+    p.add_argument("--text", action="extend", nargs="+", metavar="FILE",
+                   help="UTF-8 text file(s) to probe with, concatenated in order; repeatable "
+                        "(default: CPython's pydoc_data.topics prose)")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
                    help=f"token positions per model, special tokens included (default {DEFAULT_MAX_TOKENS})")
     p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, metavar="N",

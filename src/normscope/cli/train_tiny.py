@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=400, help="optimizer steps (default 400)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=256)
+    p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -33,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from normscope.models.tiny import train_tiny
 
     s = train_tiny(args.out, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                   n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
                    seed=args.seed, threads=args.threads, force=args.force,
                    max_seconds=args.max_minutes * 60 if args.max_minutes else None)
     print(f"trained {s['parameters']:,} parameters for {s['steps']} of {s['steps_planned']} steps in {s['train_seconds']:.0f} s "

@@ -30,6 +30,7 @@ the root finding), O(N²) flops and O(N) memory for the lengths alone. See
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -79,7 +80,9 @@ _INT_P = ctypes.POINTER(ctypes.c_int)
 _DBL_P = ctypes.POINTER(ctypes.c_double)
 # DLAED4(K, I, D, Z, DELTA, RHO, DLAM, INFO): I-th eigenvalue of diag(D) + ρzzᵀ, D ascending;
 # DELTA(j) = D(j) − λ_I to full relative accuracy (Bunch–Nielsen–Sorensen, Li's middle way).
-_DLAED4 = _capsule_function("dlaed4", None, _INT_P, _INT_P, _DBL_P, _DBL_P, _DBL_P, _DBL_P, _DBL_P, _INT_P)
+@functools.cache
+def _dlaed4():
+    return _capsule_function("dlaed4", None, _INT_P, _INT_P, _DBL_P, _DBL_P, _DBL_P, _DBL_P, _DBL_P, _INT_P)
 
 
 def _n_threads(n_roots: int) -> int:
@@ -120,6 +123,7 @@ def _roots_and_vectors(
                 out[out_rows[q]] = 1.0 / np.append(E[q], np.inf)[col_pole]
         return zeta, (np.sqrt(np.abs(acc)) if out is not None else None)
 
+    dlaed4 = _dlaed4()
     D = np.ascontiguousarray(-dpole)
     z = np.ascontiguousarray(wpole)
     lam = np.empty(n)
@@ -137,7 +141,7 @@ def _roots_and_vectors(
         ratio = np.empty(n)
         for q in qs.tolist():
             i.value = q + 1
-            _DLAED4(*args, ctypes.cast(lam_base + 8 * q, _DBL_P), ctypes.byref(info))
+            dlaed4(*args, ctypes.cast(lam_base + 8 * q, _DBL_P), ctypes.byref(info))
             if info.value != 0:
                 raise RuntimeError(f"LAPACK dlaed4 did not converge for root {q} (info={info.value})")
             if acc is None:

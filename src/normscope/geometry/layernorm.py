@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import chi2
 
 from normscope.geometry._secular import principal_axes
 
@@ -79,8 +78,10 @@ def rho_cdf(r0: ArrayLike, n: int, eps: float, scale: float = 1.0) -> np.ndarray
     r = np.asarray(r0, dtype=np.float64)
     if np.any(~np.isfinite(r)) or np.any((r < 0) | (r > 1)):
         raise ValueError("r0 must lie in [0, 1]")
-    if eps == 0.0:
-        return np.where(r >= 1.0, 1.0, 0.0)
+    if eps == 0.0:  # ρ = 1 almost surely, so P(ρ < r₀) = 0 for every r₀ ≤ 1
+        return np.zeros_like(r)
+    from scipy.stats import chi2
+
     with np.errstate(divide="ignore"):
         arg = np.where(r >= 1.0, np.inf, n * eps * r * r / (scale * scale * (1.0 - r) * (1.0 + r)))
     return chi2.cdf(arg, n - 1)
@@ -94,6 +95,8 @@ def rho_quantile(p: ArrayLike, n: int, eps: float, scale: float = 1.0) -> np.nda
         raise ValueError("p must lie in [0, 1]")
     if eps == 0.0:
         return np.ones_like(pr)
+    from scipy.stats import chi2
+
     q = chi2.ppf(pr, n - 1) * scale * scale
     with np.errstate(invalid="ignore"):
         return np.where(np.isinf(q), 1.0, np.sqrt(q / (n * eps + q)))
@@ -290,6 +293,8 @@ class LayerNormGeometry:
         if method == "auto":
             method = "dense" if self.dim < 64 else "secular"
         key = (directions, method)
+        if not directions and (True, method) in self._axes:
+            return self._axes[(True, method)][0]
         if key not in self._axes:
             lengths, vectors = principal_axes(self._g, directions=directions, method=method)
             lengths.setflags(write=False)

@@ -425,18 +425,21 @@ def _final_step(lo, hi, lab, smax):
     return best
 
 
-def _build_binary(s: np.ndarray, codes: np.ndarray, lookahead: int = 0):
+def _build_binary(s: np.ndarray, codes: np.ndarray, lookahead: int = 4, lookahead_folds: int = 24):
     """Run folds until ≤ 3 runs. Returns (plan [(s0, k, phi)], final run ends and labels).
 
-    ``lookahead`` > 0: among that many best folds, take the one whose *next* fold keeps the
-    larger gap (a two-fold look-ahead; slower, used as a fallback).
+    For the first ``lookahead_folds`` folds, among the ``lookahead`` best folds take the one whose
+    *next* fold keeps the larger gap (a two-fold look-ahead). Greedy single-fold choice collapses
+    within the first few folds on some data sets at m ≈ 1000 (both ends get squashed before the
+    gaps settle); the look-ahead there fixed every such case we tried, and later folds are stable.
     """
     lo, hi, lab = _runs(s, codes)
     plan = []
     while len(lo) > 3:
         smax = float(max(abs(lo[0]), abs(hi[-1])))
-        cands = _binary_step(lo, hi, smax, top=max(1, lookahead))
-        if lookahead and len(lo) > 4:
+        ahead = lookahead if len(plan) < lookahead_folds else 0
+        cands = _binary_step(lo, hi, smax, top=max(1, ahead))
+        if ahead and len(lo) > 4:
             scored = []
             for c in cands:
                 if c[2] is None:

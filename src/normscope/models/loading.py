@@ -235,7 +235,9 @@ def _build_smollm2_cache(gguf: Path, folder: Path) -> None:
         (tmp / "normscope_cache.json").write_text(
             json.dumps({"version": _CACHE_VERSION, "gguf": str(gguf), "gguf_size": gguf.stat().st_size})
         )
-        if folder.exists():  # stale or concurrently written cache: replace it
+        if _smollm2_cache_ok(folder, gguf):  # another process finished first: keep theirs
+            return
+        if folder.exists():  # stale cache (other version / other GGUF): replace it
             old = folder.with_name(f".smollm2.old-{os.getpid()}")
             with contextlib.suppress(OSError):
                 folder.rename(old)

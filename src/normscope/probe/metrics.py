@@ -1,4 +1,4 @@
-"""Per-token metrics of a norm layer's input x and output z (vectorised, float64 by default).
+"""Per-token metrics of a norm layer's input x and output z (vectorised; float32 passes, float64 per token).
 
 For a vector v in R^d with μ = mean(v), σ² = mean((v−μ)²) (population) and
 RMS = sqrt(mean(v²)) = sqrt(μ² + σ²):

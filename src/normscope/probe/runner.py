@@ -19,7 +19,7 @@ from .hooks import norm_hooks
 from .metrics import METRIC_ROWS, token_metrics
 from .stats import SPECS, StreamStats
 
-__all__ = ["run", "SiteProbe", "layer_geometry", "random_baseline", "SCHEMA_VERSION"]
+__all__ = ["run", "shard", "SiteProbe", "layer_geometry", "random_baseline", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = "normscope.stats/1"
 _SPECS = [SPECS[m] for _, m in METRIC_ROWS]
@@ -206,6 +206,9 @@ def run(
     - ``total``: number of batches, for the progress bar.
 
     **Returns:** ``{"schema", "normscope_version", "models": [ {...} ]}`` (SCHEMA.md).
+
+    Distributed use (e.g. ``torchrun --nproc-per-node 4 script.py``): initialise the process
+    group, then ``stats = run(model, shard(batches))`` on every rank.
     """
     from tqdm.auto import tqdm
 
@@ -269,6 +272,20 @@ def run(
         "layers": [probes[s.name].summary() for s in sites],
     }
     return {"schema": SCHEMA_VERSION, "normscope_version": __version__, "models": [entry]}
+
+
+def shard(batches: Iterable[torch.Tensor], rank: int | None = None, world_size: int | None = None):
+    """This process's share of ``batches`` under torch.distributed: batches rank, rank + W, ...
+
+    Defaults to the initialised process group (all batches when there is none). Use it with
+    :func:`run` under ``torchrun``: ``run(model, shard(token_batches(...)))``.
+    """
+    dist = _dist()
+    rank = (dist.get_rank() if dist else 0) if rank is None else rank
+    world_size = (dist.get_world_size() if dist else 1) if world_size is None else world_size
+    for i, b in enumerate(batches):
+        if i % world_size == rank:
+            yield b
 
 
 def _dist():

@@ -156,7 +156,7 @@ METRICS_MD = """\
 - **RMSNorm gap** = ‖z − RMSNorm(x)‖/‖z‖ with the layer's own γ, β and ε: the relative error of naively swapping this LayerNorm for RMSNorm at this token; zero when the input already has zero mean, rounding level for layers that are RMSNorm already.
 - **Radial fraction** ρ = (1 + ε/σ²)^(−1/2) (RMSNorm: (1 + ε/mean(x²))^(−1/2)): the norm of the standardised vector over √d; below 1 only when the input's variance is comparable to ε.
 - **Random-vector baseline**: an isotropic random vector in R^d makes 90° ± 57.3°/√d with 𝟙 (cos θ ≈ N(0, 1/d)), and E[cos²θ] = 1/d.
-- **p01 / p50 / p99**: 1st, 50th, 99th percentile over tokens. Bands in the plots: p01–p99 (light), mean ± SD (dark).
+- **p01 / p50 / p99**: 1st, 50th, 99th percentile over tokens, interpolated in the probe's fixed-bin histograms (angles: 0.09° bins), so exact to within one bin; means, SDs, min and max are exact. Bands in the plots: p01–p99 (light), mean ± SD (dark).
 """
 
 PM_MD = (

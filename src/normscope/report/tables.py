@@ -306,12 +306,12 @@ def table3(stats: dict, *, paper: dict | None = None) -> Table:
                 _num(p1.max),
                 p2.fmt(),
                 _num(p2.max),
-                "–" if math.isnan(ratio) else f"{ratio:.0f}× (±); {ratio_sd:.0f}× (σ)",
+                "–" if math.isnan(ratio) else f"{_ratio(ratio)} (±); {_ratio(ratio_sd)} (σ)",
             ]
         )
     for name, row in paper["table3_l2_norm"]["rows"].items():
         h, mh, p1, mp1, p2, mp2 = row
-        ratio = f"{h[1] / p1[1]:.0f}× (±)" if h and p1 else "–"
+        ratio = f"{_ratio(h[1] / p1[1])} (±)" if h and p1 else "–"
         t.paper_rows.add(len(t.rows))
         t.rows.append([name, _pm(h), _pm(mh), _pm(p1), _pm(mp1), _pm(p2), _pm(mp2), ratio])
     t.notes = [
@@ -407,6 +407,10 @@ def paper_legend_table(paper: dict | None = None) -> Table:
         "(e.g. GPT-J 8.90/√28 = 1.68)."
     ]
     return t
+
+
+def _ratio(r: float) -> str:
+    return "–" if not math.isfinite(r) else (f"{r:.1f}×" if r < 10 else f"{r:.0f}×")
 
 
 def _num(v: float) -> str:
