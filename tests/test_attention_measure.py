@@ -131,6 +131,7 @@ def test_measure_llama_and_bert_run_and_report_notes():
     assert all(L["after"]["mean"] == 0.0 for L in b["layers"])
 
 
+@pytest.mark.filterwarnings("ignore:architecture")
 def test_unsupported_model_raises():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     with pytest.raises(ValueError):

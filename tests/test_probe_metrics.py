@@ -318,3 +318,14 @@ def test_shard_round_robin():
     items = [torch.tensor([[i]]) for i in range(7)]
     assert [int(b) for b in shard(items, 1, 3)] == [1, 4]
     assert len(list(shard(items))) == 7  # no process group: everything
+
+
+def test_scratch_buffer_usable_in_and_out_of_inference_mode():
+    from normscope.probe import metrics
+
+    metrics._WORK.clear()
+    x, g = torch.randn(300, 40), torch.ones(40, dtype=torch.float64)
+    with torch.inference_mode():
+        a, _, _ = token_metrics(x, x, kind="rmsnorm", eps=0.0, gain=g, bias=None)
+    b, _, _ = token_metrics(x, x, kind="rmsnorm", eps=0.0, gain=g, bias=None)
+    assert torch.equal(a, b)

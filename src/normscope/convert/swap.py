@@ -318,8 +318,8 @@ def swap_markdown(result: dict) -> str:
             lines.append(f"| {r['variant']} | {r['role']} | {ang_s} | {r['delta_loss']:.3e} | "
                          f"{r['cos_mean']:.6f} | {r['cos_min']:.6f} |")
         else:
-            lines.append(f"| {r['variant']} | {r['role']} | {ang_s} | {r['loss']:.4f} | {r['delta_loss']:+.4f} | "
-                         f"{_fmt(r['ppl'], '.3f')} | {_fmt(r['ppl_ratio'], '.4f')} |")
+            lines.append(f"| {r['variant']} | {r['role']} | {ang_s} | {r['loss']:.4f} | {r['delta_loss']:+.2e} | "
+                         f"{_fmt(r['ppl'], '.3f')} | {_fmt(r['ppl_ratio'], '.5f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -18,11 +18,10 @@ output computes the recipe and the true semi-axes side by side and states the co
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -350,13 +349,10 @@ def figure_values(a: np.ndarray) -> dict:
 def _style(ax, title: str) -> None:
     ax.view_init(**CAMERA)
     ax.set_title(title, fontsize=10)
-    for setl, setticks, lab in ((ax.set_xlim, ax.set_xticks, ax.set_xlabel), (ax.set_ylim, ax.set_yticks, ax.set_ylabel),
-                                (ax.set_zlim, ax.set_zticks, ax.set_zlabel)):
-        setl(-LIMIT, LIMIT)
-        setticks([-1, 0, 1])
-    ax.set_xlabel("Neuron 1", fontsize=8)
-    ax.set_ylabel("Neuron 2", fontsize=8)
-    ax.set_zlabel("Neuron 3", fontsize=8)
+    for axis, label in zip("xyz", ("Neuron 1", "Neuron 2", "Neuron 3")):
+        getattr(ax, f"set_{axis}lim")(-LIMIT, LIMIT)
+        getattr(ax, f"set_{axis}ticks")([-1, 0, 1])
+        getattr(ax, f"set_{axis}label")(label, fontsize=8)
     ax.tick_params(labelsize=7)
 
 

@@ -207,7 +207,7 @@ def principal_axes(
 
     **Arguments:**
 
-    - ``gain``: float64 array (N,), finite, N ≥ 2 (validated by the caller).
+    - ``gain``: g, shape (N,), finite, N ≥ 2.
     - ``directions``: also return the unit directions as the columns of an (N, m) array.
     - ``method``: ``"secular"`` (O(N²), deflation + ``dlaed4`` + Löwner) or ``"dense"``
       (``numpy.linalg.eigh`` of M, O(N³), the reference implementation).
@@ -217,6 +217,10 @@ def principal_axes(
     """
     g = np.asarray(gain, dtype=np.float64)
     n = g.size
+    if g.ndim != 1 or n < 2:
+        raise ValueError(f"gain must be a vector with N >= 2 entries, got shape {g.shape}")
+    if not np.all(np.isfinite(g)):
+        raise ValueError(f"gain contains {int(np.sum(~np.isfinite(g)))} NaN/Inf value(s) out of {n}")
     if method not in ("secular", "dense"):
         raise ValueError(f"method must be 'secular' or 'dense', got {method!r}")
     if not np.any(g):

@@ -125,7 +125,8 @@ def _workspace(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> t
     key = (dtype, device)
     buf = _WORK.get(key)
     if buf is None or buf.numel() < n:
-        buf = torch.empty(n, dtype=dtype, device=device)
+        with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
+            buf = torch.empty(n, dtype=dtype, device=device)
         _WORK[key] = buf
     return buf[:n].view(shape)
 

@@ -519,7 +519,7 @@ def build(
     sections = _parse_extra(extra_sections)
     clean = sanitize(stats)
 
-    atomic_write_text(out / "stats.json", json.dumps(clean, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(out / "stats.json", json.dumps(clean, separators=(",", ":"), allow_nan=False) + "\n")
 
     tables = gupta_tables(clean)
     verdicts = [(model_verdict(m), m) for m in clean["models"]]

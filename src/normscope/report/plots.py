@@ -1,4 +1,4 @@
-"""Report figures (matplotlib, Agg backend), returned as PNG bytes.
+"""Report figures (matplotlib, rendered with Agg), returned as PNG bytes.
 
 Every figure has one row per model. Per-layer curves show the mean over tokens with a
 light band from the 1st to the 99th percentile (p01–p99) and a darker band mean ± SD.
@@ -12,11 +12,12 @@ import io
 import math
 from typing import Any, Sequence
 
-import matplotlib
+import functools
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from normscope.report.tables import BLOCK_ROLES, get_path, layer_index, ln_sites, num  # noqa: E402
 
@@ -40,11 +41,12 @@ ROLE_LABELS = {
     "other": "other norm",
 }
 
-plt.rcParams.update(
+# Applied per figure (rc_context), never to the caller's global matplotlib state; figures are
+# plain Figure objects on an Agg canvas, so no pyplot backend is selected or touched.
+STYLE = (
     {
         "figure.dpi": 100,
         "savefig.dpi": 110,
-        "figure.constrained_layout.use": True,
         "font.size": 9.5,
         "axes.titlesize": 10.5,
         "axes.titleweight": "bold",
@@ -56,6 +58,21 @@ plt.rcParams.update(
         "legend.frameon": False,
     }
 )
+
+
+def _styled(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _subplots(nrows: int, ncols: int, figsize: tuple[float, float]):
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
 def _set_log(ax) -> None:
@@ -73,11 +90,14 @@ def _legend(ax, ncol: int = 3) -> None:
                   handlelength=2.2, columnspacing=1.2)
 
 
-def png_bytes(fig: plt.Figure) -> bytes:
-    """Render ``fig`` to PNG bytes and close it."""
+def png_bytes(fig: Figure) -> bytes:
+    """Render ``fig`` to PNG bytes (closing it if pyplot manages it)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
-    plt.close(fig)
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:  # a caller's pyplot figure: release it
+        sys.modules["matplotlib.pyplot"].close(fig)
     return buf.getvalue()
 
 
@@ -121,7 +141,7 @@ def _standalone(model: dict) -> list[dict]:
 
 
 def _grid(n_models: int, ncols: int, *, w: float = 5.4, h: float = 3.1):
-    fig, axes = plt.subplots(n_models, ncols, figsize=(w * ncols, h * n_models), squeeze=False)
+    fig, axes = _subplots(n_models, ncols, (w * ncols, h * n_models))
     return fig, axes
 
 
@@ -146,6 +166,7 @@ def _last_x(model: dict) -> float:
     return float(max(xs)) if xs else 0.0
 
 
+@_styled
 def angle_curves(stats: dict) -> bytes:
     """Per-layer angle with 𝟙 of norm inputs (left) and outputs (right), with the random baseline."""
     models = stats.get("models", [])
@@ -171,6 +192,7 @@ def angle_curves(stats: dict) -> bytes:
     return png_bytes(fig)
 
 
+@_styled
 def angle_zoom(stats: dict) -> bytes:
     """Deviation of the mean angle from 90° per layer, on a scale where the random baseline is visible."""
     models = stats.get("models", [])
@@ -226,6 +248,7 @@ def default_hist_layers(model: dict) -> list[int]:
     return [idx[min(len(idx) - 1, int(round(0.75 * (len(idx) - 1))))]]
 
 
+@_styled
 def angle_histograms(stats: dict, layers: dict[str, list[int]] | None = None) -> bytes | None:
     """Histograms of the angle with 𝟙 at chosen blocks: Hidden, Post-LN1, Pre-LN2, Post-LN2 (as Figs. 5, 11-13)."""
     panels = []  # (model, block, [(label, entry, side)])
@@ -242,7 +265,7 @@ def angle_histograms(stats: dict, layers: dict[str, list[int]] | None = None) ->
                 panels.append((m, b, series))
     if not panels:
         return None
-    fig, axes = plt.subplots(len(panels), 4, figsize=(4.0 * 4, 2.8 * len(panels)), squeeze=False)
+    fig, axes = _subplots(len(panels), 4, (4.0 * 4, 2.8 * len(panels)))
     for row, (m, b, series) in zip(axes, panels):
         d = int(m.get("hidden_size") or 0)
         for ax in row:
@@ -286,6 +309,7 @@ def angle_histograms(stats: dict, layers: dict[str, list[int]] | None = None) ->
     return png_bytes(fig)
 
 
+@_styled
 def norm_curves(stats: dict) -> bytes:
     """Per-layer L2 norms of norm inputs and outputs (log scale), with √d for the standardised vector."""
     models = stats.get("models", [])
@@ -308,6 +332,7 @@ def norm_curves(stats: dict) -> bytes:
     return png_bytes(fig)
 
 
+@_styled
 def rotation_curves(stats: dict) -> bytes:
     """Per-layer rotation angle between each norm's input and output (Figs. 3, 9, 10 of the paper)."""
     models = stats.get("models", [])
@@ -324,6 +349,7 @@ def rotation_curves(stats: dict) -> bytes:
     return png_bytes(fig)
 
 
+@_styled
 def metric_curves(stats: dict, path: str, title: str, ylabel: str, *, log: bool = False) -> bytes | None:
     """Per-layer curves of any summary at ``path`` (e.g. "rms_gap"); log scale shows p01–p99 only."""
     models = stats.get("models", [])
@@ -344,6 +370,7 @@ def metric_curves(stats: dict, path: str, title: str, ylabel: str, *, log: bool 
     return png_bytes(fig)
 
 
+@_styled
 def radial_deficit_curves(stats: dict) -> bytes | None:
     """1 − ρ per layer (log scale): mean, and the exact token range 1 − max ρ … 1 − min ρ.
 

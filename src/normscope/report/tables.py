@@ -330,7 +330,8 @@ def table4(stats: dict, *, paper: dict | None = None) -> Table:
     t = Table(
         "table4",
         "Table 4 — rotation (degrees) between norm input and output, all blocks",
-        ["model", "LN1: Hidden → Post-LN1", "LN2: Pre-LN2 → Post-LN2", "of which mean removal: LN1", "LN2"],
+        ["model", "LN1: Hidden → Post-LN1", "LN2: Pre-LN2 → Post-LN2", "mean-removal part, LN1",
+         "mean-removal part, LN2"],
     )
     for m in stats.get("models", []):
         ln1, ln2, _, _ = ln_sites(m)
@@ -350,7 +351,7 @@ def table4(stats: dict, *, paper: dict | None = None) -> Table:
         PM_NOTE,
         "The paper labels the LN2 column 'Hidden & Post-LN2'; we read 'Hidden' there as the LN2 input (the more "
         "plausible reading, reference §5.1).",
-        "'of which mean removal' = mean over tokens of |90° − θ(x, 𝟙)|, the rotation that removing the mean alone "
+        "'mean-removal part' = mean over tokens of |90° − θ(x, 𝟙)|, the rotation that removing the mean alone "
         "would cause (our decomposition, not in the paper; from the 0.09°-bin angle histograms, error ≤ 0.05°). "
         "RMSNorm's standardisation rotates nothing, so the rest of the rotation comes from the gain γ (and bias β).",
     ] + _model_notes(stats.get("models", []))

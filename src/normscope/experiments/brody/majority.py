@@ -288,10 +288,10 @@ def _at(log: dict[str, list[float]], key: str, step: int) -> float:
     return float(log[key][i]) if abs(steps[i] - step) <= max(1, 0.05 * step) else float("nan")
 
 
-def _mean_std(vals: list[float | None], nd: int = 2) -> str:
+def _mean_std(vals: list[float | None], nd: int = 2, missing: str = "–") -> str:
     v = [x for x in vals if x is not None and not np.isnan(x)]
     if not v:
-        return "not reached"
+        return missing
     s = f"{np.mean(v):.{nd}f} ± {np.std(v):.{nd}f}" if len(v) > 1 else f"{v[0]:.{nd}f}"
     return s + (f" ({len(v)}/{len(vals)} seeds)" if len(v) < len(vals) else "")
 
@@ -322,7 +322,9 @@ def run(out: Path, *, paper_scale: bool = False, seeds: int = 3, jobs: int | Non
     by_var: dict[str, list[dict[str, Any]]] = {}
     for r in main_runs:
         by_var.setdefault(r["variant"], []).append(r)
-    check = sorted({cfg.steps // 4, cfg.steps // 2, cfg.steps} | {s for s, *_ in PAPER_LOSS if s <= cfg.steps})
+    logged = np.array(main_runs[0]["log"]["step"])
+    wanted = {cfg.steps // 4, cfg.steps // 2, cfg.steps} | {s for s, *_ in PAPER_LOSS if s <= cfg.steps}
+    check = sorted({int(logged[np.argmin(np.abs(logged - w))]) for w in wanted} - {0})
     summary = {}
     for v, rs in by_var.items():
         summary[v] = {
