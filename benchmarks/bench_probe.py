@@ -8,7 +8,7 @@
    cancel. Wall-clock and process CPU time are both reported: on a busy machine wall time mostly
    measures the neighbours, so the CPU-time ratio (``--threads 1``, the default) is the reliable
    number. ``--full-run`` also times ``normscope.probe.run`` end to end. Target: <= 1.10.
-2. Memory: peak RSS of a fresh process probing 10k and 100k tokens (default model MiniLM, for
+2. Memory: peak RSS (VmHWM) of a fresh process probing 10k and 100k tokens (default model MiniLM, for
    speed; ``--memory-model smollm2`` works too). Statistics are streamed, so the two peaks should
    agree within 5%.
 
@@ -91,6 +91,15 @@ def overhead(args) -> dict:
 def _peak_child(model: str, tokens: int, seq_len: int, batch_size: int) -> dict:
     code = f"""
 import resource, json, time, os
+def peak_kb():
+    # VmHWM is this process's own high-water mark; ru_maxrss would inherit the parent's peak via fork
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
 from bench_probe import _batches
@@ -98,12 +107,12 @@ from normscope.models import load
 from normscope.probe import run
 import torch; torch.set_num_threads(1)
 lm = load({model!r})
-rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss_loaded = peak_kb()
 t = time.perf_counter()
 s = run(lm, _batches(lm, {tokens}, {seq_len}, {batch_size}), progress=False)
 print(json.dumps({{"tokens": s["models"][0]["tokens"], "seconds": time.perf_counter() - t,
                   "rss_after_load_kb": rss_loaded,
-                  "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+                  "peak_rss_kb": peak_kb()}}))
 """
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,6 +1,5 @@
 """Model loading: local folders, unknown names, and the packaged real-weight models."""
 
-import os
 import time
 
 import pytest

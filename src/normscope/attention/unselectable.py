@@ -267,7 +267,8 @@ def unselectable(
     z, coeff = _whiten(uniq, rank_rtol)
     # Each original key as a query (q = k_i: decisive for keys on a sphere), mapped into
     # whitened coordinates, is a cheap pre-filter.
-    queries = coeff @ uniq.T if method == "auto" else None
+    needed = method == "auto" and z.shape[1] > 2 and len(uniq) > z.shape[1] + 1
+    queries = coeff @ uniq.T if needed else None
     sel_unique = _decide_unique(z, method, tol, n_random, seed, queries)
     sel_unique &= counts == 1
     return ~sel_unique[inverse]

@@ -13,7 +13,6 @@ their measure and theorem were not available to us. Two measures from ``ln-nonli
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.func import hessian
 

@@ -17,8 +17,9 @@ Two strategies (both [reconstructed]):
   the last run onto R_{r−2} (or, mirrored, the first onto R₃) so that R_{r−1} folds onto itself.
   Every fold removes exactly one run, and r ≤ 3 runs (≤ 2 circular runs) can be read out by a
   chord, so the net has at most r − 2 ≤ m − 2 LN layers. Only run end-points matter, so a
-  layer costs O(r) per candidate embedding. This replaces the reference's point-pair end fold
-  (same bound, fewer layers for clustered labels, and fast enough for m = 1000).
+  layer costs O(r) per candidate embedding. This replaces the reference's point-pair merges for
+  two classes: same bound, somewhat more layers at m ≤ 64 (14 vs 11 at m = 32, 34 vs 26 at
+  m = 64) but 3–26× less CPU at m = 32–128 (``benchmarks/bench_lnnet.py``), fast enough for m = 1000.
 - **multi-class**: the reference's pair merge: fold two same-label points onto each other
   (φ = their mid-angle), until each class is one circular run; at most m − c + 1 LN layers.
 
@@ -30,8 +31,8 @@ u = 1.2e-16). Additions of ours: steep candidate embeddings centred in the gaps 
 (needed when the end run is wider than its landing window), a two-fold look-ahead over the 4 best
 folds for the first 24 folds when more than 100 runs remain (greedy choice collapsed early on some
 m = 1000 data sets), and up to ``restarts`` first directions. Random binary labels at m = 1000 then
-build in ≈ 6 CPU-seconds and classify 100% in float64 (float32 forward: ≈ 0.6); about 1 data set in
-6 still fails (``ConstructionError``). **Deviation:** the LayerNorms use ε = 0.
+build in ≈ 6 CPU-seconds and classify 100% in float64 (float32 forward: 0.58–0.81); 1 of the 9
+m = 1000 data sets we tried still failed (``ConstructionError``). **Deviation:** the LayerNorms use ε = 0.
 With ε > 0 the LN radius depends on k(s − s₀) (relative change up to 1.5ε), which is harmless for
 small m but larger than the feature gaps at m ≈ 1000; every LN input here has variance ≥ 1/3, so
 ε = 0 never divides by zero.

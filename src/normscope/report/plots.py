@@ -8,18 +8,18 @@ vector's cosine with 𝟙 is ≈ N(0, 1/d)); it is drawn as a grey ±2 SD band.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import sys
 from typing import Any, Sequence
-
-import functools
 
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from normscope.report.tables import BLOCK_ROLES, get_path, layer_index, ln_sites, num  # noqa: E402
+from normscope.report.tables import BLOCK_ROLES, get_path, layer_index, ln_sites, num
 
 # Colour per norm site role (colour-blind-safe Tableau palette).
 ROLE_COLORS = {
@@ -43,21 +43,19 @@ ROLE_LABELS = {
 
 # Applied per figure (rc_context), never to the caller's global matplotlib state; figures are
 # plain Figure objects on an Agg canvas, so no pyplot backend is selected or touched.
-STYLE = (
-    {
-        "figure.dpi": 100,
-        "savefig.dpi": 110,
-        "font.size": 9.5,
-        "axes.titlesize": 10.5,
-        "axes.titleweight": "bold",
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "axes.grid": True,
-        "grid.alpha": 0.25,
-        "legend.fontsize": 8,
-        "legend.frameon": False,
-    }
-)
+STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 110,
+    "font.size": 9.5,
+    "axes.titlesize": 10.5,
+    "axes.titleweight": "bold",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+}
 
 
 def _styled(fn):
@@ -94,8 +92,6 @@ def png_bytes(fig: Figure) -> bytes:
     """Render ``fig`` to PNG bytes (closing it if pyplot manages it)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
-    import sys
-
     if "matplotlib.pyplot" in sys.modules:  # a caller's pyplot figure: release it
         sys.modules["matplotlib.pyplot"].close(fig)
     return buf.getvalue()

@@ -282,7 +282,7 @@ def run(out: Path, *, paper_scale: bool = False, jobs: int | None = None, progre
         md_table(["model", "final train loss (ours)", "final held-out loss (ours)", "paper final train", "paper final test"],
                  [[n, fmt(res[n]["log"]["train_loss"][-1], 3), fmt(res[n]["log"]["val_loss"][-1], 3), fmt(PAPER_FIG4[n]["train"]),
                    fmt(PAPER_FIG4[n]["test"])] for n in MODELS]),
-        "The paper's losses are over a 50k-token vocabulary, ours over a 512-token one: compare the direction of the gap, not the values. "
+        f"The paper's losses are over a 50k-token vocabulary, ours over a {cfg.vocab_size}-token one: compare the direction of the gap, not the values. "
         "One seed: a small gap is within noise.",
         "",
         "## Not in the paper: % unselectable among W_K·ln_1(x) per head (head_dim = 2)",
