@@ -11,7 +11,7 @@ from normscope.models import find_norms
 from normscope.probe import norm_hooks, run
 from normscope.probe.metrics import METRIC_ROWS, token_metrics
 from normscope.probe.runner import SiteProbe, layer_geometry
-from normscope.probe.stats import SPECS, StreamStats
+from normscope.probe.stats import SPECS, StreamStats, hist_edges
 
 torch.set_num_threads(1)
 
@@ -154,7 +154,7 @@ def test_histogram_under_overflow_and_nan():
     h = s.hist_summary(0)
     assert h["underflow"] == 2 and h["overflow"] == 1 and sum(h["counts"]) == 1
     assert s.n.item() == 4  # NaN skipped
-    assert len(h["edges"]) == len(h["counts"]) + 1
+    assert len(hist_edges(h)) == len(h["counts"]) + 1
 
 
 def _tiny_llama():

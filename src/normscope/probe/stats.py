@@ -221,7 +221,11 @@ class StreamStats:
         return out
 
     def hist_summary(self, i: int) -> dict:
-        """Histogram trimmed to its non-empty span; edges in the metric's own units."""
+        """Histogram trimmed to its non-empty span (see :func:`hist_edges` for its bin edges).
+
+        Linear-scale histograms store only ``lo``/``hi`` (first and last edge, metric units);
+        others store their ``edges`` (7 significant digits). This keeps stats.json small.
+        """
         spec = self.specs[i]
         h = self.hist[i]
         inner = h[1:-1]
@@ -233,12 +237,25 @@ class StreamStats:
         t_edges = spec.lo + torch.arange(a, b + 1, dtype=torch.float64) * spec.width
         edges = spec.inverse(t_edges) if b > a else torch.zeros(0, dtype=torch.float64)
         counts = inner[a:b].tolist()
+        span = (
+            {"lo": float(edges[0]), "hi": float(edges[-1])} if edges.numel() else {"lo": None, "hi": None}
+        ) if spec.scale == "linear" else {"edges": [float(f"{e:.7g}") for e in edges.tolist()]}
         return {
             "scale": spec.scale,
             "param": spec.param,
             "bin_width": spec.width,
-            "edges": edges.tolist(),
+            **span,
             "counts": counts,
             "underflow": int(h[0]),
             "overflow": int(h[-1]),
         }
+
+
+def hist_edges(h: dict) -> np.ndarray:
+    """Bin edges (metric units) of a histogram dict from :meth:`StreamStats.hist_summary`."""
+    counts = h.get("counts") or []
+    if "edges" in h:
+        return np.asarray(h["edges"], dtype=float)
+    if h.get("lo") is None or not counts:
+        return np.zeros(0)
+    return np.linspace(float(h["lo"]), float(h["hi"]), len(counts) + 1)

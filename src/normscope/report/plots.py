@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from normscope.probe.stats import hist_edges
 from normscope.report.tables import BLOCK_ROLES, get_path, layer_index, ln_sites, num
 
 # Colour per norm site role (colour-blind-safe Tableau palette).
@@ -215,21 +216,11 @@ def angle_zoom(stats: dict) -> bytes:
 
 
 def _hist_arrays(h: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """(edges, counts) from a histogram dict: {"edges", "counts"} or {"lo", "hi", "counts"}."""
+    """(edges, counts) from a histogram dict of the stats schema, or None if it is empty."""
     if not isinstance(h, dict) or "counts" not in h:
         return None
     counts = np.asarray(h["counts"], dtype=float)
-    if "edges" in h:
-        edges = np.asarray(h["edges"], dtype=float)
-    elif "bins" in h and isinstance(h["bins"], list):
-        edges = np.asarray(h["bins"], dtype=float)
-    elif "lo" in h and "hi" in h:
-        edges = np.linspace(float(h["lo"]), float(h["hi"]), counts.size + 1)
-    elif "range" in h:
-        lo, hi = h["range"]
-        edges = np.linspace(float(lo), float(hi), counts.size + 1)
-    else:
-        return None
+    edges = hist_edges(h)
     if edges.size != counts.size + 1 or counts.sum() <= 0:
         return None
     return edges, counts

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Iterable, Sequence
 
+from normscope.probe.stats import hist_edges
+
 PRE_ROLES = ("pre_attention", "pre_mlp")
 POST_ROLES = ("post_attention", "post_mlp")
 BLOCK_ROLES = PRE_ROLES + POST_ROLES
@@ -367,7 +369,7 @@ def mean_abs_deviation(summary: Any, center: float = 90.0) -> float:
     h = summary.get("hist") if isinstance(summary, dict) else None
     if not isinstance(h, dict) or h.get("scale", "linear") != "linear":
         return math.nan
-    edges, counts = h.get("edges") or [], h.get("counts") or []
+    edges, counts = list(hist_edges(h)), h.get("counts") or []
     if len(edges) != len(counts) + 1 or not counts:
         return math.nan
     tot = sum(counts)
