@@ -235,3 +235,28 @@ def test_forward_equals_trace_for_every_configuration(project, scale, affine, bi
     x = _inputs(torch.float64)
     ln = _params(nsn.LayerNorm(64, eps=1e-3, project=project, scale=scale, affine=affine, bias=bias, radius=radius).double(), 64)
     assert (ln(x) - ln.trace(x).output).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("backend", ["eager", "torch", "compile"])
+def test_rmsnorm_bias_and_gradients(backend):
+    d = 32
+    x = _inputs(torch.float64, shape=(5, d)).requires_grad_()
+    ours = _params(nsn.RMSNorm(d, eps=1e-5, bias=True, backend=backend, dtype=torch.float64), d)
+    ref = lambda t: F.rms_norm(t, (d,), ours.weight, 1e-5) + ours.bias  # noqa: E731
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max() < 1e-12
+    g1 = torch.autograd.grad(ours(x).square().sum(), [x, ours.weight, ours.bias])
+    g2 = torch.autograd.grad(ref(x).square().sum(), [x, ours.weight, ours.bias])
+    for a, b in zip(g1, g2):
+        assert (a - b).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_rmsnorm_gradcheck(affine, bias):
+    if bias and not affine:
+        return
+    x = _inputs(torch.float64, shape=(3, 8)).requires_grad_()
+    m = _params(nsn.RMSNorm(8, eps=1e-3, affine=affine, bias=bias, backend="eager", dtype=torch.float64), 8)
+    params = [p for p in m.parameters()]
+    assert torch.autograd.gradcheck(lambda t, *ps: m(t), (x, *params))

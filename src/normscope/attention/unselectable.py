@@ -176,6 +176,8 @@ def _decide_unique(z: np.ndarray, method: str, tol: float, n_random: int, seed: 
         s_idx = s_idx[s_idx != i]
         if s_idx.size == 0:
             s_idx = np.delete(np.arange(n), i)
+        elif s_idx.size > 8 * r:  # start from the known vertices most aligned with z_i
+            s_idx = s_idx[np.argpartition(-(z[s_idx] @ z[i]), 8 * r)[: 8 * r]]
         in_s = np.zeros(n, dtype=bool)
         in_s[s_idx] = True
         verdict: bool | None = None

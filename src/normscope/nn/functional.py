@@ -121,10 +121,22 @@ def rms_norm(
     if eps is None:
         eps = torch.finfo(x.dtype).eps
     norm = torch.linalg.vector_norm(xc, dim=dims, keepdim=True)
-    inv = torch.rsqrt(norm.square_().div_(d).add_(eps))
-    z = torch.mul(xc, inv)
-    if weight is not None:
-        z.mul_(weight.to(z.dtype))
-    if bias is not None:
-        z.add_(bias.to(z.dtype))
+    inv = torch.rsqrt(norm.square() / d + eps)  # per row: cheap
+    w = weight.to(xc.dtype) if weight is not None else None
+    b = bias.to(xc.dtype) if bias is not None else None
+    tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xc, w, b))
+    if tracked:  # out-of-place, so autograd keeps what it saved
+        z = xc * inv
+        if w is not None:
+            z = torch.addcmul(b, z, w) if b is not None else z * w
+        elif b is not None:
+            z = z + b
+    else:  # in place: one write of the output per pass
+        z = torch.mul(xc, inv)
+        if w is not None and b is not None:
+            torch.addcmul(b, z, w, out=z)
+        elif w is not None:
+            z.mul_(w)
+        elif b is not None:
+            z.add_(b)
     return z if z.dtype == x.dtype else z.to(x.dtype)

@@ -20,14 +20,18 @@ def _compiled_kernel():
     """torch.compile'd RMSNorm, built once; None when no compiler works here."""
     global _compiled
     if _compiled is None:
-        def kernel(x, weight, eps: float):
+        def kernel(x, weight, bias, eps: float):
             xf = x.float() if x.dtype not in (torch.float32, torch.float64) else x
             z = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
-            return (z * weight if weight is not None else z).to(x.dtype)
+            if weight is not None:
+                z = z * weight
+            if bias is not None:
+                z = z + bias
+            return z.to(x.dtype)
 
         try:
             _compiled = torch.compile(kernel, dynamic=False)
-            _compiled(torch.ones(2, 4), torch.ones(4), 1e-5)
+            _compiled(torch.ones(2, 4), torch.ones(4), None, 1e-5)
         except Exception as err:  # no C++ compiler, unsupported platform, ...
             warnings.warn(f"torch.compile is unavailable here ({type(err).__name__}); RMSNorm uses the eager kernel")
             _compiled = False
@@ -80,11 +84,11 @@ class RMSNorm(nn.Module):
         backend = self.backend
         if backend == "auto":
             backend = "torch" if x.is_cuda else "eager"
-        if backend == "compile" and len(self.normalized_shape) == 1 and self.bias is None:
+        if backend == "compile" and len(self.normalized_shape) == 1:
             kernel = _compiled_kernel()
             if kernel is not None:
                 eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-                return kernel(x, self.weight, eps)
+                return kernel(x, self.weight, self.bias, eps)
         if backend == "torch":
             z = F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
             return z + self.bias if self.bias is not None else z
