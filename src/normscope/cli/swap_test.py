@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per window (default 128)")
     p.add_argument("--max-tokens", type=int, default=2048, help="tokens of pydoc text (default 2048)")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--per", choices=["site", "layer"], default="site",
-                   help="swap one norm site at a time (default) or one block at a time")
+    p.add_argument("--per", choices=["site", "layer", "all"], default="site",
+                   help="swap one norm site at a time (default), one block at a time, or only all at once")
     p.add_argument("--loss", choices=["auto", "lm", "mlm", "embedding"], default="auto")
     p.add_argument("--no-angles", action="store_true", help="skip the probe's angle statistics")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

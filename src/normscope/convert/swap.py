@@ -138,7 +138,9 @@ def _groups(sites: Sequence[Any], per: str) -> list[tuple[str, list[Any]]]:
             key = f"layer {s.layer}" if s.layer is not None else s.name
             out.setdefault(key, []).append(s)
         return list(out.items())
-    raise ValueError(f"per must be 'site' or 'layer', got {per!r}")
+    if per == "all":
+        return []
+    raise ValueError(f"per must be 'site', 'layer' or 'all', got {per!r}")
 
 
 def swap_test(
