@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from normscope.lnnet import (
+    ConstructionError,
     construct,
     hessian_energy,
     hessian_energy_autograd,
@@ -111,10 +112,33 @@ def test_width3_layer_is_an_arc_embedding():
     assert torch.allclose(h.norm(dim=-1), torch.full((len(X),), math.sqrt(3), dtype=torch.float64), atol=1e-12)
 
 
+def _bernoulli(m, seed):
+    # the data of benchmarks/bench_lnnet.py --robust: X ~ N(0, I_5), Bernoulli(0.5) labels
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((m, 5)), rng.integers(0, 2, m)
+
+
+@pytest.mark.parametrize("seed", [0, 2, 5])
+def test_construct_m300_binary(seed):
+    X, y = _bernoulli(300, seed)
+    net = construct(X, y)
+    assert net.accuracy(X, y) == 1.0 and net.info.margin > 0
+    assert net.depth <= 298 and 1 <= net.info.attempts <= 32
+
+
+def test_construct_tries_the_next_first_direction_when_one_runs_out_of_precision():
+    X, y = _bernoulli(300, 1)  # its best-gap first direction dies within the first folds
+    with pytest.raises(ConstructionError, match="ran out of precision"):
+        construct(X, y, restarts=1)
+    net = construct(X, y)
+    assert net.info.attempts >= 2 and net.accuracy(X, y) == 1.0
+
+
 @pytest.mark.slow
-def test_construct_m1000_binary():
-    X, y = _data(1000, 5, 2, 1)
-    net = construct(X, y, restarts=8)
+@pytest.mark.parametrize("seed", [7, 12, 14])  # the data sets the 4-direction, 4-wide look-ahead build lost
+def test_construct_m1000_binary(seed):
+    X, y = _bernoulli(1000, seed)
+    net = construct(X, y)
     assert net.accuracy(X, y) == 1.0 and net.depth <= 998
 
 

@@ -54,6 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers-hist", nargs="+", default=None, metavar="SPEC",
                    help="blocks to histogram: 'N[,N...]' for every model or 'MODEL:N[,N...]' "
                         "(default: the block at ~75%% depth)")
+    p.add_argument("--swap-test", choices=["all", "layer", "site", "off"], default="all",
+                   help="naive LN<->RMSNorm swap test per model: swap all norms at once (default), "
+                        "each block, each site, or off")
+    p.add_argument("--swap-tokens", type=int, default=2048, metavar="N",
+                   help="token positions for the swap test (default 2048)")
+    p.add_argument("--attention", type=int, default=0, metavar="SEQS",
+                   help="also measure unselectable keys and query angles (Brody et al.) on SEQS sequences "
+                        "per model (default 0 = off; costs about a minute per sequence on 2 cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -80,9 +88,12 @@ def parse_layers_hist(specs: list[str] | None, models: list[str]) -> dict[str, l
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for flag, v in (("--max-tokens", args.max_tokens), ("--seq-len", args.seq_len), ("--batch-size", args.batch_size)):
+    for flag, v in (("--max-tokens", args.max_tokens), ("--seq-len", args.seq_len), ("--batch-size", args.batch_size),
+                    ("--swap-tokens", args.swap_tokens)):
         if v < 1:
             raise ValueError(f"{flag} must be a positive integer, got {v}")
+    if args.attention < 0:
+        raise ValueError(f"--attention must be >= 0, got {args.attention}")
     if args.skip_first and args.seq_len < 2:
         raise ValueError("--skip-first needs --seq-len >= 2 (nothing would be left)")
 
@@ -137,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                 _check_blocks(name, sites, hist_layers[name])
             loaded.append((name, lm, sites, ctx, load_s))
 
-        models_out = []
+        models_out, sections = [], []
         for i, (name, lm, sites, ctx, load_s) in enumerate(loaded):
             batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.max_tokens,
                                        batch_size=args.batch_size, context=ctx)
@@ -145,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             res = probe.run(lm, batches, skip_first=args.skip_first, progress=not args.quiet, sites=sites,
                             name=name, total=math.ceil(args.max_tokens / (args.seq_len * args.batch_size)))
             probe_s = time.perf_counter() - t
+            sections.extend(_extra_sections(args, name, lm, texts, ctx))
             for m in res["models"]:
                 m["run"] = {"load_seconds": load_s, "probe_seconds": probe_s, "source": str(getattr(lm, "source", "")),
                             "context": ctx, "seq_len": args.seq_len}
@@ -169,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
         }
         _say(args, "writing report ...")
         stats["run"]["seconds"] = time.perf_counter() - t0  # probe + load time; report rendering follows
-        build(stats, tmp, hist_layers=hist_layers)
+        stats["run"]["extras_seconds"] = sum(sec.pop() for sec in sections)
+        build(stats, tmp, hist_layers=hist_layers, extra_sections=[tuple(sec) for sec in sections])
     out = os.path.abspath(args.out)
     for m in models_out:
         nf = sum(int((e.get("nonfinite") or {}).get("input_tokens", 0)) + int((e.get("nonfinite") or {}).get("output_tokens", 0))
@@ -180,6 +193,39 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {os.path.join(out, 'report.html')} (+ tables.md, stats.json, figures/) "
           f"in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _extra_sections(args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None) -> list[list]:
+    """The swap test and (optionally) the attention measurement for one model, as report sections.
+
+    Each entry is ``[title, markdown, seconds]``; the caller strips the time.
+    """
+    from normscope.models import text as nt
+
+    out = []
+    if args.swap_test != "off":
+        from normscope.convert import swap_test, swap_test_section
+
+        _say(args, f"swap test on {name} ({args.swap_test}) ...")
+        t = time.perf_counter()
+        batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.swap_tokens,
+                                   batch_size=args.batch_size, context=ctx)
+        res = swap_test(lm, batches, per=args.swap_test, angles=True, progress=not args.quiet)
+        out.append([*swap_test_section(res), time.perf_counter() - t])
+    if args.attention:
+        from normscope.attention import attention_section, measure_attention
+
+        d = int(lm.model.config.hidden_size)
+        seq_len = 1 << d.bit_length()  # the first power of two above d: fewer keys than d + 1 are all selectable
+        if ctx is not None:
+            seq_len = min(seq_len, ctx)
+        _say(args, f"attention on {name} ({args.attention} x {seq_len} tokens) ...")
+        t = time.perf_counter()
+        batches = nt.token_batches(lm.tokenizer, texts, seq_len=seq_len, max_tokens=args.attention * seq_len,
+                                   batch_size=1, context=ctx)
+        res = measure_attention(lm.model, batches, name=name, max_sequences=args.attention, progress=not args.quiet)
+        out.append([*attention_section(res), time.perf_counter() - t])
+    return out
 
 
 def _version(mod: str) -> str:

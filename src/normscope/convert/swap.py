@@ -325,12 +325,17 @@ def swap_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+_VARIANTS = {"site": "one site at a time and all at once", "layer": "one block at a time and all at once",
+             "all": "all at once"}
+
+
 def swap_test_section(result: dict) -> tuple[str, str]:
     """(title, markdown) for the HTML report: the naive-swap table with a one-paragraph explanation."""
     title = f"Naive norm swap: {result['model']}"
     intro = (
         "Each norm is replaced by the other kind **without centring the residual writers** "
-        f"({result['swap']}), one at a time and all at once, and the loss is measured on the same text. "
+        f"({result['swap']}), {_VARIANTS.get(result.get('per'), 'one at a time and all at once')}, "
+        "and the loss is measured on the same text. "
         "The mean angle between the norm's input and the all-ones vector 𝟙 (from the probe) is shown beside it: "
         "LayerNorm removes exactly the component along 𝟙, so the closer the input is to 90°, the smaller the change. "
         "Gupta et al. (arXiv:2409.12951) did not run this experiment; these are our measurements."

@@ -141,25 +141,13 @@ def make_data(cfg: MajorityConfig, seed: int) -> dict[str, torch.Tensor]:
 # --- model -----------------------------------------------------------------------------------
 
 
-class _Stepwise(nn.Module):
-    """Runs a normscope LayerNorm through its step-by-step ``trace`` path (autograd-safe for
-    ``project=False``, whose fused forward currently modifies a saved tensor in place)."""
-
-    def __init__(self, norm: LayerNorm):
-        super().__init__()
-        self.norm = norm
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm.trace(x).output
-
-
 def make_norm1(variant: str, d: int) -> nn.Module:
     if variant == "proj_scale":
         return LayerNorm(d, eps=1e-12, affine=False)
     if variant == "scale_sqrt_d":
-        return _Stepwise(LayerNorm(d, eps=1e-12, project=False, affine=False, radius="sqrt_d"))
+        return LayerNorm(d, eps=1e-12, project=False, affine=False, radius="sqrt_d")
     if variant == "scale_inv_sqrt_d":
-        return _Stepwise(LayerNorm(d, eps=1e-12, project=False, affine=False, radius="inv_sqrt_d"))
+        return LayerNorm(d, eps=1e-12, project=False, affine=False, radius="inv_sqrt_d")
     if variant == "none":
         return nn.Identity()
     raise ValueError(f"unknown norm1 variant {variant!r}; choose from {list(VARIANTS)}")
