@@ -24,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"normscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"normscope.cli.{name}")
-        except ModuleNotFoundError as err:  # DEV-ONLY: tolerate commands still being written
-            if err.name == f"normscope.cli.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"normscope.cli.{name}").register(sub)
     return parser
 
 

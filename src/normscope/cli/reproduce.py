@@ -20,11 +20,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     papers = parser.add_subparsers(dest="paper", metavar="PAPER")
     for name in PAPERS:
-        try:
-            module = importlib.import_module(f"normscope.experiments.{name}")
-        except ModuleNotFoundError as err:  # DEV-ONLY: tolerate experiments still being written
-            if err.name == f"normscope.experiments.{name}":
-                continue
-            raise
-        module.register(papers)
+        importlib.import_module(f"normscope.experiments.{name}").register(papers)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)

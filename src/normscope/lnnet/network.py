@@ -61,6 +61,12 @@ _TIER = 100.0
 _T_COARSE = np.linspace(-1.5, 2.5, 11)
 _LK_COARSE = np.linspace(-2.0, 4.0, 9)
 _TAUS = np.array([0.25, 0.5, 0.75])
+# Run folds search the middle of that grid: s0 in [−0.3, 1.3]·range, k·range in [10^−0.5, 10^4]. At
+# m = 1000 every fold chosen from the full grid had t in [0, 1] and lk ≥ 0.25 after refinement, and
+# this subgrid built nets of the same depth from the same first direction on all 20 data sets of
+# ``bench_lnnet.py --robust`` (3 of 20 margins differ) in 1.3–1.9× less CPU time.
+_T_BIN = _T_COARSE[3:8]
+_LK_BIN = _LK_COARSE[2:]
 _SAME_TOL = 1e-9  # relative: same-label values this close count as merged
 _DIFF_TOL = 1e-12  # relative: different-label values this close = construction failed
 
@@ -416,7 +422,7 @@ def _binary_step(lo, hi, smax, top: int = 1):
             out.append((float(ranks[i]), float(gaps[i]), (float(s0[gi]), float(k[gi]), side, float(phis[i]), tt[gi], ll[gi])))
         return out
 
-    coarse = evaluate(*(np.r_[a, b] for a, b in zip(_grid(lo[0], R, _T_COARSE, _LK_COARSE), _local_candidates(lo, hi, R))), keep=top)
+    coarse = evaluate(*(np.r_[a, b] for a, b in zip(_grid(lo[0], R, _T_BIN, _LK_BIN), _local_candidates(lo, hi, R))), keep=top)
     best = []
     for c in coarse:
         fine = evaluate(*_grid(lo[0], R, *_refine(c[2][4], c[2][5])), keep=len(_TAUS) * 200)
