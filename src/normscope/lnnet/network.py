@@ -33,9 +33,9 @@ folds for the first 10 folds and the 4 best up to fold 24 when more than 100 run
 smallest gap collapses from ~1e-6 to ~1e-11 in those first folds, and that is where builds die),
 and up to ``restarts`` = 32 first directions (a dead one dies within ~10 folds, ≈ 0.5 s at m = 1000).
 Random binary labels at m = 1000 (d = 5 Gaussian X; ``benchmarks/bench_lnnet.py --robust``) then
-build on 20 of 20 data sets in 4.4–7.7 CPU-seconds (1–4 first directions), 458–514 LN layers, and
-classify 100% in float64 (float32 forward of the same nets: 0.61–0.86). With the 4-wide look-ahead
-and 4 directions, 3 of those 20 failed (``ConstructionError``). **Deviation:** the LayerNorms use ε = 0.
+build on 20 of 20 data sets in 3.3–5.0 CPU-seconds (mean 3.9; 1–4 first directions), 458–514 LN
+layers, and classify 100% in float64 (float32 forward of the same nets: 0.61–0.86). With the 4-wide
+look-ahead, full grid and 4 directions, 3 of those 20 failed (``ConstructionError``). **Deviation:** the LayerNorms use ε = 0.
 With ε > 0 the LN radius depends on k(s − s₀) (relative change up to 1.5ε), which is harmless for
 small m but larger than the feature gaps at m ≈ 1000; every LN input here has variance ≥ 1/3, so
 ε = 0 never divides by zero.
@@ -481,7 +481,7 @@ def _build_binary(s: np.ndarray, codes: np.ndarray, lookahead: int = 4, lookahea
     later folds are stable. Within the first 12 folds, of the 12 best first directions of two
     m = 1000 random-label data sets each, greedy choice died for 21 of 24, the 4-wide look-ahead
     for 16 of 24 (same two data sets), the 8-wide one for 11 of 24 (two data sets, one shared).
-    A dead direction costs ≈ 0.5–1 CPU-s, so :func:`construct` simply tries the next one.
+    A dead direction costs ≈ 0.5 CPU-s, so :func:`construct` simply tries the next one.
     """
     lo, hi, lab = _runs(s, codes)
     plan = []
