@@ -393,3 +393,14 @@ def test_threaded_root_finding_matches_single_thread():
         torch.set_num_threads(old)
     np.testing.assert_allclose(l2, l1, rtol=1e-14)
     np.testing.assert_allclose(np.abs(np.sum(V1 * V2, axis=0)), 1.0, atol=1e-12)
+
+
+def test_secular_falls_back_to_dense_without_lapack(monkeypatch):
+    from normscope.geometry import _secular
+
+    g = np.random.default_rng(5).normal(1.0, 0.3, 64)
+    want, _ = _secular.principal_axes(g, method="dense")
+    monkeypatch.setattr(_secular, "_have_dlaed4", lambda: False)
+    with pytest.warns(UserWarning, match="dlaed4"):
+        got, _ = _secular.principal_axes(g, method="secular")
+    np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -33,6 +33,7 @@ import ctypes
 import functools
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -83,6 +84,15 @@ _DBL_P = ctypes.POINTER(ctypes.c_double)
 @functools.cache
 def _dlaed4():
     return _capsule_function("dlaed4", None, _INT_P, _INT_P, _DBL_P, _DBL_P, _DBL_P, _DBL_P, _DBL_P, _INT_P)
+
+
+@functools.cache
+def _have_dlaed4() -> bool:
+    try:
+        _dlaed4()
+    except (KeyError, AttributeError, OSError, ValueError, TypeError):
+        return False
+    return True
 
 
 def _n_threads(n_roots: int) -> int:
@@ -227,6 +237,9 @@ def principal_axes(
         return np.zeros(0), (np.zeros((n, 0)) if directions else None)
     keep, groups, _tol, n_null = _deflate(g)
     n_axes = n - max(n_null, 1)
+    if method == "secular" and not _have_dlaed4():
+        warnings.warn("LAPACK dlaed4 is not reachable through this scipy; using dense eigh (O(N^3)) instead")
+        method = "dense"
     if method == "dense":
         M = np.diag(g * g) - np.outer(g, g) / n
         if directions:
