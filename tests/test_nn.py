@@ -260,3 +260,11 @@ def test_rmsnorm_gradcheck(affine, bias):
     m = _params(nsn.RMSNorm(8, eps=1e-3, affine=affine, bias=bias, backend="eager", dtype=torch.float64), 8)
     params = [p for p in m.parameters()]
     assert torch.autograd.gradcheck(lambda t, *ps: m(t), (x, *params))
+
+
+def test_group_layernorm_gradcheck():
+    x = _inputs(torch.float64, shape=(3, 12)).requires_grad_()
+    m = _params(nsn.GroupLayerNorm(12, 3, eps=1e-3, dtype=torch.float64), 12)
+    assert torch.autograd.gradcheck(lambda t, w, b: m(t), (x, m.weight, m.bias))
+    with torch.no_grad():
+        assert torch.allclose(m(x), m.trace(x).output, atol=1e-14)

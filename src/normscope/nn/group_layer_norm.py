@@ -62,7 +62,9 @@ class GroupLayerNorm(nn.Module):
         z = F.layer_norm(self._grouped(x), (self.group_size,), None, None, self.eps).flatten(-2)
         if self.weight is None:
             return z
-        return torch.addcmul(self.bias, z, self.weight)
+        if torch.is_grad_enabled() and (z.requires_grad or self.weight.requires_grad or self.bias.requires_grad):
+            return torch.addcmul(self.bias, z, self.weight)
+        return torch.addcmul(self.bias, z, self.weight, out=z)  # in place: no second output buffer
 
     def trace(self, x: torch.Tensor) -> NormTrace:
         """Step-by-step run; ``projected``/``normalized`` have the input's shape, ``denom`` is (..., num_groups)."""
