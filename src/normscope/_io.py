@@ -21,6 +21,19 @@ class OutputExistsError(FileExistsError):
     """The output folder already exists and ``force`` was not given."""
 
 
+def refuse_existing(path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Raise :class:`OutputExistsError` if ``path`` exists and not ``force``; return it resolved.
+
+    Commands call this before slow work so a clash fails fast; :func:`output_dir` calls it too.
+    """
+    final = Path(path).resolve()
+    if final.exists() and not force:
+        raise OutputExistsError(
+            f"output folder {final} already exists; choose another --out or pass --force to replace it"
+        )
+    return final
+
+
 @contextlib.contextmanager
 def output_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that becomes ``path`` atomically on success.
@@ -28,11 +41,7 @@ def output_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
     Raises :class:`OutputExistsError` if ``path`` exists and ``force`` is False.
     With ``force`` the old folder is replaced only after the new one is complete.
     """
-    final = Path(path).resolve()
-    if final.exists() and not force:
-        raise OutputExistsError(
-            f"output folder {final} already exists; choose another --out or pass --force to replace it"
-        )
+    final = refuse_existing(path, force=force)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions

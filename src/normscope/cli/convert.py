@@ -34,15 +34,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from normscope import __version__
-    from normscope._io import atomic_write_json, atomic_write_text, output_dir
+    from normscope._io import atomic_write_json, atomic_write_text, output_dir, refuse_existing
     from normscope.convert import compare, load, residual_mean, to_rmsnorm, write
     from normscope.convert.exact import describe
     from normscope.models import load as load_model
     from normscope.models.text import context_length, default_texts, token_batches
 
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise FileExistsError(f"output folder {out} already exists; choose another OUT or pass --force")
+    refuse_existing(out, force=args.force)
     lm = load_model(args.model, dtype=torch.float32)
     model = lm.model.eval()
     converted = to_rmsnorm(model).eval()

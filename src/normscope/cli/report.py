@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                 _check_blocks(name, sites, hist_layers[name])
             loaded.append((name, lm, sites, ctx, load_s))
 
-        models_out, sections = [], []
+        models_out, sections, extras_seconds = [], [], 0.0
         for i, (name, lm, sites, ctx, load_s) in enumerate(loaded):
             batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.max_tokens,
                                        batch_size=args.batch_size, context=ctx)
@@ -156,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
             res = probe.run(lm, batches, skip_first=args.skip_first, progress=not args.quiet, sites=sites,
                             name=name, total=math.ceil(args.max_tokens / (args.seq_len * args.batch_size)))
             probe_s = time.perf_counter() - t
-            sections.extend(_extra_sections(args, name, lm, texts, ctx))
+            extra, extra_s = _extra_sections(args, name, lm, texts, ctx)
+            sections.extend(extra)
+            extras_seconds += extra_s
             for m in res["models"]:
                 m["run"] = {"load_seconds": load_s, "probe_seconds": probe_s, "source": str(getattr(lm, "source", "")),
                             "context": ctx, "seq_len": args.seq_len}
@@ -181,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
         }
         _say(args, "writing report ...")
         stats["run"]["seconds"] = time.perf_counter() - t0  # probe + load time; report rendering follows
-        stats["run"]["extras_seconds"] = sum(sec.pop() for sec in sections)
-        build(stats, tmp, hist_layers=hist_layers, extra_sections=[tuple(sec) for sec in sections])
+        stats["run"]["extras_seconds"] = extras_seconds
+        build(stats, tmp, hist_layers=hist_layers, extra_sections=sections)
     out = os.path.abspath(args.out)
     for m in models_out:
         nf = sum(int((e.get("nonfinite") or {}).get("input_tokens", 0)) + int((e.get("nonfinite") or {}).get("output_tokens", 0))
@@ -195,23 +197,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _extra_sections(args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None) -> list[list]:
-    """The swap test and (optionally) the attention measurement for one model, as report sections.
+def _extra_sections(
+    args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None
+) -> tuple[list[tuple[str, str]], float]:
+    """The swap test and (optionally) the attention measurement for one model.
 
-    Each entry is ``[title, markdown, seconds]``; the caller strips the time.
+    **Returns:** the report sections ``(title, markdown)`` and the seconds they took.
     """
     from normscope.models import text as nt
 
+    t0 = time.perf_counter()
     out = []
     if args.swap_test != "off":
         from normscope.convert import swap_test, swap_test_section
 
         _say(args, f"swap test on {name} ({args.swap_test}) ...")
-        t = time.perf_counter()
         batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.swap_tokens,
                                    batch_size=args.batch_size, context=ctx)
         res = swap_test(lm, batches, per=args.swap_test, angles=True, progress=not args.quiet)
-        out.append([*swap_test_section(res), time.perf_counter() - t])
+        out.append(swap_test_section(res))
     if args.attention:
         from normscope.attention import attention_section, measure_attention
 
@@ -220,12 +224,11 @@ def _extra_sections(args: argparse.Namespace, name: str, lm: Any, texts: list[st
         if ctx is not None:
             seq_len = min(seq_len, ctx)
         _say(args, f"attention on {name} ({args.attention} x {seq_len} tokens) ...")
-        t = time.perf_counter()
         batches = nt.token_batches(lm.tokenizer, texts, seq_len=seq_len, max_tokens=args.attention * seq_len,
                                    batch_size=1, context=ctx)
         res = measure_attention(lm.model, batches, name=name, max_sequences=args.attention, progress=not args.quiet)
-        out.append([*attention_section(res), time.perf_counter() - t])
-    return out
+        out.append(attention_section(res))
+    return out, time.perf_counter() - t0
 
 
 def _version(mod: str) -> str:

@@ -34,13 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from normscope._io import atomic_write_json, atomic_write_text, output_dir
+    from normscope._io import atomic_write_json, atomic_write_text, output_dir, refuse_existing
     from normscope.convert import swap_markdown, swap_test
     from normscope.models import load
     from normscope.models.text import context_length, default_texts, token_batches
 
-    if args.out and Path(args.out).exists() and not args.force:
-        raise FileExistsError(f"output folder {args.out} already exists; choose another --out or pass --force")
+    if args.out:
+        refuse_existing(args.out, force=args.force)
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load(args.model, dtype=torch.float32)

@@ -130,7 +130,7 @@ def train_tiny(
     from transformers import GPT2Config, GPT2LMHeadModel
     from tqdm.auto import tqdm
 
-    from normscope._io import atomic_write_json, output_dir
+    from normscope._io import atomic_write_json, output_dir, refuse_existing
     from normscope.models.text import default_texts
 
     if steps < 1 or batch_size < 1 or seq_len < 2:
@@ -138,8 +138,7 @@ def train_tiny(
     if n_embd % n_head:
         raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"output folder {out} already exists; pass --force to replace it")
+    refuse_existing(out, force=force)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
