@@ -73,7 +73,7 @@ def _readme(parts, timing, args) -> str:
         "LN-Nets (Linear + LN, no activation) of width 3 and O(m) LN layers classify m samples with any labels; a VC-dimension "
         "lower bound; SSR ('Sum of Squares Ratio') and LSSR ('Linear Invariant Lower Bound'), which LN can break; LN-G amplifies "
         "nonlinearity, fits random labels better than LN, which fits them better than linear nets; LN-G helps CNNs/Transformers. "
-        "**Reconstructed by us** (ln-nonlinearity.md): the explicit construction and its depth bounds (m − 2, m − c + 1), the "
+        "**Reconstructed by us** (normscope docs/lnnet.md): the explicit construction and its depth bounds (m − 2, m − c + 1), the "
         "VC bound L + 2, the SSR/LSSR formulas and the XOR example, the Hessian-energy closed form and linear-residual measures, "
         "and every training setup below. No number here is the paper's.\n\n"
         "**Deviation:** the constructed nets use LayerNorm with ε = 0 (every LN input has variance ≥ 1/3); with ε = 1e-5 the "
