@@ -142,17 +142,9 @@ def construct(X, y, *, depth: int | None = None, seed: int = 0, restarts: int = 
     bound = m - 2 if binary else m - c + 1
     dirs = _directions(X, codes, rng)
     if depth is None or depth == 0:
-        for _, v in dirs:
-            s = X @ v
-            if len(_runs(s, codes)[0]) == c:
-                # each class is one run along v: a linear read-out needs no LN layer
-                a, b = _line_readout(s, codes, c)
-                readout = nn.Linear(X.shape[1], c, dtype=torch.float64)
-                with torch.no_grad():
-                    readout.weight.copy_(torch.from_numpy(np.outer(a, v)))
-                    readout.bias.copy_(torch.from_numpy(b))
-                info = LNNetInfo(0, bound, 0, m, c, "linear", 0.0, 0.0, v)
-                return _finish(LNNet([], readout, classes, info), X, codes)
+        net = _linear_net(X, codes, classes, dirs, bound)
+        if net is not None:
+            return net
         if depth == 0:
             raise ValueError("depth=0 needs the classes to be separable along one direction; they are not here")
     errors = []
@@ -170,6 +162,22 @@ def construct(X, y, *, depth: int | None = None, seed: int = 0, restarts: int = 
         f"float64 ran out of precision for m = {m} with {min(restarts, len(dirs))} first directions; "
         f"last failure: {errors[-1]}"
     )
+
+
+def _linear_net(X, codes, classes, dirs, bound) -> LNNet | None:
+    """A net with no LN layer when some direction splits the classes into one run each, else None."""
+    m, c = len(codes), len(classes)
+    for _, v in dirs:
+        s = X @ v
+        if len(_runs(s, codes)[0]) == c:
+            a, b = _line_readout(s, codes, c)
+            readout = nn.Linear(X.shape[1], c, dtype=torch.float64)
+            with torch.no_grad():
+                readout.weight.copy_(torch.from_numpy(np.outer(a, v)))
+                readout.bias.copy_(torch.from_numpy(b))
+            info = LNNetInfo(0, bound, 0, m, c, "linear", 0.0, 0.0, v)
+            return _finish(LNNet([], readout, classes, info), X, codes)
+    return None
 
 
 def _build(X, codes, classes, v, bound, depth) -> LNNet:

@@ -77,7 +77,6 @@ def _pair_step(u: np.ndarray, lab: np.ndarray, smax: float) -> PairMerge:
         pairs += list(zip(idx[:-1], idx[1:]))
     pairs = np.array(pairs)
     R = float(u[-1] - u[0])
-    scale = max(1.0, smax)
 
     def evaluate(s0, k):
         T = np.arctan(k[:, None] * (u[None, :] - s0[:, None]))  # (G, n)
@@ -100,27 +99,33 @@ def _pair_step(u: np.ndarray, lab: np.ndarray, smax: float) -> PairMerge:
     for p in order:
         g = best_g[p]
         s0r, kr, _, _ = _grid(u[0], R, *_refine(tt[g], ll[g]))
-        s0a, ka = np.r_[s0[g], s0r], np.r_[k[g], kr]
-        T = np.arctan(ka[:, None] * (u[None, :] - s0a[:, None]))
-        i, j = pairs[p]
-        phi = (T[:, i] + T[:, j]) / 2
-        sp = np.cos(T - phi[:, None])
-        o = np.argsort(sp, -1, kind="stable")
-        ss = np.take_along_axis(sp, o, -1)
-        lo_ = lab[o]
-        gap = np.where(lo_[:, 1:] != lo_[:, :-1], np.diff(ss, axis=-1), np.inf).min(-1)
-        gsc = _score(gap, s0a, ka, smax)
-        b = int(np.argmax(gsc))
-        raw = float(gsc[b])
-        score = _gap_of(raw)
-        if not np.isfinite(score) or score <= _DIFF_TOL * scale:
-            continue
-        newu, newl = _distinct(sp[b], lab)
-        key = (raw > _TIER / 2, math.floor(math.log10(score) * 4) / 4, -_circ_runs(newl), -len(newu), score)
-        results.append(PairMerge(key, float(s0a[b]), float(ka[b]), float(phi[b]), newu, newl))
+        merge = _refined_merge(u, lab, pairs[p], np.r_[s0[g], s0r], np.r_[k[g], kr], smax)
+        if merge is not None:
+            results.append(merge)
     if not results:
         raise ConstructionError(f"pair merge: every candidate fold collides different labels ({n} points left)")
     return max(results, key=lambda r: r.key)
+
+
+def _refined_merge(u, lab, pair, s0a: np.ndarray, ka: np.ndarray, smax: float) -> PairMerge | None:
+    """Best of the candidate embeddings (s0a, ka) for merging ``pair``; None if all collide different labels."""
+    T = np.arctan(ka[:, None] * (u[None, :] - s0a[:, None]))
+    i, j = pair
+    phi = (T[:, i] + T[:, j]) / 2
+    sp = np.cos(T - phi[:, None])
+    o = np.argsort(sp, -1, kind="stable")
+    ss = np.take_along_axis(sp, o, -1)
+    lo_ = lab[o]
+    gap = np.where(lo_[:, 1:] != lo_[:, :-1], np.diff(ss, axis=-1), np.inf).min(-1)
+    gsc = _score(gap, s0a, ka, smax)
+    b = int(np.argmax(gsc))
+    raw = float(gsc[b])
+    score = _gap_of(raw)
+    if not np.isfinite(score) or score <= _DIFF_TOL * max(1.0, smax):
+        return None
+    newu, newl = _distinct(sp[b], lab)
+    key = (raw > _TIER / 2, math.floor(math.log10(score) * 4) / 4, -_circ_runs(newl), -len(newu), score)
+    return PairMerge(key, float(s0a[b]), float(ka[b]), float(phi[b]), newu, newl)
 
 
 def _build_multiclass(s: np.ndarray, codes: np.ndarray, n_classes: int) -> MulticlassPlan:
