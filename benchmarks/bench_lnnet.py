@@ -2,8 +2,9 @@
 
 Both are our implementations (``normscope.lnnet.run_fold`` and ``.pair_merge``, reached through
 ``normscope.lnnet.network``; ``docs/lnnet.md``): ``run-fold`` is what :func:`construct` uses for two
-classes; ``pair-merge`` is the pair-merge reconstruction, which construct uses for multi-class and which we run here on binary labels for comparison. Prints CPU seconds, LN layers
-and success for each, and the ratio, measured in this one run (single thread).
+classes; ``pair-merge`` is the pair-merge reconstruction, which construct uses for multi-class and
+which we run here on binary labels for comparison. Prints CPU seconds, LN layers and success for
+each, and the ratio, measured in this one run (single thread).
 
 ``--robust`` instead runs the full :func:`construct` (first-direction restarts included) on
 ``--seeds`` data sets of m = ``--m`` points (X ~ N(0, I₅), Bernoulli(0.5) labels) and prints, per data
