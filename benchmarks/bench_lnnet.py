@@ -1,9 +1,10 @@
-"""Width-3 LN-Net construction: our run folds vs the reference's pair merges, on random binary labels.
+"""Width-3 LN-Net construction: run folds vs pair merges, on random binary labels.
 
-Both are our implementations (normscope.lnnet.network): ``run-fold`` is what :func:`construct` uses
-for two classes; ``pair-merge`` is the reference doc's algorithm (§4.2–4.3), which construct uses for
-multi-class and which we run here on binary labels for comparison. Prints CPU seconds, LN layers
-and success for each, and the ratio, measured in this one run (single thread).
+Both are our implementations (``normscope.lnnet.run_fold`` and ``.pair_merge``, reached through
+``normscope.lnnet.network``; ``docs/lnnet.md``): ``run-fold`` is what :func:`construct` uses for two
+classes; ``pair-merge`` is the pair-merge reconstruction, which construct uses for multi-class and
+which we run here on binary labels for comparison. Prints CPU seconds, LN layers and success for
+each, and the ratio, measured in this one run (single thread).
 
 ``--robust`` instead runs the full :func:`construct` (first-direction restarts included) on
 ``--seeds`` data sets of m = ``--m`` points (X ~ N(0, I₅), Bernoulli(0.5) labels) and prints, per data

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import normscope
 from normscope.cli import build_parser
 
@@ -32,3 +34,20 @@ def test_cli_clean_error_for_existing_output(tmp_path):
     )
     assert proc.returncode == 1
     assert "already exists" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_convert_exports_only_user_facing_names():
+    import normscope.convert as conv
+    from normscope.convert import exact, families, swap
+
+    assert set(conv.__all__) == {
+        "NotConvertibleError", "compare", "load", "plan", "residual_mean", "swap_test", "swapped", "to_rmsnorm", "write",
+    }
+    for name in conv.__all__:
+        assert getattr(conv, name) is not None, name
+    # internals stay importable from their modules, and (for existing callers) from the package
+    assert conv.rmsnorm_like is exact.rmsnorm_like and conv.apply_structure is exact.apply_structure
+    assert conv.SUPPORTED is families.SUPPORTED
+    assert callable(conv.swap_markdown) and callable(swap.swap_test)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        conv.no_such_name

@@ -21,7 +21,7 @@ from normscope.lnnet import (
 )
 from normscope.nn import GroupLayerNorm, LayerNorm
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # restored after each test (conftest)
 
 
 def _data(m, d, c, seed):

@@ -34,8 +34,7 @@ def test_reproduce_ni_theory_part_writes_tables_and_plots(tmp_path):
         args.func(args)
 
 
-def test_capacity_and_activation_micro_budget(tmp_path):
-    torch.set_num_threads(1)
+def test_capacity_and_activation_micro_budget(tmp_path, one_thread):
     cap = runs.capacity(tmp_path, quick=True, seeds=1, steps=5)
     assert set(cap) == {"gaussian (N(0,I32), 10 random classes)", "digits, shuffled labels"}
     for r in cap.values():

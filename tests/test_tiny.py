@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
 from normscope.models.tiny import byte_tokenizer, heldout_loss, load_heldout, split_texts, train_tiny
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TINY = dict(steps=40, batch_size=4, seq_len=64, n_layer=2, n_embd=64, n_head=4, lr=3e-3, warmup=5, threads=1,
             progress=False)

@@ -7,7 +7,7 @@ The small public API (everything else lives in the subpackages named below):
 - models / probe: :func:`load_model`, :func:`find_norms`, ``probe.run`` (Gupta et al., arXiv:2409.12951)
 - conversion: :func:`to_rmsnorm`, :func:`swap_test`
 - attention: :func:`unselectable` (Brody et al., arXiv:2305.02582)
-- LN-Nets: :func:`construct` (Ni et al., ICML 2024)
+- LN-Nets: :func:`construct` (Ni et al., ICML 2024, arXiv:2406.01255)
 
 Subpackages: ``nn``, ``geometry``, ``models``, ``probe``, ``report``, ``convert``,
 ``attention``, ``lnnet``, ``experiments``. Those that import transformers or scipy's LP

@@ -6,7 +6,7 @@
 - :func:`hessian_energy`, :func:`linear_residual`, :func:`nonlinearity_table` — LN-G nonlinearity vs groups.
 
 The paper's full text was not available: constructions, constants and formulas here are our
-reconstructions (``ln-nonlinearity.md``), labelled as such in each docstring.
+reconstructions (derived in ``docs/lnnet.md``), labelled as such in each docstring.
 """
 
 from normscope.lnnet.measures import hessian_energy, hessian_energy_autograd, linear_residual, nonlinearity_table

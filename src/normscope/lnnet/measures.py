@@ -1,7 +1,7 @@
 """Nonlinearity of group LayerNorm (LN-G) as a function of the number of groups [reconstructed].
 
 Ni et al. (ICML 2024) prove that grouping amplifies LN's nonlinearity "under a mild assumption";
-their measure and theorem were not available to us. Two measures from ``ln-nonlinearity.md`` §6.2:
+their measure and theorem were not available to us. Two measures of ours (``docs/lnnet.md``):
 
 - **Hessian energy** Σ_k ‖∇²ₓ f_k(x)‖_F². For LN-G with unit gain, zero bias and ε = 0 it has the
   closed form Σ_groups 3n(n − 2)/r_g⁴, n the group size and r_g the norm of the centred group
@@ -61,7 +61,7 @@ def linear_residual(module: torch.nn.Module, X: torch.Tensor) -> float:
 def nonlinearity_table(d: int = 64, groups=(1, 2, 4, 8, 16, 32), *, n_samples: int = 20000, seed: int = 0) -> list[dict]:
     """Linear residual and median √(Hessian energy) of GroupLayerNorm(d, g, eps=0, affine=False), x ~ N(0, I_d).
 
-    Expected shape [reconstructed, ``ln-nonlinearity.md`` §6.2]: both grow with g; the Hessian is 0 at
+    Expected shape [reconstructed, ``docs/lnnet.md``]: both grow with g; the Hessian is 0 at
     group size 2 (a sign function), whose residual is 1 − 2/π.
     """
     gen = torch.Generator().manual_seed(seed)

@@ -1,7 +1,7 @@
 """Exhaustive shattering check: a VC-dimension lower bound for width-3 LN-Nets [reconstructed].
 
 Ni et al. (ICML 2024) give a lower bound on the VC dimension of LN-Nets; its formula was not
-available to us. Our reconstruction (``ln-nonlinearity.md`` §3, Corollary B): with L LN layers of
+available to us. Our reconstruction (``docs/lnnet.md``): with L LN layers of
 width 3 and an affine read-out, any L + 2 points in general position are shattered, so
 VC-dim ≥ L + 2. :func:`shatter` verifies this for one random point set by building a net of depth
 exactly L = m − 2 for every one of the 2^m labellings and checking it in float64.

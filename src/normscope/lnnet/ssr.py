@@ -1,8 +1,8 @@
 """SSR / LSSR: a linear-invariant lower bound that LayerNorm breaks (Ni et al., ICML 2024).
 
 The names "Sum of Squares Ratio" (SSR) and "Linear Invariant Lower Bound" (LSSR) are the paper's;
-its formulas were not available to us. These are the reconstructions of ``ln-nonlinearity.md``
-§2.4 [reconstructed]:
+its formulas were not available to us. These are our reconstructions, derived in
+``docs/lnnet.md`` [reconstructed]:
 
 .. math::
     \\mathrm{SSR}_a = \\frac{\\sum_i (a^\\top x_i - a^\\top \\mu_{y_i})^2}{\\sum_i (a^\\top x_i - a^\\top \\mu)^2},

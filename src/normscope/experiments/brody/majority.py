@@ -1,6 +1,6 @@
 """The "majority" task (Brody et al. 2023, Sec. 4.1; Figs. 1a/b, 2, 3).
 
-Data (attention-expressivity.md §3.1, the official ``majority_exp.py`` logic, but seeded): each
+Data (the logic of the authors' official ``majority_exp.py``, but seeded; ``docs/attention.md``): each
 sequence of length L comes from an integer partition of L into non-decreasing parts (at most
 min(L, C) parts, found by a depth-first search with shuffled candidates); a partition is kept if
 it has >= 2 parts and largest - second >= ``min_delta`` (6); 10 sequences per kept partition,
@@ -16,7 +16,7 @@ dropout. ``norm2`` is an affine LayerNorm with ε = 1e-5 (the original uses ε =
 - ``proj_scale``: projection + scaling to norm √d (LN without affine; the paper's "with projection");
 - ``scale_sqrt_d``: scaling only, norm √d (RMSNorm-like; LN's scale without the projection);
 - ``scale_inv_sqrt_d``: scaling only, norm 1/√d (the original code's ``WITHOUT_PROJ``, i.e. the
-  paper's "without projection"; its 8× smaller norm is a confound, reference §5.2–5.4);
+  paper's "without projection"; its 8× smaller norm is a confound, ``docs/attention.md``);
 - ``none``: identity.
 
 Training: Adam, lr 1e-3 with the original's linear decay planned over 10,000 epochs (nearly
@@ -52,7 +52,7 @@ VARIANTS = {
 # 1.0 and 0.75 are reached within the CPU budget by all variants but 1/sqrt(d) scaling; 0.5-0.2 need --paper-scale (paper: ~5k steps to 0.2).
 THRESHOLDS = (1.0, 0.75, 0.5, 0.3, 0.2)
 
-# Figure readings, approximate (reference §3.1): (step, with projection, without projection).
+# Our approximate readings of the paper's Figs. 1a/b and 2 (arXiv:2305.02582): (step, with projection, without projection).
 PAPER_LOSS = [(1000, 0.75, 1.45), (2000, 0.35, 0.85), (3000, None, 0.55), (5000, 0.2, 0.42)]
 PAPER_ACC = [(1000, 0.74, 0.52), (2000, 0.86, 0.70), (3000, 0.90, 0.79), (5000, 0.93, 0.85)]
 PAPER_ANGLE = "with projection ≈ 70° → ≈ 30° at 4k → ≈ 15° at 8k → ≈ 11–12° from 10k steps; without ≈ 70–83°"

@@ -1,6 +1,6 @@
 """Fig. 1c/1d: how often random Gaussian points contain an unselectable one, with and without LN.
 
-Protocol (attention-expressivity.md §3.2): for d = 3..15, n = 3..60 and ``runs`` draws of
+Protocol (Brody et al., arXiv:2305.02582, Fig. 1c/1d; ``docs/attention.md``): for d = 3..15, n = 3..60 and ``runs`` draws of
 X ~ N(0, I) (n × d), count the draws with at least one unselectable point (inside the convex hull
 of the others) among X ("NONE") and among LN(X) = (x − μ)/σ row-wise without affine
 ("LAYER_NORM"). Deviation: both conditions use the same draw X (paired); the paper draws
@@ -20,7 +20,7 @@ from normscope._io import atomic_write_json, atomic_write_text
 from normscope.attention import unselectable
 from normscope.experiments.brody.common import PAPER, fmt, md_table, parallel_map, pyplot
 
-# Figure readings of Fig. 1c (approximate, attention-expressivity.md §3.2); LN panel: 0 everywhere.
+# Our approximate readings of the paper's Fig. 1c (arXiv:2305.02582); LN panel: 0 everywhere.
 PAPER_READING = {
     3: "≈ 1 from n ≈ 5",
     5: "≈ 1 from n ≈ 15",

@@ -11,6 +11,7 @@ setup here is our reconstruction, and the outputs say so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 
@@ -33,18 +34,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch single-threaded (the README's timings are single-thread), restoring the setting after."""
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> int:
     from normscope import _io
     from normscope.experiments.ni import runs
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    torch.set_num_threads(1)
     parts = args.only or ["construct", "theory", "capacity", "activation"]
     results, timing = {}, {}
-    with _io.output_dir(args.out, force=args.force) as out:
+    with _one_thread(), _io.output_dir(args.out, force=args.force) as out:
         for name in parts:
             t0 = time.perf_counter()
             print(f"[ni] {name} ...", flush=True)
@@ -73,7 +84,7 @@ def _readme(parts, timing, args) -> str:
         "LN-Nets (Linear + LN, no activation) of width 3 and O(m) LN layers classify m samples with any labels; a VC-dimension "
         "lower bound; SSR ('Sum of Squares Ratio') and LSSR ('Linear Invariant Lower Bound'), which LN can break; LN-G amplifies "
         "nonlinearity, fits random labels better than LN, which fits them better than linear nets; LN-G helps CNNs/Transformers. "
-        "**Reconstructed by us** (ln-nonlinearity.md): the explicit construction and its depth bounds (m − 2, m − c + 1), the "
+        "**Reconstructed by us** (normscope docs/lnnet.md): the explicit construction and its depth bounds (m − 2, m − c + 1), the "
         "VC bound L + 2, the SSR/LSSR formulas and the XOR example, the Hessian-energy closed form and linear-residual measures, "
         "and every training setup below. No number here is the paper's.\n\n"
         "**Deviation:** the constructed nets use LayerNorm with ε = 0 (every LN input has variance ≥ 1/3); with ε = 1e-5 the "

@@ -73,11 +73,11 @@ def construction(out: Path, *, quick: bool, seeds: int) -> dict:
     text = (
         "# Width-3 LN-Net construction [reconstructed]\n\n"
         f"Paper ({PAPER}) [sourced]: width 3 and O(m) LN layers classify m samples with any labels; the construction and "
-        "its constants were not available. Ours (ln-nonlinearity.md §3–§5, with run folds for two classes): at most m − 2 "
+        "its constants were not available. Ours (normscope docs/lnnet.md, with run folds for two classes): at most m − 2 "
         "LN layers for two classes, m − c + 1 for c classes; built in float64 (LayerNorm ε = 0, see docs), then run in "
         "float64 and float32 (the float32 column is the same net cast down; the construction only guards float32 "
         "while it can afford to, so it degrades past m ≈ 64). A failed build (float64 ran out of precision; "
-        "ConstructionError) shows as depth −1. Reference doc (§4.4, its own run, not the paper): random binary m ≤ 64 "
+        "ConstructionError) shows as depth −1. An earlier independent run of the pair-merge reconstruction (not the paper; docs/lnnet.md): random binary m ≤ 64 "
         "with ≤ 29 layers; multi-class c = 5, m = 40 failed there.\n\n" + table + "\n\n"
         "![decision regions](construct_regions.png)\n"
     )
@@ -153,7 +153,7 @@ def theory(out: Path, *, quick: bool) -> dict:
     plt.close(fig)
 
     nl_table = _md_table(
-        ["groups", "group size", "1 − R² (ours)", "1 − R² (reference doc)", "median ‖H‖_F (ours)", "(reference doc)"],
+        ["groups", "group size", "1 − R² (ours)", "1 − R² (earlier run)", "median ‖H‖_F (ours)", "(earlier run)"],
         [[r["groups"], r["group_size"], r["linear_residual"], ref[r["groups"]][0], r["median_hessian_fro"], ref[r["groups"]][1]] for r in nl],
     )
     text = (
@@ -173,7 +173,7 @@ def theory(out: Path, *, quick: bool) -> dict:
         "## LN-G nonlinearity vs groups [reconstructed measures]\n\n"
         "The paper proves grouping amplifies nonlinearity under a mild assumption [sourced]; measure and theorem not available. "
         "Ours: 1 − R² of the best affine fit and the Hessian norm √(Σ_g 3n(n−2)/r_g⁴) (checked against torch.func.hessian in "
-        "the tests). The reference column is the reference doc's own small run (not the paper).\n\n"
+        "the tests). The 'earlier run' columns are an independent small run of the same measures (not the paper; docs/lnnet.md).\n\n"
         + nl_table + "\n\n![LN-G nonlinearity](lng_nonlinearity.png)\n"
     )
     _io.atomic_write_text(out / "theory.md", text)
@@ -252,7 +252,7 @@ def capacity(out: Path, *, quick: bool, seeds: int, steps: int | None = None) ->
     text = (
         "# Random-label capacity: linear vs LN vs LN-G vs ReLU\n\n"
         f"Paper [sourced, qualitative only]: LN-Nets fit random labels better than linear networks, and LN-G nets better still. "
-        "Its datasets, widths, depths and numbers were not available; this setup is ours (ln-nonlinearity.md §7.2): "
+        "Its datasets, widths, depths and numbers were not available; this setup is ours (normscope docs/lnnet.md): "
         f"width {width}, {depth} hidden layers Linear → nonlinearity, full-batch Adam lr 3e-3 with cosine decay, {steps} steps, "
         f"{seeds} seeds (initialisations). Training accuracy; chance is 0.10.\n\n"
         + _md_table(["model"] + list(res), rows) + "\n\nWhat this run measured (computed from the table):\n\n"

@@ -5,7 +5,7 @@ by the nonlinearity under test, then Linear(classes). Weights N(0, 1/fan_in), bi
 LN-G are :class:`normscope.nn.GroupLayerNorm` (ε = 1e-5) followed by a learnable per-neuron
 affine (γ init 1, β init 0) — exactly GroupLayerNorm(affine=True), kept separate only so that
 several seeds train as one batched model; softmax cross-entropy; Adam (0.9, 0.999, 1e-8) with
-cosine decay lr·½(1 + cos(πt/T)). This is the recipe of ``ln-nonlinearity.md`` §7.2.
+cosine decay lr·½(1 + cos(πt/T)). This recipe is ours (``docs/lnnet.md``).
 
 All seeds of one configuration train together: weights carry a leading seed axis S and the
 layers are batched matmuls, which is the same computation as S separate models (each seed's

@@ -1,0 +1,133 @@
+"""Shared test fixtures: tiny random-init Hugging Face models, token batches, a thread-count guard.
+
+Several test files build the same tiny GPT-2 / Llama / BERT models by hand. The factories here
+build them the same way (``torch.manual_seed(seed)``, then the model class on a config built from
+keywords, in eval mode), so a test that switches to them gets bit-identical parameters as long as
+it passes the same sizes (``tests/test_fixtures.py`` checks this). Request the factory as a
+fixture and call it::
+
+    def test_something(tiny_gpt2):
+        model = tiny_gpt2(d=16, vocab=97, bos_token_id=0, eos_token_id=0)
+
+Any other config field passes through as a keyword. The factories are session-scoped, so
+module-scoped fixtures can use them too.
+
+Thread count: never call ``torch.set_num_threads`` at import time of a test module (it changes the
+whole pytest run); use the ``one_thread`` fixture, which restores the previous setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _config_kwargs(fixed: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in {**fixed, **config}.items() if v is not None}
+
+
+def make_gpt2(d: int = 32, layers: int = 2, heads: int = 4, vocab: int = 97, positions: int = 64, *,
+              seed: int = 0, **config: Any) -> torch.nn.Module:
+    """``GPT2LMHeadModel`` (pre-LN, LayerNorm, learned positions, tied embeddings), eval mode."""
+    import transformers as T
+
+    torch.manual_seed(seed)
+    cfg = T.GPT2Config(**_config_kwargs(dict(n_embd=d, n_layer=layers, n_head=heads, vocab_size=vocab,
+                                             n_positions=positions), config))
+    return T.GPT2LMHeadModel(cfg).eval()
+
+
+def make_llama(d: int = 32, layers: int = 2, heads: int = 4, vocab: int = 97, *, kv_heads: int | None = None,
+               intermediate: int | None = None, seed: int = 0, **config: Any) -> torch.nn.Module:
+    """``LlamaForCausalLM`` (pre-RMSNorm, rotary), eval mode; ``intermediate`` defaults to 2·d."""
+    import transformers as T
+
+    torch.manual_seed(seed)
+    cfg = T.LlamaConfig(**_config_kwargs(dict(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+                                              num_key_value_heads=kv_heads, intermediate_size=intermediate or 2 * d,
+                                              vocab_size=vocab), config))
+    return T.LlamaForCausalLM(cfg).eval()
+
+
+def make_bert(d: int = 32, layers: int = 2, heads: int = 4, vocab: int = 97, *, intermediate: int | None = None,
+              seed: int = 0, **config: Any) -> torch.nn.Module:
+    """``BertModel`` (post-LN encoder), eval mode; ``intermediate`` defaults to 2·d."""
+    import transformers as T
+
+    torch.manual_seed(seed)
+    cfg = T.BertConfig(**_config_kwargs(dict(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+                                             intermediate_size=intermediate or 2 * d, vocab_size=vocab), config))
+    return T.BertModel(cfg).eval()
+
+
+def save_model(model: torch.nn.Module, folder: str | Path, tokenizer: Any = None) -> Path:
+    """``save_pretrained`` the model (and a tokenizer: the byte-level one of ``normscope.models.tiny``
+    with the model's context length when ``tokenizer`` is None) into ``folder``; returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    if tokenizer is None:
+        from normscope.models.tiny import byte_tokenizer
+
+        n = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 64)
+        tokenizer = byte_tokenizer(n)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_batches(n: int = 2, batch: int = 2, seq: int = 16, vocab: int = 97, *, low: int = 0,
+                 seed: int = 0) -> list[torch.Tensor]:
+    """``n`` token-id tensors (batch, seq) uniform in [low, vocab), from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(low, vocab, (batch, seq), generator=g) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2() -> Callable[..., torch.nn.Module]:
+    return make_gpt2
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> Callable[..., torch.nn.Module]:
+    return make_llama
+
+
+@pytest.fixture(scope="session")
+def tiny_bert() -> Callable[..., torch.nn.Module]:
+    return make_bert
+
+
+@pytest.fixture(scope="session")
+def save_tiny() -> Callable[..., Path]:
+    return save_model
+
+
+@pytest.fixture(scope="session")
+def token_batches() -> Callable[..., list[torch.Tensor]]:
+    return make_batches
+
+
+@contextlib.contextmanager
+def single_thread():
+    """One torch thread inside the block; the previous setting is restored on exit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread (``single_thread``), restored afterwards."""
+    with single_thread():
+        yield
