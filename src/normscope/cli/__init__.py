@@ -2,13 +2,22 @@
 
 Each command module defines ``register(subparsers)``, which adds its parser and
 sets ``func`` (called with the parsed namespace; returns an exit code or None).
+
+Every failure prints one line, ``normscope COMMAND: error: ...`` (see
+:func:`normscope.errors.one_line`), and exits non-zero: 1 for errors, 130 for Ctrl-C, 143 for
+SIGTERM. ``--debug`` (or ``NORMSCOPE_DEBUG=1``) adds the traceback. SIGTERM is turned into
+:class:`normscope.errors.Terminated` so temporary folders are removed as on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
+import traceback
 
 from normscope import __version__
 
@@ -22,10 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure and use the geometry of normalization layers in real networks.",
     )
     parser.add_argument("--version", action="version", version=f"normscope {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of a failure (also NORMSCOPE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"normscope.cli.{name}").register(sub)
     return parser
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+    from normscope.errors import Terminated
+
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,12 +52,40 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from normscope import _io
+    from normscope.errors import Terminated, one_line
+
+    debug = args.debug or os.environ.get("NORMSCOPE_DEBUG", "") not in ("", "0")
+    name = f"normscope {args.command}"
+    _io.set_command(name)
+    previous = _set_sigterm(_on_sigterm)
     try:
         code = args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        print(f"normscope {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        _fail(name, "interrupted (Ctrl-C); temporary files were removed", debug)
+        return 130
+    except Terminated:
+        _fail(name, "terminated (SIGTERM); temporary files were removed", debug)
+        return 143
+    except Exception as err:
+        _fail(name, one_line(err), debug)
         return 1
+    finally:
+        _set_sigterm(previous)
     return int(code or 0)
+
+
+def _set_sigterm(handler):
+    """Install a SIGTERM handler (only possible in the main thread); return the previous one."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _fail(name: str, message: str, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    print(f"{name}: error: {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from normscope.lnnet import shatter
 
+    if args.out:  # refuse an existing or protected --out before the (long) run
+        _io.check_out(args.out, force=args.force)
     res = shatter(args.m, args.d, seed=args.seed, progress=True)
     ok = res.realised == res.labelings
     print(

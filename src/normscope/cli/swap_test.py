@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from normscope.models.text import context_length, default_texts, token_batches
 
     if args.out:
-        refuse_existing(args.out, force=args.force)
+        refuse_existing(args.out, force=args.force, inputs=[args.model])
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load(args.model, dtype=torch.float32)
@@ -54,8 +54,29 @@ def run(args: argparse.Namespace) -> int:
     md = f"# Naive norm swap: {result['model']}\n\n" + swap_markdown(result)
     print(md)
     if args.out:
-        with output_dir(args.out, force=args.force) as tmp:
+        with output_dir(args.out, force=args.force, inputs=[args.model]) as tmp:
             atomic_write_json(tmp / "swap_test.json", result)
             atomic_write_text(tmp / "swap_test.md", md)
         print(f"wrote {Path(args.out).resolve()}/swap_test.json and swap_test.md")
+    return _nonfinite_verdict(result)
+
+
+def _nonfinite_verdict(result: dict) -> int:
+    """NaN/Inf outputs were counted and left out of the losses; say so. Non-finite outputs of the
+    *original* model make the run fail (its baseline is not a trustworthy reference)."""
+    import sys
+
+    from normscope.errors import NonFiniteError
+
+    swapped = [(r["variant"], r["nonfinite_tokens"]) for r in result["rows"] if r.get("nonfinite_tokens")]
+    if swapped:
+        print("warning: token positions with NaN/Inf outputs, left out of the loss: "
+              + "; ".join(f"{v}: {n}" for v, n in swapped), file=sys.stderr)
+    base = result["baseline"]
+    if base.get("nonfinite_tokens"):
+        b, r, p = base["first_nonfinite"]
+        raise NonFiniteError(
+            f"the original model's outputs are not finite at {base['nonfinite_tokens']} token position(s), the first "
+            f"at batch {b}, row {r}, position {p}; they were left out of every loss shown - check the model's weights"
+        )
     return 0
