@@ -69,10 +69,10 @@ def _nonfinite_verdict(result: dict) -> int:
     from normscope.errors import NonFiniteError
 
     swapped = [(r["variant"], r["nonfinite_tokens"]) for r in result["rows"] if r.get("nonfinite_tokens")]
-    if swapped:
+    base = result["baseline"]
+    if swapped and not base.get("nonfinite_tokens"):
         print("warning: token positions with NaN/Inf outputs, left out of the loss: "
               + "; ".join(f"{v}: {n}" for v, n in swapped), file=sys.stderr)
-    base = result["baseline"]
     if base.get("nonfinite_tokens"):
         b, r, p = base["first_nonfinite"]
         raise NonFiniteError(
