@@ -403,6 +403,8 @@ def test_interrupt_and_unexpected_errors(work, capsys, monkeypatch):
         "ZeroDivisionError: division by zero (rerun with --debug for the traceback)")
     assert main(["--debug", "shatter"]) == 1
     assert "Traceback" in capsys.readouterr().err
+    assert main(["shatter", "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
     monkeypatch.setenv("NORMSCOPE_DEBUG", "1")
     assert main(["shatter"]) == 1
     assert "Traceback" in capsys.readouterr().err
@@ -419,5 +421,7 @@ def test_one_line_mapping():
         assert ol(e) == "invalid JSON: Expecting property name enclosed in double quotes at line 1, column 2; fix or restore the file"
     assert ol(SafetensorError("Error while deserializing header: incomplete metadata")).startswith(
         "corrupt or truncated safetensors file")
+    assert ol(SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                              'left on device" })')).startswith("no space left on device while writing")
     assert ol(MemoryError()).startswith("out of memory")
     assert "\n" not in ol(ValueError("two\nlines"))

@@ -71,7 +71,13 @@ def one_line(err: BaseException) -> str:
     if isinstance(err, (FileExistsError, FileNotFoundError, ValueError)) or type(err).__name__ == "OSError":
         return _flat(err) or type(err).__name__
     if type(err).__name__ == "SafetensorError":
-        return f"corrupt or truncated safetensors file ({_flat(err)}); re-download the model or re-save it"
+        msg = _flat(err)
+        for needle, code in (("StorageFull", errno.ENOSPC), ("code: 28", errno.ENOSPC), ("PermissionDenied", errno.EACCES),
+                             ("ReadOnlyFilesystem", errno.EROFS), ("code: 30", errno.EROFS)):
+            if needle in msg:  # an I/O error while *writing* weights, not a corrupt file
+                what, fix = _OS_FIX[code]
+                return f"{what} while writing a safetensors file; {fix}"
+        return f"corrupt or truncated safetensors file ({msg}); re-download the model or re-save it"
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
         return "out of memory; use a smaller --batch-size, --seq-len or --max-tokens"
     return f"{type(err).__name__}: {_flat(err)} (rerun with --debug for the traceback)"

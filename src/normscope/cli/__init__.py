@@ -48,14 +48,16 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug_anywhere = "--debug" in argv  # accepted after the command name too
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     from normscope import _io
     from normscope.errors import Terminated, one_line
 
-    debug = args.debug or os.environ.get("NORMSCOPE_DEBUG", "") not in ("", "0")
+    debug = debug_anywhere or os.environ.get("NORMSCOPE_DEBUG", "") not in ("", "0")
     name = f"normscope {args.command}"
     _io.set_command(name)
     previous = _set_sigterm(_on_sigterm)
