@@ -1,6 +1,6 @@
 """Output folders that never lose a user's files, shared by every command.
 
-Guarantees (see ``docs``/README "Guarantees"):
+Guarantees (the README's "Guarantees" section; tested in ``tests/test_bad_inputs.py``):
 
 - **Nothing half-written.** :func:`output_dir` builds the result in a hidden sibling
   ``.NAME.tmp-PID-XXXX`` and moves it into place only when everything succeeded. Any exception,

@@ -62,21 +62,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _nonfinite_verdict(result: dict) -> int:
-    """NaN/Inf outputs were counted and left out of the losses; say so. Non-finite outputs of the
-    *original* model make the run fail (its baseline is not a trustworthy reference)."""
+    """NaN/Inf outputs were counted and left out of the losses; say so (a warning for swapped variants).
+
+    Fails (:class:`normscope.errors.NonFiniteError`) if the *original* model's outputs are not
+    finite (its baseline is no reference) or if the exact (writer-centred) control is not finite
+    where the original is (that control is a verification).
+    """
     import sys
 
     from normscope.errors import NonFiniteError
 
-    swapped = [(r["variant"], r["nonfinite_tokens"]) for r in result["rows"] if r.get("nonfinite_tokens")]
     base = result["baseline"]
-    if swapped and not base.get("nonfinite_tokens"):
-        print("warning: token positions with NaN/Inf outputs, left out of the loss: "
-              + "; ".join(f"{v}: {n}" for v, n in swapped), file=sys.stderr)
     if base.get("nonfinite_tokens"):
         b, r, p = base["first_nonfinite"]
         raise NonFiniteError(
             f"the original model's outputs are not finite at {base['nonfinite_tokens']} token position(s), the first "
             f"at batch {b}, row {r}, position {p}; they were left out of every loss shown - check the model's weights"
         )
+    exact = [r for r in result["rows"] if r["variant"].startswith("exact") and r.get("nonfinite_tokens")]
+    if exact:
+        raise NonFiniteError(
+            f"the exact (writer-centred) conversion's outputs are not finite at {exact[0]['nonfinite_tokens']} token "
+            "position(s) where the original's are finite; the conversion is broken for this model"
+        )
+    swapped = [(r["variant"], r["nonfinite_tokens"]) for r in result["rows"] if r.get("nonfinite_tokens")]
+    if swapped:
+        print("warning: token positions with NaN/Inf outputs, left out of the loss: "
+              + "; ".join(f"{v}: {n}" for v, n in swapped), file=sys.stderr)
     return 0
