@@ -148,6 +148,21 @@ def test_swap_test_counts_nan_tokens_and_fails_on_nan_original(models, work, cap
     assert all(r["nonfinite_tokens"] == n and math.isfinite(r["loss"]) for r in res["rows"])
 
 
+def test_swap_test_survives_sites_whose_every_input_is_nan():
+    """Position 0 NaN spreads through attention: every input of ln_2/ln_f is NaN, so their angle is None."""
+    from normscope.convert import swap_markdown, swap_test
+
+    torch.manual_seed(0)
+    m = T.GPT2LMHeadModel(T.GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=16, vocab_size=50)).eval()
+    with torch.no_grad():
+        m.transformer.wpe.weight[0] = float("nan")
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    res = swap_test(m, [ids], per="layer", progress=False)
+    assert res["baseline"]["nonfinite_tokens"] == 16 and math.isnan(res["baseline"]["loss"])
+    assert all(r["nonfinite_tokens"] == 16 for r in res["rows"])
+    assert "original: 16" in swap_markdown(res)
+
+
 # ---------------------------------------------------------------- §3 never lose a user's files
 @pytest.mark.parametrize("out", [".", "", "..", "data/.."])
 def test_force_never_replaces_current_folder_or_ancestors(models, work, capsys, out):
@@ -375,12 +390,13 @@ def test_os_errors_writing_out(work, capsys, monkeypatch, code, expect):
 def test_permission_denied_creating_out(work, capsys, monkeypatch):
     import tempfile
 
-    def denied(*a, **k):  # the tests may run as root, where chmod 555 does not stop writes
-        raise PermissionError(errno.EACCES, "Permission denied", str(work / "locked"))
+    def denied(*a, dir=None, **k):  # the tests may run as root, where chmod 555 does not stop writes
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, ".o.tmp-1-x"))
 
     monkeypatch.setattr(tempfile, "mkdtemp", denied)
     rc, _, err = run(capsys, "shatter", "--m", "3", "--out", "locked/o")
-    assert rc == 1 and one_line(err, "shatter").endswith("choose a location you can write to or fix its permissions")
+    assert rc == 1 and one_line(err, "shatter") == (f"normscope shatter: error: permission denied: {work / 'locked'}; "
+                                                    "choose a location you can write to or fix its permissions")
 
 
 def test_interrupt_and_unexpected_errors(work, capsys, monkeypatch):

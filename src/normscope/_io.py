@@ -180,7 +180,10 @@ def temp_dir(parent: str | os.PathLike, name: str) -> Iterator[Path]:
     """
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent))
+    except OSError as e:  # name the folder the user chose, not our hidden temporary
+        raise type(e)(e.errno, e.strerror, str(parent)) from None
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions
         _marker(tmp, "incomplete")
