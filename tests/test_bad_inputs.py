@@ -164,11 +164,21 @@ def test_swap_test_survives_sites_whose_every_input_is_nan():
 
 
 # ---------------------------------------------------------------- §3 never lose a user's files
+COMMANDS = {  # every command that writes, with OUT where its output folder goes
+    "report": ["report", "--model", "M", "--out", "OUT"], "convert": ["convert", "M", "OUT"],
+    "swap-test": ["swap-test", "M", "--out", "OUT"], "shatter": ["shatter", "--out", "OUT"],
+    "train-tiny": ["train-tiny", "--out", "OUT"], "riechers": ["reproduce", "riechers", "--out", "OUT"],
+    "brody": ["reproduce", "brody", "--out", "OUT"], "ni": ["reproduce", "ni", "--out", "OUT"],
+}
+
+
 @pytest.mark.parametrize("out", [".", "", "..", "data/.."])
-def test_force_never_replaces_current_folder_or_ancestors(models, work, capsys, out):
+@pytest.mark.parametrize("command", COMMANDS)
+def test_force_never_replaces_current_folder_or_ancestors(models, work, capsys, out, command):
     before = tree_hash(work)
-    rc, _, err = run(capsys, "report", "--model", str(models["ok"]), "--out", out, "--force")
-    msg = one_line(err, "report")
+    argv = [{"M": str(models["ok"]), "OUT": out}.get(a, a) for a in COMMANDS[command]]
+    rc, _, err = run(capsys, *argv, "--force")
+    msg = one_line(err, argv[0])
     assert rc == 1 and ("current folder or one of its parents" in msg or "name is empty" in msg)
     assert tree_hash(work) == before and leftovers(work) == []
 

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from normscope.models import load
     from normscope.models.text import context_length, default_texts, token_batches
 
-    if args.out:
+    if args.out is not None:
         refuse_existing(args.out, force=args.force, inputs=[args.model])
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     result["seq_len"] = seq_len
     md = f"# Naive norm swap: {result['model']}\n\n" + swap_markdown(result)
     print(md)
-    if args.out:
+    if args.out is not None:
         with output_dir(args.out, force=args.force, inputs=[args.model]) as tmp:
             atomic_write_json(tmp / "swap_test.json", result)
             atomic_write_text(tmp / "swap_test.md", md)
