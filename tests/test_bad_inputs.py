@@ -254,11 +254,11 @@ def _cli(*argv: str, **kw) -> subprocess.Popen:
 
 
 def test_two_runs_with_the_same_out(tmp_path):
-    procs = [_cli("shatter", "--m", str(m), "--out", str(tmp_path / "same"), cwd=tmp_path) for m in (6, 7)]
+    procs = [_cli("shatter", "--m", str(m), "--out", str(tmp_path / "same"), cwd=tmp_path) for m in (4, 5)]
     res = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     codes = sorted(rc for rc, _ in res)
     assert codes == [0, 1], res
-    winner = next(m for m, (rc, _) in zip((6, 7), res) if rc == 0)
+    winner = next(m for m, (rc, _) in zip((4, 5), res) if rc == 0)
     loser_err = next(err for rc, err in res if rc == 1)
     assert "already exists" in loser_err or "created by another run" in loser_err
     assert json.loads((tmp_path / "same" / "result.json").read_text())["m"] == winner
@@ -427,6 +427,14 @@ def test_interrupt_and_unexpected_errors(work, capsys, monkeypatch):
     monkeypatch.setenv("NORMSCOPE_DEBUG", "1")
     assert main(["shatter"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--out", "x", "--max-tokens", "many"])
+    assert e.value.code == 2
+    assert one_line(capsys.readouterr().err, "report").endswith(
+        "argument --max-tokens: invalid int value: 'many' (see normscope report --help)")
 
 
 def test_one_line_mapping():

@@ -25,8 +25,15 @@ from normscope import __version__
 COMMANDS = ["report", "convert", "swap_test", "train_tiny", "reproduce", "shatter"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too (``normscope COMMAND: error: ... (see ... --help)``, exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="normscope",
         description="Measure and use the geometry of normalization layers in real networks.",
     )
