@@ -104,7 +104,9 @@ def test_smollm2_cache_validation(tmp_path, monkeypatch):
     folder = tmp_path / "smollm2"
     folder.mkdir()
     assert not loading._smollm2_cache_ok(folder, gguf)  # empty
-    (folder / "model.safetensors").write_bytes(b"")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))  # an empty file would be corrupt
     (folder / "config.json").write_text("{}")
     meta = folder / "normscope_cache.json"
     meta.write_text('{"version": %d, "gguf_size": 11}' % loading._CACHE_VERSION)

@@ -195,9 +195,11 @@ def test_nan_activations_are_counted_not_fatal(monkeypatch, tiny, tmp_path, caps
     words[40] = "python"  # window 1 (positions 32..63) of 8 windows of 32
     text = tmp_path / "t.txt"
     text.write_text(" ".join(words))
-    out = tmp_path / "o"  # an existing folder: replaced only with --force
-    out.mkdir()
-    (out / "old.txt").write_text("x")
+    out = tmp_path / "o"  # an earlier normscope output: replaced only with --force
+    from normscope._io import output_dir
+
+    with output_dir(out) as d:
+        (d / "old.txt").write_text("x")
     rc = run_cli(["--model", tiny["gpt2"], "--text", str(text), "--out", str(out), "--max-tokens", "256",
                   "--seq-len", "32", "--quiet", "--force"])
     assert rc == 0 and not (out / "old.txt").exists()

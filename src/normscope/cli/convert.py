@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from normscope.models.text import context_length, default_texts, token_batches
 
     out = Path(args.out)
-    refuse_existing(out, force=args.force)
+    refuse_existing(out, force=args.force, inputs=[args.model])
     lm = load_model(args.model, dtype=torch.float32)
     model = lm.model.eval()
     converted = to_rmsnorm(model).eval()
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     fp64 = None
     if not args.no_fp64:
         m64 = copy.deepcopy(model).double()
-        fp64 = compare(m64, to_rmsnorm(m64), batches[:1])
+        fp64 = compare(m64, to_rmsnorm(m64), batches[:1], names=("original (float64)", "converted (float64)"))
         del m64
     print(f"converted {args.model} ({converted.config.normscope_conversion['family']}): "
           f"{len(converted.config.normscope_conversion['norms'])} LayerNorms -> RMSNorm")
@@ -86,10 +86,10 @@ def run(args: argparse.Namespace) -> int:
             "tolerance": args.tol,
         },
     }
-    with output_dir(out, force=args.force) as tmp:
+    with output_dir(out, force=args.force, inputs=[args.model]) as tmp:
         write(converted, tmp, tokenizer=lm.tokenizer)
         reloaded = load(tmp)
-        again = compare(converted, reloaded, batches[:1])
+        again = compare(converted, reloaded, batches[:1], names=("converted", "reloaded"))
         if again["max_abs_dlogits"] > 1e-6 * max(1.0, again["max_abs_logit"]):
             raise ValueError(f"reloading the written model changed the logits by {again['max_abs_dlogits']:.3e}")
         manifest["verification"]["reload_max_abs_dlogits"] = again["max_abs_dlogits"]

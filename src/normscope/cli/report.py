@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     # Refuse an existing --out before any slow work; the folder appears only when everything succeeded.
-    with output_dir(args.out, force=args.force) as tmp:
+    with output_dir(args.out, force=args.force, inputs=[*names, *(args.text or [])]) as tmp:
         import torch
 
         from normscope import models as nm

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from normscope.lnnet import shatter
 
+    if args.out is not None:  # refuse an existing or protected --out before the (long) run
+        _io.check_out(args.out, force=args.force)
     res = shatter(args.m, args.d, seed=args.seed, progress=True)
     ok = res.realised == res.labelings
     print(
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print(f"NOT verified: {res.labelings - res.realised} labelling(s) failed")
-    if args.out:
+    if args.out is not None:
         with _io.output_dir(args.out, force=args.force) as tmp:
             _io.atomic_write_json(tmp / "result.json", {**res.as_dict(), "verified": ok, "provenance": "reconstructed"})
         print(f"wrote {args.out}/result.json")

@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from normscope.models import load
     from normscope.models.text import context_length, default_texts, token_batches
 
-    if args.out:
-        refuse_existing(args.out, force=args.force)
+    if args.out is not None:
+        refuse_existing(args.out, force=args.force, inputs=[args.model])
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load(args.model, dtype=torch.float32)
@@ -53,9 +53,40 @@ def run(args: argparse.Namespace) -> int:
     result["seq_len"] = seq_len
     md = f"# Naive norm swap: {result['model']}\n\n" + swap_markdown(result)
     print(md)
-    if args.out:
-        with output_dir(args.out, force=args.force) as tmp:
+    if args.out is not None:
+        with output_dir(args.out, force=args.force, inputs=[args.model]) as tmp:
             atomic_write_json(tmp / "swap_test.json", result)
             atomic_write_text(tmp / "swap_test.md", md)
         print(f"wrote {Path(args.out).resolve()}/swap_test.json and swap_test.md")
+    return _nonfinite_verdict(result)
+
+
+def _nonfinite_verdict(result: dict) -> int:
+    """NaN/Inf outputs were counted and left out of the losses; say so (a warning for swapped variants).
+
+    Fails (:class:`normscope.errors.NonFiniteError`) if the *original* model's outputs are not
+    finite (its baseline is no reference) or if the exact (writer-centred) control is not finite
+    where the original is (that control is a verification).
+    """
+    import sys
+
+    from normscope.errors import NonFiniteError
+
+    base = result["baseline"]
+    if base.get("nonfinite_tokens"):
+        b, r, p = base["first_nonfinite"]
+        raise NonFiniteError(
+            f"the original model's outputs are not finite at {base['nonfinite_tokens']} token position(s), the first "
+            f"at batch {b}, row {r}, position {p}; they were left out of every loss shown - check the model's weights"
+        )
+    exact = [r for r in result["rows"] if r["variant"].startswith("exact") and r.get("nonfinite_tokens")]
+    if exact:
+        raise NonFiniteError(
+            f"the exact (writer-centred) conversion's outputs are not finite at {exact[0]['nonfinite_tokens']} token "
+            "position(s) where the original's are finite; the conversion is broken for this model"
+        )
+    swapped = [(r["variant"], r["nonfinite_tokens"]) for r in result["rows"] if r.get("nonfinite_tokens")]
+    if swapped:
+        print("warning: token positions with NaN/Inf outputs, left out of the loss: "
+              + "; ".join(f"{v}: {n}" for v, n in swapped), file=sys.stderr)
     return 0

@@ -155,20 +155,35 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def compare(original: nn.Module, converted: nn.Module, batches: Iterable[torch.Tensor]) -> dict:
-    """Logit agreement of two models on token batches.
+def compare(
+    original: nn.Module,
+    converted: nn.Module,
+    batches: Iterable[torch.Tensor],
+    *,
+    names: tuple[str, str] = ("original", "converted"),
+) -> dict:
+    """Logit agreement of two models on token batches; a verification, so NaN/Inf fails it.
 
-    Returns ``max_abs_dlogits`` (max |Δlogit|), ``mean_abs_dlogits``, ``max_abs_logit``, and the
+    Every batch's logits go through :func:`normscope._verify.finite_max_abs_diff`: a NaN or
+    ±Inf logit in either model raises :class:`normscope.errors.NonFiniteError` naming the model
+    (``names``), batch, row, position and output, instead of being dropped by ``max``.
+
+    **Arguments:** ``original``, ``converted`` (HF models), ``batches`` (LongTensor
+    ``(batch, seq)``), ``names`` (how the two models are called in error messages).
+
+    **Returns:** ``max_abs_dlogits`` (max |Δlogit|), ``mean_abs_dlogits``, ``max_abs_logit``, and the
     KL divergence KL(p_original ‖ p_converted) of next-token distributions (``kl_mean``,
     ``kl_max``, in nats), over ``tokens`` positions.
     """
+    from normscope._verify import finite_max_abs_diff
+
     mx = mean_num = kl_sum = kl_max = big = 0.0
     n_tok = n_el = 0
-    for ids in batches:
+    for i, ids in enumerate(batches):
         with evaluating(original, converted):
             a, b = _logits(original, ids), _logits(converted, ids)
+        mx = max(mx, finite_max_abs_diff(a, b, names=names, batch=i))
         d = (a.double() - b.double()).abs()
-        mx = max(mx, float(d.max()))
         mean_num += float(d.sum())
         n_el += d.numel()
         big = max(big, float(a.abs().max()))
@@ -199,7 +214,8 @@ def residual_mean(converted: nn.Module, batches: Iterable[torch.Tensor]) -> dict
         def hook(mod, args, n=n):
             x = args[0].double()
             r = (x.mean(-1).abs() / x.square().mean(-1).sqrt().clamp_min(1e-300)).max()
-            worst[n] = max(worst[n], float(r))
+            r = float(r)
+            worst[n] = r if r != r else max(worst[n], r)  # keep NaN (Python's max would drop it)
         handles.append(converted.get_submodule(n).register_forward_pre_hook(hook))
     try:
         with evaluating(converted):

@@ -101,32 +101,51 @@ class _Evaluator:
         self.reference: list[torch.Tensor] | None = None
 
     @torch.no_grad()
-    def __call__(self) -> dict[str, float]:
+    def __call__(self) -> dict[str, Any]:
+        """Score the current model. Positions whose output holds NaN/Inf are left out of the loss and
+        counted in ``nonfinite_tokens`` (for embeddings: every position of a window whose pooled
+        embedding is not finite); ``first_nonfinite`` is ``(batch, row, position)`` of the first one."""
         tot = n = 0.0
         embs = []
+        bad, first = 0, None
         kw = {"use_cache": False} if hasattr(getattr(self.model, "config", None), "use_cache") else {}
-        for ids, labels in self.inputs:
+        for bi, (ids, labels) in enumerate(self.inputs):
             out = self.model(input_ids=ids, **kw)
-            if self.kind == "lm":
-                logits = out.logits[:, :-1].double()
-                tot += float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
-                n += logits.shape[0] * logits.shape[1]
-            elif self.kind == "mlm":
-                logits = out.logits.double().flatten(0, 1)
-                tot += float(F.cross_entropy(logits, labels.flatten(), reduction="sum", ignore_index=-100))
-                n += int((labels != -100).sum())
+            if self.kind in ("lm", "mlm"):
+                logits = out.logits[:, :-1] if self.kind == "lm" else out.logits
+                target = ids[:, 1:] if self.kind == "lm" else labels
+                ok = torch.isfinite(logits).all(-1)
+                scored = ok & (target != -100)
+                if self.kind == "lm":
+                    ok = torch.isfinite(out.logits).all(-1)  # the last position counts too
+                ce = F.cross_entropy(logits.double().flatten(0, 1), target.flatten(), reduction="none", ignore_index=-100)
+                tot += float(ce[scored.flatten()].sum())
+                n += int(scored.sum())
             else:
                 h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-                embs.append(h.double().mean(1))
+                ok = torch.isfinite(h).all(-1)
+                e = h.double().mean(1)
+                embs.append(torch.where(ok.all(-1, keepdim=True), e, torch.nan))
+            if not bool(ok.all()):
+                bad += int((~ok).sum())
+                if first is None:
+                    r, pos = (int(i) for i in (~ok).nonzero()[0])
+                    first = (bi, r, pos)
+        extra = {"nonfinite_tokens": bad, "first_nonfinite": first}
         if self.kind == "embedding":
             if self.reference is None:  # the first call scores the original model
                 self.reference = embs
             cos = torch.cat([F.cosine_similarity(e, r, dim=-1) for e, r in zip(embs, self.reference)])
-            return {"loss": float(1 - cos.mean()), "cos_mean": float(cos.mean()), "cos_min": float(cos.min())}
+            cos = cos[torch.isfinite(cos)]
+            if cos.numel() == 0:
+                return {"loss": math.nan, "cos_mean": math.nan, "cos_min": math.nan, **extra}
+            return {"loss": float(1 - cos.mean()), "cos_mean": float(cos.mean()), "cos_min": float(cos.min()), **extra}
         if n == 0:
+            if bad:
+                return {"loss": math.nan, "ppl": math.nan, **extra}
             raise ValueError("no positions to score (sequences of length 1, or no masked tokens)")
         loss = tot / n
-        return {"loss": loss, "ppl": math.exp(min(loss, 700.0))}
+        return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), **extra}
 
 
 def _groups(sites: Sequence[Any], per: str) -> list[tuple[str, list[Any]]]:
@@ -257,6 +276,7 @@ def _row(label: str, group: list[Any], r: dict, base: dict, kind: str, angles: d
         "role": "all" if label == "all" else "+".join(dict.fromkeys(s.role for s in group)),
         "loss": r["loss"],
         "delta_loss": r["loss"] - base["loss"],
+        "nonfinite_tokens": r["nonfinite_tokens"],
     }
     if kind == "embedding":
         row.update(cos_mean=r["cos_mean"], cos_min=r["cos_min"])
@@ -265,7 +285,8 @@ def _row(label: str, group: list[Any], r: dict, base: dict, kind: str, angles: d
     if angles and len(group) == 1 and group[0].name in angles:
         row.update(angles[group[0].name])
     elif angles and len(group) > 1:
-        vals = [angles[s.name]["angle_in_mean"] for s in group if s.name in angles]
+        vals = [angles[s.name]["angle_in_mean"] for s in group
+                if s.name in angles and angles[s.name]["angle_in_mean"] is not None]  # None: no finite token
         row["angle_in_mean"] = sum(vals) / len(vals) if vals else None
     return row
 
@@ -284,7 +305,8 @@ def _exact_row(model: nn.Module, ev: _Evaluator, base: dict, kind: str) -> dict 
     finally:
         ev.model = original
     row = {"variant": "exact (centred writers)", "sites": converted.config.normscope_conversion["norms"],
-           "layer": None, "role": "all", "loss": r["loss"], "delta_loss": r["loss"] - base["loss"]}
+           "layer": None, "role": "all", "loss": r["loss"], "delta_loss": r["loss"] - base["loss"],
+           "nonfinite_tokens": r["nonfinite_tokens"]}
     if kind == "embedding":
         row.update(cos_mean=r["cos_mean"], cos_min=r["cos_min"])
     else:
@@ -315,13 +337,20 @@ def swap_markdown(result: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         ang = r.get("angle_in_mean")
-        ang_s = "–" if ang is None else (f"{ang:.2f} ± {r['angle_in_std']:.2f}" if "angle_in_std" in r else f"{ang:.2f} (avg)")
+        std = r.get("angle_in_std")
+        ang_s = "–" if ang is None else (f"{ang:.2f} ± {_fmt(std, '.2f')}" if "angle_in_std" in r else f"{ang:.2f} (avg)")
         if emb:
             lines.append(f"| {r['variant']} | {r['role']} | {ang_s} | {r['delta_loss']:.3e} | "
                          f"{r['cos_mean']:.6f} | {r['cos_min']:.6f} |")
         else:
             lines.append(f"| {r['variant']} | {r['role']} | {ang_s} | {r['loss']:.4f} | {r['delta_loss']:+.2e} | "
                          f"{_fmt(r['ppl'], '.3f')} | {_fmt(r['ppl_ratio'], '.5f')} |")
+    bad = [(r["variant"], r["nonfinite_tokens"]) for r in result["rows"] if r.get("nonfinite_tokens")]
+    if result["baseline"].get("nonfinite_tokens"):
+        bad.insert(0, ("original", result["baseline"]["nonfinite_tokens"]))
+    if bad:
+        lines += ["", "Token positions with NaN/Inf outputs (left out of the loss): "
+                  + "; ".join(f"{v}: {k}" for v, k in bad) + "."]
     return "\n".join(lines) + "\n"
 
 

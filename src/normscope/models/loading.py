@@ -19,8 +19,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +129,74 @@ def load(
         ) from e
 
 
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                    "spiece.model", "sentencepiece.bpe.model")
+
+
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """Why a ``.safetensors`` file is unusable (truncated, bad header), or None if its layout is sound.
+
+    Reads only the header: an 8-byte little-endian length N, N bytes of JSON mapping each tensor
+    to ``data_offsets`` [begin, end) in the data section; the file must be exactly
+    8 + N + max(end) bytes long.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"only {size} bytes long"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return f"header of {n} bytes does not fit in the file's {size} bytes (truncated)"
+            header = json.loads(f.read(n))
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    except (ValueError, UnicodeDecodeError):
+        return "its header is not valid JSON"
+    try:
+        end = max([int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"], default=0)
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+        return "its header has no valid data_offsets"
+    if size != 8 + n + end:
+        return f"{size} bytes long but its header describes {8 + n + end} (truncated or padded)"
+    return None
+
+
+def _check_model_folder(folder: Path) -> None:
+    """Refuse a local model folder with a bad config, no weights, corrupt safetensors or no tokenizer.
+
+    Runs before any weights are loaded, so the user hears about it at once, in one line.
+    """
+    from normscope.errors import UserError
+
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        raise UserError(f"model folder {folder} has no config.json; save the model with model.save_pretrained(folder)")
+    try:
+        json.loads(cfg.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        where = f" ({e.msg}, line {e.lineno} column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise UserError(f"{cfg} is not valid JSON{where}; restore it from the original download or re-save the model") from None
+    if not any((folder / w).is_file() for w in _WEIGHT_FILES) and not any(folder.glob("*.safetensors")):
+        raise UserError(
+            f"model folder {folder} has no weights (no model.safetensors or pytorch_model.bin); "
+            "save them with model.save_pretrained(folder)"
+        )
+    for st in sorted(folder.glob("*.safetensors")):
+        why = safetensors_problem(st)
+        if why:
+            raise UserError(f"weights file {st} is corrupt: {why}; re-download it or re-save the model")
+    if not any((folder / t).is_file() for t in _TOKENIZER_FILES):
+        raise UserError(
+            f"model folder {folder} has no tokenizer (no tokenizer.json, tokenizer_config.json or vocab file); "
+            "save the model's tokenizer into it with tokenizer.save_pretrained(folder)"
+        )
+
+
 def _wants_causal_lm(config: Any) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -150,7 +216,11 @@ def _load_hf(
 ) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    from normscope.errors import UserError
+
     kw: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    if not gguf_file and Path(where).is_dir():
+        _check_model_folder(Path(where))
     config = AutoConfig.from_pretrained(where, **kw)
     mkw: dict[str, Any] = dict(kw, dtype=dtype)
     if device_map is not None:
@@ -165,6 +235,11 @@ def _load_hf(
             model = AutoModel.from_pretrained(where, **mkw)
         tokenizer = AutoTokenizer.from_pretrained(where, **kw)
     model.eval()
+    if not tokenizer("hello world", add_special_tokens=False).get("input_ids"):
+        raise UserError(
+            f"the tokenizer of {where} turns text into no tokens (empty vocabulary?); "
+            "save the model's own tokenizer into the folder with tokenizer.save_pretrained(folder)"
+        )
     return LoadedModel(model, tokenizer, name, model.config.model_type, str(Path(where) / gguf_file) if gguf_file else str(where))
 
 
@@ -189,12 +264,18 @@ def _load_minilm(*, dtype: torch.dtype, device_map: Any) -> LoadedModel:
 
 
 def _smollm2_cache_ok(folder: Path, gguf: Path) -> bool:
+    """Whether the cache folder is complete and sound: metadata matches the GGUF, config.json parses
+    and model.safetensors is exactly as long as its header says (a truncated or corrupted cache is
+    rebuilt, not loaded)."""
     meta = folder / "normscope_cache.json"
     if not (meta.is_file() and (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()):
         return False
     try:
         info = json.loads(meta.read_text())
-    except (OSError, json.JSONDecodeError):
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(info, dict) or safetensors_problem(folder / "model.safetensors") is not None:
         return False
     return info.get("version") == _CACHE_VERSION and info.get("gguf_size") == gguf.stat().st_size
 
@@ -223,9 +304,11 @@ def _build_smollm2_cache(gguf: Path, folder: Path) -> None:
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
         sd.pop("lm_head.weight", None)
+    from normscope import _io
+
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2.tmp-", dir=folder.parent))
-    try:
+    _io.clean_stale(folder.parent)  # temporaries of builds that were killed
+    with _io.temp_dir(folder.parent, folder.name) as tmp:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config = model.config
         if hasattr(config, "quantization_config"):
@@ -237,18 +320,11 @@ def _build_smollm2_cache(gguf: Path, folder: Path) -> None:
         )
         if _smollm2_cache_ok(folder, gguf):  # another process finished first: keep theirs
             return
-        if folder.exists():  # stale cache (other version / other GGUF): replace it
-            old = folder.with_name(f".smollm2.old-{os.getpid()}")
-            with contextlib.suppress(OSError):
-                folder.rename(old)
-                shutil.rmtree(old, ignore_errors=True)
-        try:
-            tmp.rename(folder)
+        try:  # a stale or corrupt cache (other version / GGUF, truncated file) is replaced atomically
+            _io.replace_dir(tmp, folder)
         except OSError:
             if not _smollm2_cache_ok(folder, gguf):  # another process did not win either
                 raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 _PACKAGED["minilm"] = _load_minilm

@@ -24,18 +24,39 @@ def default_texts() -> list[str]:
 
 
 def read_texts(paths: Iterable[str | os.PathLike]) -> list[str]:
-    """Read UTF-8 text files (undecodable bytes replaced). Empty files raise ``ValueError``."""
+    """Read UTF-8 text files, refusing anything that is not one.
+
+    **Arguments:** ``paths`` — text files, read in order.
+
+    **Returns:** their contents. Raises :class:`normscope.errors.UserError` (a ``ValueError``)
+    naming the file for a missing path, a folder, a binary file (a NUL byte), bytes that are not
+    UTF-8, or an empty file.
+    """
+    from normscope.errors import UserError
+
     out = []
     for p in paths:
         p = Path(p)
+        if p.is_dir():
+            raise UserError(f"text file {p} is a folder, not a file; pass the text files in it (e.g. {p}/*.txt)")
         if not p.is_file():
-            raise ValueError(f"text file {p} does not exist")
-        text = p.read_text(encoding="utf-8", errors="replace")
+            raise UserError(f"text file {p} does not exist")
+        data = p.read_bytes()
+        nul = data.find(b"\x00")
+        if nul >= 0:
+            raise UserError(f"text file {p} is binary (a NUL byte at offset {nul}); pass a UTF-8 text file")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"text file {p} is not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                f"convert it first, e.g. iconv -f latin1 -t utf-8 {p} > {p.stem}.utf8.txt"
+            ) from None
         if not text.strip():
-            raise ValueError(f"text file {p} is empty")
-        out.append(text)
+            raise UserError(f"text file {p} is empty")
+        out.append(text.removeprefix("\ufeff"))
     if not out:
-        raise ValueError("no text files given")
+        raise UserError("no text files given")
     return out
 
 
@@ -163,4 +184,7 @@ def token_batches(
     if batch:
         yield torch.tensor(batch, dtype=torch.long)
     if not got_any:
-        raise ValueError("the texts produced no tokens")
+        raise ValueError(
+            "the texts produced no tokens: the tokenizer returned nothing for them (an empty or missing tokenizer?); "
+            "save the model's tokenizer into its folder with tokenizer.save_pretrained(folder)"
+        )
