@@ -212,7 +212,7 @@ def test_custom_norm_class_classified_numerically():
 
 
 def test_no_norm_raises():
-    with pytest.raises(ValueError, match="no normalisation layer"):
+    with pytest.warns(UserWarning, match="registry"), pytest.raises(ValueError, match="no normalisation layer"):
         find_norms(nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
 
 

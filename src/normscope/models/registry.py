@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -215,7 +215,7 @@ def _guess_role(name: str, in_block: bool) -> str:
 _LAYER_RE = re.compile(r"(?:^|\.)(?:h|layers?|blocks?|albert_layers)\.(\d+)\.")
 
 
-def find_norms(model: nn.Module, *, infer: bool = True) -> list[NormSite]:
+def find_norms(model: nn.Module, *, infer: bool = True, example: Any = None) -> list[NormSite]:
     """Every normalisation module of ``model``, in module order, with role, kind and eps.
 
     Roles come from one traced forward (:func:`normscope.models.roles.infer_roles`) when
@@ -224,13 +224,23 @@ def find_norms(model: nn.Module, *, infer: bool = True) -> list[NormSite]:
     the traced role wins. Without a trace, known families use the description and other models
     get role ``"other"`` with a warning.
 
-    **Arguments:** ``model`` — an HF model or any ``nn.Module``; ``infer`` — trace a forward.
+    **Arguments:** ``model`` — an HF model or any ``nn.Module``; ``infer`` — trace a forward;
+    ``example`` — the input to trace with (dict of kwargs, tensor, or ``f(model)``; default: a
+    small random input built by :func:`normscope.models.inputs.example_inputs`).
 
     **Returns:** a list of :class:`NormSite`. Raises ``ValueError`` if the model has no norm layer.
     """
+    from .roles import infer_roles
+
     config = getattr(model, "config", None)
     mtype = getattr(config, "model_type", None)
     arch = architecture(model) if config is not None else None
+    if arch is None:
+        warnings.warn(
+            f"architecture {mtype or type(model).__name__!r} is not in normscope's registry; norm roles come from a "
+            "traced forward pass (module names if it cannot be traced), with no table to cross-check them",
+            stacklevel=2,
+        )
     named = [(n, m) for n, m in model.named_modules() if is_norm_module(m)]
     if not named:
         raise ValueError(
@@ -238,13 +248,7 @@ def find_norms(model: nn.Module, *, infer: bool = True) -> list[NormSite]:
             "*LayerNorm / *RMSNorm module); nothing to probe"
         )
     table = table_roles(model, arch) if arch is not None else {}
-    graph = None  # graph inference: normscope.models.roles (next commit)
-    if graph is None and arch is None:
-        warnings.warn(
-            f"architecture {mtype or type(model).__name__!r} is not in normscope's registry and no forward could be "
-            "traced; roles are 'other' (pass sites= or a model whose forward takes input_ids)",
-            stacklevel=2,
-        )
+    graph = infer_roles(model, [m for _, m in named], example) if infer else None
     sites: list[NormSite] = []
     for name, m in named:
         d = _width(m)
@@ -263,6 +267,7 @@ def find_norms(model: nn.Module, *, infer: bool = True) -> list[NormSite]:
             warnings.warn(f"{name} ({type(m).__name__}): could not verify its formula numerically; assuming {kind}",
                           stacklevel=2)
         match = _LAYER_RE.search(name)
+        layer = int(match.group(1)) if match else None
         guess = (_guess_role(name, match is not None), "role guessed from the module name", 1, None)
         role, note, seq_dim, reads_same_as = table.get(name) or (guess if arch is None else ("other", "", 1, None))
         stack = ""
@@ -271,10 +276,11 @@ def find_norms(model: nn.Module, *, infer: bool = True) -> list[NormSite]:
                 warnings.warn(f"{name}: the architecture table says {role!r}, the traced forward says "
                               f"{traced.role!r}; using the traced role", stacklevel=2)
             if traced.role != "unused":
-                role, note = traced.role, traced.note or (note if traced.role == role else "")
+                role, note = traced.role, traced.note or (note if traced.role == role and name in table else "")
                 seq_dim, reads_same_as, stack = traced.seq_dim, traced.reads_same_as, traced.stack
+                layer = traced.layer if traced.layer is not None else layer
         sites.append(NormSite(
-            name=name, module=m, layer=int(match.group(1)) if match else None, role=role, kind=kind,
+            name=name, module=m, layer=layer, role=role, kind=kind,
             affine=getattr(m, "weight", None) is not None, eps=float(eps), label=name.rsplit(".", 1)[-1], d=d,
             reads_same_as=reads_same_as, seq_dim=seq_dim, note=note, stack=stack,
         ))
