@@ -255,7 +255,8 @@ def trace(model: nn.Module, norms: Sequence[nn.Module], example: Any) -> tuple[_
     recording every op and every call of the ``norms``. Returns (graph, calls, param names)."""
     from ..probe.hooks import _first_tensor
 
-    params = {id(p): n for n, p in list(model.named_parameters()) + list(model.named_buffers())}
+    # tied weights: the last name wins (lm_head over the embedding it shares a tensor with)
+    params = {id(p): n for n, p in list(model.named_buffers()) + list(model.named_parameters(remove_duplicate=False))}
     rec = _Recorder(params)
     names = {id(m): n for n, m in model.named_modules()}
     calls: list[_Call] = []
@@ -525,7 +526,7 @@ def _seq_dim(x: torch.Tensor, seqs: set[int]) -> int | None:
 
 def _readers(g: _Graph, c: _Call, params: dict) -> tuple[str, ...]:
     """Modules whose parameters are read by an op taking z (through casts/dropout) as input."""
-    zs = g.through(_key(c.z), _PASS)
+    zs = g.through(_key(c.z), _PASS | _INDEX)
     mods = []
     for k in zs:
         for i in g.cons.get(k, ()):
