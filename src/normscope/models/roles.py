@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -88,11 +89,11 @@ def _name(func: Any) -> str:
     return getattr(func, "__name__", str(func))
 
 
-def _key(t: torch.Tensor) -> tuple[int, int]:
+def _version(t: torch.Tensor) -> int:
     try:
-        return id(t), t._version
+        return t._version
     except RuntimeError:  # inference tensors carry no version counter
-        return id(t), 0
+        return 0
 
 
 class _Recorder(TorchFunctionMode):
@@ -100,13 +101,32 @@ class _Recorder(TorchFunctionMode):
     transposed weight, rotary tables, masks built with ``arange``) are *constants*: never graph
     nodes; an op's ``params`` names the parameters it reads (directly or through a constant)."""
 
-    def __init__(self, params: dict[int, str]):
+    def __init__(self, params: dict[int, tuple[torch.Tensor, str]]):
         super().__init__()
-        self.origin: dict[int, str] = dict(params)  # constant tensor id -> parameter name ("" if none)
+        self._uids: dict[int, tuple[Any, int]] = {}  # id(t) -> (weakref to t, unique id)
+        self._strong: list[torch.Tensor] = []  # tensors that refuse weak references
+        self.origin: dict[int, str] = {self.uid(t): n for t, n in params.values()}  # constant uid -> parameter name
         self.ops: list[_Op] = []
-        self.keep: list[Any] = []
         self.depth = 0  # >0 inside a norm module: its inner ops are not recorded
         self.eps_seen: list[float] = []
+
+    def uid(self, t: torch.Tensor) -> int:
+        """A unique id for ``t`` that is never reused, although freed tensors' ``id()`` are."""
+        e = self._uids.get(id(t))
+        if e is not None and e[0]() is t:
+            return e[1]
+        try:
+            ref = weakref.ref(t)
+        except TypeError:
+            self._strong.append(t)
+            ref = (lambda t=t: t)
+        n = self._counter = getattr(self, "_counter", 0) + 1
+        self._uids[id(t)] = (ref, n)
+        return n
+
+    def key(self, t: torch.Tensor) -> tuple[int, int]:
+        """Graph key of a tensor: (unique id, version), so in-place ops make a new node."""
+        return self.uid(t), _version(t)
 
     def _tensors(self, obj: Any, out: list) -> None:
         if isinstance(obj, torch.Tensor):
@@ -128,23 +148,22 @@ class _Recorder(TorchFunctionMode):
                 self.eps_seen.append(args[1])
             return func(*args, **kwargs)
         flat = self._flat(args, kwargs)
-        ins_before = [(t, _key(t)) for t in flat]
+        ins_before = [self.key(t) for t in flat]
         out = func(*args, **kwargs)
         outs: list = []
         self._tensors(out, outs)
         if not outs:
             return out
-        self.keep.append((args, kwargs, out))
-        consts = [t for t in flat if id(t) in self.origin]
+        consts = [k for k in ins_before if k[0] in self.origin]
         if len(consts) == len(flat):  # computed from constants alone: a constant too
-            src = next((self.origin[id(t)] for t in consts if self.origin[id(t)]), "")
+            src = next((self.origin[k[0]] for k in consts if self.origin[k[0]]), "")
             for o in outs:
-                self.origin[id(o)] = src
+                self.origin[self.uid(o)] = src
             return out
-        kw = {k: _key(v) for k, v in kwargs.items() if isinstance(v, torch.Tensor) and id(v) not in self.origin}
-        ins = [k for t, k in ins_before if id(t) not in self.origin]
-        params = tuple(dict.fromkeys(self.origin[id(t)] for t in consts if self.origin[id(t)]))
-        self.ops.append(_Op(name, ins, [_key(o) for o in outs], kw, params, len(consts)))
+        kw = {k: self.key(v) for k, v in kwargs.items() if isinstance(v, torch.Tensor) and self.uid(v) not in self.origin}
+        ins = [k for k in ins_before if k[0] not in self.origin]
+        params = tuple(dict.fromkeys(self.origin[k[0]] for k in consts if self.origin[k[0]]))
+        self.ops.append(_Op(name, ins, [self.key(o) for o in outs], kw, params, len(consts)))
         return out
 
     def _flat(self, args, kwargs) -> list[torch.Tensor]:
@@ -157,9 +176,10 @@ class _Recorder(TorchFunctionMode):
 @dataclass
 class _Call:
     name: str
-    x: Any
-    z: Any
-    op: int  # index of its node in the op list
+    x: torch.Tensor
+    z: torch.Tensor
+    kx: tuple[int, int]  # graph keys of x and z
+    kz: tuple[int, int]
     eps: float | None
 
 
@@ -256,7 +276,7 @@ def trace(model: nn.Module, norms: Sequence[nn.Module], example: Any) -> tuple[_
     from ..probe.hooks import _first_tensor
 
     # tied weights: the last name wins (lm_head over the embedding it shares a tensor with)
-    params = {id(p): n for n, p in list(model.named_buffers()) + list(model.named_parameters(remove_duplicate=False))}
+    params = {id(p): (p, n) for n, p in list(model.named_buffers()) + list(model.named_parameters(remove_duplicate=False))}
     rec = _Recorder(params)
     names = {id(m): n for n, m in model.named_modules()}
     calls: list[_Call] = []
@@ -272,13 +292,17 @@ def trace(model: nn.Module, norms: Sequence[nn.Module], example: Any) -> tuple[_
         x = _first_tensor(args, kwargs)
         z = out[0] if isinstance(out, (tuple, list)) else out
         if isinstance(x, torch.Tensor) and isinstance(z, torch.Tensor) and rec.depth == 0:
-            rec.ops.append(_Op("norm", [_key(x)], [_key(z)]))
-            rec.keep.append((x, z))
-            calls.append(_Call(names[id(mod)], x, z, len(rec.ops) - 1, rec.eps_seen[0] if rec.eps_seen else None))
+            kx, kz = rec.key(x), rec.key(z)
+            rec.ops.append(_Op("norm", [kx], [kz]))
+            calls.append(_Call(names[id(mod)], x, z, kx, kz, rec.eps_seen[0] if rec.eps_seen else None))
 
     for m in norms:
         handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(m.register_forward_hook(post, with_kwargs=True))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type != "meta":
+        move = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v  # noqa: E731
+        example = {k: move(v) for k, v in example.items()} if isinstance(example, dict) else move(example)
     was = model.training
     model.eval()
     try:
@@ -351,7 +375,7 @@ class _Verdict:
 
 def _classify(g: _Graph, c: _Call, norm_upstream: bool) -> _Verdict:
     """The role of one norm call from the data flow around its input x and output z."""
-    kx, kz = _key(c.x), _key(c.z)
+    kx, kz = c.kx, c.kz
     zs = g.through(kz, _PASS)
     qk = _attention_operand(g, zs)
     if qk is not None and qk[0] in ("query", "key"):
@@ -474,7 +498,7 @@ def infer_roles(model: nn.Module, norms: Sequence[nn.Module], example: Any = Non
     ambiguous: list[str] = []
     roles: dict[str, Traced] = {}
     for name, c in firsts.items():
-        upstream = any(_key(c.x) in g.desc(_key(p.z)) for p in prev)
+        upstream = any(c.kx in g.desc(p.kz) for p in prev)
         v = _classify(g, c, upstream)
         if v.ambiguous and name in stacks:
             ambiguous.append(name)
@@ -526,7 +550,7 @@ def _seq_dim(x: torch.Tensor, seqs: set[int]) -> int | None:
 
 def _readers(g: _Graph, c: _Call, params: dict) -> tuple[str, ...]:
     """Modules whose parameters are read by an op taking z (through casts/dropout) as input."""
-    zs = g.through(_key(c.z), _PASS | _INDEX)
+    zs = g.through(c.kz, _PASS | _INDEX)
     mods = []
     for k in zs:
         for i in g.cons.get(k, ()):
