@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import __version__
 from ..models.registry import NormSite, find_norms
-from ..models.roles import _no_fastpath
+from ..models._dataflow import _no_fastpath
 from .hooks import norm_hooks
 from .metrics import METRIC_ROWS, token_metrics
 from .stats import SPECS, StreamStats
