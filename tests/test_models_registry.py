@@ -85,16 +85,16 @@ EXPECTED_BLOCK = {
     "llama": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "pre_mlp")],
     "mistral": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "pre_mlp")],
     "qwen2": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "pre_mlp")],
-    "qwen3": [("q_norm", "other"), ("k_norm", "other"), ("input_layernorm", "pre_attention"),
+    "qwen3": [("q_norm", "query"), ("k_norm", "key"), ("input_layernorm", "pre_attention"),
               ("post_attention_layernorm", "pre_mlp")],
     "phi3": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "pre_mlp")],
     "gemma": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "pre_mlp")],
-    "gemma2": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "post_attention"),
-               ("pre_feedforward_layernorm", "pre_mlp"), ("post_feedforward_layernorm", "post_mlp")],
-    "gemma3": [("q_norm", "other"), ("k_norm", "other"), ("input_layernorm", "pre_attention"),
-               ("post_attention_layernorm", "post_attention"), ("pre_feedforward_layernorm", "pre_mlp"),
-               ("post_feedforward_layernorm", "post_mlp")],
-    "phi": [("q_layernorm", "other"), ("k_layernorm", "other"), ("input_layernorm", "pre_attention")],
+    "gemma2": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "attention_output"),
+               ("pre_feedforward_layernorm", "pre_mlp"), ("post_feedforward_layernorm", "mlp_output")],
+    "gemma3": [("q_norm", "query"), ("k_norm", "key"), ("input_layernorm", "pre_attention"),
+               ("post_attention_layernorm", "attention_output"), ("pre_feedforward_layernorm", "pre_mlp"),
+               ("post_feedforward_layernorm", "mlp_output")],
+    "phi": [("q_layernorm", "query"), ("k_layernorm", "key"), ("input_layernorm", "pre_attention")],
 }
 KIND = {"llama": "rmsnorm", "mistral": "rmsnorm", "qwen2": "rmsnorm", "qwen3": "rmsnorm", "phi3": "rmsnorm",
         "gemma": "rmsnorm_offset", "gemma2": "rmsnorm_offset", "gemma3": "rmsnorm_offset"}
@@ -212,7 +212,7 @@ def test_custom_norm_class_classified_numerically():
 
 
 def test_no_norm_raises():
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no normalisation layer"):
+    with pytest.warns(UserWarning, match="registry"), pytest.raises(ValueError, match="no normalisation layer"):
         find_norms(nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
 
 
@@ -221,3 +221,47 @@ def test_layernorm_without_affine():
     with pytest.warns(UserWarning):
         (site,) = find_norms(net)
     assert not site.affine and torch.equal(site.gain(), torch.ones(6)) and site.bias() is None
+
+
+def test_one_table_for_probe_and_conversion():
+    """Probe roles and the conversion read the same description: post-LN and convertible families agree."""
+    from normscope.convert import families
+    from normscope.models.architectures import ARCHITECTURES, ROLE_GROUPS, architecture
+
+    assert set(families.POST_LN) == {t for t, a in ARCHITECTURES.items() if a.post_ln}
+    assert set(families.SUPPORTED) == {t for t, a in ARCHITECTURES.items() if a.convertible}
+    assert not set(families.POST_LN) & set(families.SUPPORTED)
+    opt_post = architecture(_tiny("opt_post").config)
+    assert opt_post.post_ln and {ROLE_GROUPS[n.role] for n in opt_post.norms} == {"post"}
+    with pytest.raises(families.NotConvertibleError, match="post-LN"):
+        families.plan(_tiny("opt_post"))
+    with pytest.raises(families.NotConvertibleError, match="post-LN encoder"):
+        families.plan(_tiny("bert"))
+    with pytest.raises(families.NotConvertibleError, match="already uses RMSNorm"):
+        families.plan(_tiny("llama"))
+
+
+def test_falcon_variants_resolve_from_config():
+    from normscope.models.architectures import architecture
+
+    def norms(**kw):
+        cfg = tf.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=97, **kw)
+        a = architecture(cfg)
+        return [(n.path, n.role) for n in a.norms], a.parallel
+
+    assert norms(new_decoder_architecture=True) == ([("ln_attn", "pre_attention"), ("ln_mlp", "pre_mlp")], True)
+    assert norms(parallel_attn=True) == ([("input_layernorm", "pre_attention")], True)
+    assert norms(parallel_attn=False) == ([("input_layernorm", "pre_attention"),
+                                           ("post_attention_layernorm", "pre_mlp")], False)
+
+
+def test_norm_site_keywords_and_reference():
+    ln = nn.LayerNorm(6, eps=1e-3)
+    with torch.no_grad():
+        ln.weight.normal_()
+        ln.bias.normal_()
+    site = NormSite(name="ln", module=ln, layer=None, role="final", kind="layernorm", affine=True, eps=1e-3, d=6)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    ref = torch.nn.functional.layer_norm(x, (6,), ln.weight.double(), ln.bias.double(), 1e-3)
+    torch.testing.assert_close(site.reference(x), ref, rtol=0, atol=0)  # same float64 kernel, same inputs
+    assert site.group == "final" and site.seq_dim == 1

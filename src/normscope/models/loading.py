@@ -118,6 +118,8 @@ def load(
         return _load_hf(path.parent, name=key, dtype=dtype, device_map=device_map, gguf_file=path.name)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{key!r} is a file but not a .gguf; pass an HF model folder or a packaged name")
+    if path.is_dir() and _is_conversion(path):
+        return _load_converted(path, name=key, dtype=dtype)
     try:
         return _load_hf(path if path.is_dir() else key, name=key, dtype=dtype, device_map=device_map)
     except (OSError, ValueError) as e:
@@ -195,6 +197,30 @@ def _check_model_folder(folder: Path) -> None:
             f"model folder {folder} has no tokenizer (no tokenizer.json, tokenizer_config.json or vocab file); "
             "save the model's tokenizer into it with tokenizer.save_pretrained(folder)"
         )
+
+
+def _is_conversion(folder: Path) -> bool:
+    """True for a folder written by ``normscope convert`` (its config records the conversion)."""
+    cfg = folder / "config.json"
+    if not (folder / "manifest.json").is_file() or not cfg.is_file():
+        return False
+    try:
+        return isinstance(json.loads(cfg.read_text()).get("normscope_conversion"), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def _load_converted(folder: Path, *, name: str, dtype: torch.dtype) -> LoadedModel:
+    """Load a ``normscope convert`` output: the original HF class with its recorded norms as
+    ``normscope.nn.RMSNorm`` (see ``normscope.convert.saving.load``), so its sites have kind ``rmsnorm``."""
+    from transformers import AutoTokenizer
+
+    from normscope.convert.saving import load as load_converted
+
+    with _quiet_transformers():
+        model = load_converted(folder).to(dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    return LoadedModel(model.eval(), tokenizer, name, model.config.model_type, str(folder))
 
 
 def _wants_causal_lm(config: Any) -> bool:

@@ -5,6 +5,8 @@ See SCHEMA.md (next to this file) for the output dictionary.
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
 import warnings
 from typing import Any, Iterable, Sequence
@@ -15,6 +17,7 @@ from torch import nn
 
 from .. import __version__
 from ..models.registry import NormSite, find_norms
+from ..models._dataflow import _no_fastpath
 from .hooks import norm_hooks
 from .metrics import METRIC_ROWS, token_metrics
 from .stats import SPECS, StreamStats
@@ -42,6 +45,8 @@ class SiteProbe:
         self.gain = site.gain()
         self.bias = site.bias()
         self.calls = 0
+        self.rows = 0  # token positions seen (after skip_first), finite or not
+        self.order: int | None = None  # rank of its first call in the forward
         self.nonfinite = {"input_tokens": 0, "output_tokens": 0, "input_values": 0, "output_values": 0}
         self._dev: torch.device | None = None
 
@@ -51,16 +56,15 @@ class SiteProbe:
             self.bias = None if self.bias is None else self.bias.to(device, torch.float64)
             self._dev = device
 
-    def __call__(self, site: NormSite, x: torch.Tensor, z: torch.Tensor) -> None:
+    def __call__(self, site: NormSite, x: torch.Tensor, z: torch.Tensor,
+                 batch_seq: tuple[int, int] | None = None) -> None:
         self.calls += 1
         if self.skip_first:
-            seq_dim = 1 if x.ndim <= 3 else site.seq_dim
-            if x.ndim >= 2:
-                x = x.narrow(seq_dim, 1, x.shape[seq_dim] - 1)
-                z = z.narrow(seq_dim, 1, z.shape[seq_dim] - 1)
+            x, z = _drop_first(site, x, z, batch_seq)
         d = x.shape[-1]
         x2 = x.reshape(-1, d)
         z2 = z.reshape(-1, z.shape[-1])
+        self.rows += x2.shape[0]
         if x2.shape[0] == 0:
             return
         self._params_on(x2.device)
@@ -84,6 +88,7 @@ class SiteProbe:
             "name": site.name, "role": site.role, "kind": site.kind, "label": site.label,
             "layer": site.layer, "d": site.d, "eps": site.eps, "affine": site.affine,
             "has_bias": self.bias is not None, "reads_same_as": site.reads_same_as, "note": site.note,
+            "stack": getattr(site, "stack", ""),
             "count": int(self.stats.n[0]), "nonfinite": dict(self.nonfinite),
             "input": {}, "output": {},
         }
@@ -95,6 +100,21 @@ class SiteProbe:
                 out[side][metric] = s
         out["geometry"] = layer_geometry(site)
         return out
+
+
+def _drop_first(site: NormSite, x: torch.Tensor, z: torch.Tensor, batch_seq: tuple[int, int] | None):
+    """Drop token position 0 along the site's token axis (``seq_dim``).
+
+    A 2-D ``(tokens, d)`` input whose row count is batch × seq of the current batch is read as
+    batch-major flattened tokens; an input with no token axis (a pooled ``(batch, d)`` vector) is kept whole.
+    """
+    axis = site.seq_dim if site.seq_dim is not None and site.seq_dim < x.ndim - 1 else None
+    if axis is None and x.ndim == 2 and batch_seq and x.shape[0] == batch_seq[0] * batch_seq[1] > 0:
+        b, s = batch_seq
+        return x.reshape(b, s, -1)[:, 1:], z.reshape(b, s, -1)[:, 1:]
+    if axis is None or x.shape[axis] == 0:
+        return x, z
+    return x.narrow(axis, 1, x.shape[axis] - 1), z.narrow(axis, 1, z.shape[axis] - 1)
 
 
 def layer_geometry(site: NormSite) -> dict:
@@ -194,9 +214,14 @@ def run(
 
     **Arguments:**
 
-    - ``model``: an HF model or a :class:`normscope.models.LoadedModel`.
-    - ``batches``: iterable of ``LongTensor (batch, seq)`` token ids (see
-      :func:`normscope.models.text.token_batches`).
+    - ``model``: an HF model, a :class:`normscope.models.LoadedModel`, or any ``nn.Module``.
+    - ``batches``: iterable of whatever the model's forward takes: ``LongTensor (batch, seq)``
+      token ids (passed as ``input_ids=``, see :func:`normscope.models.text.token_batches`; passed
+      positionally to modules whose forward has no ``input_ids``), dicts of keyword tensors
+      (``pixel_values``, ``input_features``, ``decoder_input_ids``, ...; see
+      :mod:`normscope.models.inputs` for offline images and audio), or callables ``f(model)``.
+      The first batch is also the input traced to infer norm roles. Tokens are counted as the
+      norms saw them: positions along the token axis of the first norm to run.
     - ``skip_first``: drop position 0 (BOS / [CLS]) from every statistic.
     - ``progress``: show a tqdm bar (rank 0 only).
     - ``sites``: the norm sites to probe (default: :func:`normscope.models.find_norms`).
@@ -219,35 +244,41 @@ def run(
         model = model.model
     config = getattr(model, "config", None)
     family = family or getattr(config, "model_type", None)
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("no tokens were probed (empty batches)")
+    batches = itertools.chain([first], batches)
+    fwd = _forward_module(model, sites) if sites is not None else model
     if sites is None:
-        sites = find_norms(model)
+        sites = find_norms(model, example=_as_example(fwd, first))
+        fwd = _forward_module(model, sites)
     probes = {s.name: SiteProbe(s, skip_first=skip_first, dtype=dtype) for s in sites}
+    context: dict[str, Any] = {"batch_seq": None, "order": 0}
 
     def callback(site: NormSite, x: torch.Tensor, z: torch.Tensor) -> None:
-        probes[site.name](site, x, z)
+        p = probes[site.name]
+        if p.order is None:
+            p.order = context["order"]
+            context["order"] += 1
+        p(site, x, z, context["batch_seq"])
 
-    fwd = _forward_module(model, sites)
     device = _device_of(model)
-    kwargs: dict[str, Any] = {}
-    if config is not None and hasattr(config, "use_cache"):
-        kwargs["use_cache"] = False
     dist = _dist()
     rank = dist.get_rank() if dist else 0
-    tokens = 0
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), norm_hooks(model, sites, callback):
+        with torch.inference_mode(), norm_hooks(model, sites, callback), _no_fastpath():
             bar = tqdm(batches, total=total, disable=not progress or rank != 0, unit="batch",
                        desc=f"probing {name or family or type(model).__name__}")
             for batch in bar:
-                if not isinstance(batch, torch.Tensor) or batch.ndim != 2:
-                    raise ValueError("each batch must be a LongTensor of shape (batch, seq)")
-                fwd(input_ids=batch.to(device), **kwargs)
-                tokens += batch.numel() - (batch.shape[0] if skip_first else 0)
-                bar.set_postfix(tokens=tokens)
+                context["batch_seq"] = _batch_seq(batch)
+                _call(fwd, batch, device, config)
+                bar.set_postfix(tokens=_tokens(probes))
     finally:
         model.train(was_training)
+    tokens = _tokens(probes)
 
     if dist:
         tokens = _merge_distributed(dist, probes, tokens)
@@ -272,6 +303,54 @@ def run(
         "layers": [probes[s.name].summary() for s in sites],
     }
     return {"schema": SCHEMA_VERSION, "normscope_version": __version__, "models": [entry]}
+
+
+def _forward_accepts(fwd: nn.Module, name: str) -> bool:
+    try:
+        return name in inspect.signature(fwd.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _as_example(fwd: nn.Module, batch: Any) -> Any:
+    """The first batch in the form :func:`normscope.models.find_norms` traces with."""
+    if isinstance(batch, torch.Tensor) and _forward_accepts(fwd, "input_ids"):
+        return {"input_ids": batch}
+    return batch
+
+
+def _call(fwd: nn.Module, batch: Any, device: torch.device, config: Any) -> None:
+    """One forward on ``batch``: a token-id tensor (``input_ids=``, or positional for modules without
+    that argument), a dict of keyword tensors, or a callable ``f(model)``."""
+    kwargs: dict[str, Any] = {}
+    if config is not None and hasattr(config, "use_cache") and _forward_accepts(fwd, "use_cache"):
+        kwargs["use_cache"] = False
+    if isinstance(batch, dict):
+        fwd(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, **kwargs)
+    elif isinstance(batch, torch.Tensor):
+        if _forward_accepts(fwd, "input_ids"):
+            if batch.ndim != 2:
+                raise ValueError("each token batch must be a LongTensor of shape (batch, seq)")
+            fwd(input_ids=batch.to(device), **kwargs)
+        else:
+            fwd(batch.to(device))
+    elif callable(batch):
+        batch(fwd)
+    else:
+        raise ValueError(f"a batch must be a tensor, a dict of tensors or a callable f(model), not {type(batch).__name__}")
+
+
+def _batch_seq(batch: Any) -> tuple[int, int] | None:
+    """(batch, seq) of the token ids in ``batch``, if it has any."""
+    ids = batch.get("input_ids") if isinstance(batch, dict) else batch
+    return tuple(ids.shape) if isinstance(ids, torch.Tensor) and ids.ndim == 2 else None
+
+
+def _tokens(probes: dict[str, SiteProbe]) -> int:
+    """Token positions as the norms saw them: rows of the first norm to run (QK-norms aside)."""
+    ran = [p for p in probes.values() if p.order is not None]
+    main = [p for p in ran if p.site.role not in ("query", "key")] or ran
+    return min(main, key=lambda p: p.order).rows if main else 0
 
 
 def shard(batches: Iterable[torch.Tensor], rank: int | None = None, world_size: int | None = None):
