@@ -29,7 +29,7 @@ from normscope.cli import main
 from normscope.models.tiny import byte_tokenizer
 
 T.logging.set_verbosity_error()
-PROGRESS = re.compile(r"\d+%\|.*\| \d+/\d+ \[")  # a tqdm bar (transformers' "Loading weights", the probe)
+PROGRESS = re.compile(r"\d+%\|.*\| \d+/\d+ \[|: \d+\w* \[\d+:\d+")  # a tqdm bar (transformers' "Loading weights", the probe)
 # The verification text (pydoc "assert" topic, byte tokens, 2 windows of 16) has '*' (byte 42) only in
 # window 1 ('tement\n*********'): a NaN embedding row for it makes row 1 non-finite and leaves row 0 finite.
 NAN_TOKEN = 42
