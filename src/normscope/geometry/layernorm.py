@@ -54,6 +54,21 @@ def _as_batch(x: ArrayLike, n: int, what: str) -> tuple[torch.Tensor, bool, torc
     return t, is_torch, dtype
 
 
+def _data_dtype(x: ArrayLike, torch_dtype: torch.dtype) -> torch.dtype:
+    """The floating dtype the data came in (numpy float16/32 too; everything else float64)."""
+    if isinstance(x, torch.Tensor):
+        return torch_dtype
+    kind = getattr(x, "dtype", None)
+    return {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}.get(kind, torch.float64)
+
+
+def _roundoffs(dtype: torch.dtype) -> tuple[float, float]:
+    """(u of the data's dtype, u of the precision LayerNorm computes in for it: float32 for half types)."""
+    u = float(torch.finfo(dtype).eps) / 2
+    op = torch.float64 if dtype == torch.float64 else torch.float32
+    return u, float(torch.finfo(op).eps) / 2
+
+
 def _back(t: torch.Tensor, is_torch: bool, dtype: torch.dtype, like: ArrayLike | None = None):
     if is_torch:
         out = t.to(dtype)
@@ -338,20 +353,57 @@ class LayerNormGeometry:
         rho = torch.sqrt(pp / (pp + self.dim * self.eps))
         return _back(rho, is_torch, dtype, x)
 
-    def contains(self, y: ArrayLike, *, tol: float | None = None):
-        """Whether each y lies in the closed image: on the hyperplane(s) and with ρ ≤ 1.
+    def contains(self, y: ArrayLike, *, unit_roundoff: float | None = None):
+        r"""Whether each y lies in the closed image (on the hyperplane(s), ρ ≤ 1) up to y's rounding.
 
-        ``tol`` is relative (plane residual vs the size of y − b and of the axes; ρ ≤ 1 + tol);
-        default 1e-9 for float64 input and 1e-4 for lower precision. Returns a bool array (...,).
+        y is taken as a *computed* LayerNorm output in its dtype (torch or numpy; bfloat16,
+        float16, float32, float64), so the test allows exactly the error such an output can carry.
+        Per component (u = the dtype's unit roundoff, u_op that of the precision LayerNorm computes
+        in: float32 for the half types and float32, float64 for float64; x̂ = (y − b)/g):
+
+            |δₙ| ≤ eₙ = u·|yₙ| + (N + 6)·u_op·|gₙ|·(|x̂ₙ| + 1)
+
+        (the rounding of the output, plus the mean/variance reductions, γ_N = N·u_op, and six
+        elementwise operations, for inputs whose mean is at most of the order of their spread).
+        Then, with S the orthonormal :attr:`orthogonal_subspace` and ρ a seminorm of y − b,
+
+        - plane: |Sₖᵀ(y − b)| ≤ |Sₖ|ᵀe + 8N·ε₆₄·|Sₖ|ᵀ|y − b|   (the last term: this float64 test);
+        - ρ ≤ 1 + (‖e/g‖ + (|α̂|ᵀe)·‖α̂/g‖)/√N + 8N·ε₆₄ (all gₙ ≠ 0; M⁺ = Π₂G⁻²Π₂), or
+          ρ ≤ 1 + ‖e_S/g_S‖·√(1 + |S|/k)/√N + 8N·ε₆₄ with k zero gains (S the others).
+
+        **Arguments:**
+
+        - ``y``: outputs, shape (..., N).
+        - ``unit_roundoff``: u to assume instead of the dtype's (e.g. for float64 copies of
+          bfloat16 outputs: 2⁻⁹); u_op is then at least u.
+
+        **Returns:** a bool array/tensor of shape (...,).
         """
-        _t, is_torch, dtype = _as_batch(y, self.dim, "y")
-        if tol is None:
-            tol = 1e-9 if dtype == torch.float64 else 1e-4
-        t = _t
-        res = torch.as_tensor(self.plane_residual(t)).abs().amax(-1)
-        size = torch.linalg.vector_norm(t - self._bt, dim=-1) + float(self.outer_axes.max())
+        t, is_torch, dtype = _as_batch(y, self.dim, "y")
+        u_out, u_op = _roundoffs(_data_dtype(y, dtype))
+        if unit_roundoff is not None:
+            if not (math.isfinite(unit_roundoff) and 0 <= unit_roundoff < 1):
+                raise ValueError(f"unit_roundoff must be a number in [0, 1), got {unit_roundoff!r}")
+            u_out, u_op = float(unit_roundoff), max(u_op, float(unit_roundoff))
+        n, g = self.dim, self._gt
+        r = t - self._bt
+        nz = g != 0
+        xhat = torch.where(nz, r / torch.where(nz, g, 1.0), 0.0)
+        e = u_out * t.abs() + (n + 6) * u_op * g.abs() * (xhat.abs() + 1.0)
+        u64 = 8.0 * n * float(np.finfo(np.float64).eps)
+        S = torch.from_numpy(np.abs(self.orthogonal_subspace))
+        res = torch.as_tensor(self.plane_residual(t)).abs()
+        plane_ok = (res <= e @ S + u64 * (r.abs() @ S)).all(-1)
+        z = self.zero_gains
+        if z.size == 0:
+            ah = torch.from_numpy(self._alpha_hat())
+            drho = torch.linalg.vector_norm(e / g, dim=-1) + (e @ ah.abs()) * float(torch.linalg.vector_norm(ah / g))
+        else:
+            s = torch.from_numpy(np.flatnonzero(self.gain != 0.0))
+            es = e.index_select(-1, s) / g.index_select(0, s)
+            drho = torch.linalg.vector_norm(es, dim=-1) * math.sqrt(1.0 + s.numel() / z.size)
         rho = torch.as_tensor(self.radial_fraction(t))
-        ok = (res <= tol * size) & (rho <= 1.0 + tol)
+        ok = plane_ok & (rho <= 1.0 + drho / math.sqrt(n) + u64)
         return ok if is_torch else ok.numpy()
 
     def rho_cdf(self, r0: ArrayLike, *, scale: float = 1.0) -> np.ndarray:
