@@ -115,6 +115,9 @@ def _have_dlaed4() -> bool:
     return True
 
 
+_BLOCK = 32  # roots per vectorised update in _roots: 32 rows of N doubles stay in L2 up to N ~ 8k
+
+
 def _n_threads(n_roots: int) -> int:
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, n_roots // 256))
 
@@ -173,37 +176,53 @@ def _roots(
     chunks = np.array_split(np.arange(qs.size), _n_threads(qs.size))
 
     def work(js: np.ndarray) -> np.ndarray | None:
-        k, i, info, r = ctypes.c_int(n), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_double(rho)
-        ext = np.empty(n + 1)
-        ext[n] = np.inf
-        e = ext[:n]
-        args = (ctypes.byref(k), ctypes.byref(i), D.ctypes.data_as(_DBL_P), z.ctypes.data_as(_DBL_P),
-                e.ctypes.data_as(_DBL_P), ctypes.byref(r))
-        lam_base = lam.ctypes.data
+        # Roots in blocks of B: one dlaed4 call each into a row of ``buf``, then vectorised updates
+        # of the Löwner product and the output rows per block (few Python calls per root).
+        k, i, info, r, lamc = ctypes.c_int(n), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_double(rho), ctypes.c_double()
+        nb_max = min(_BLOCK, js.size)
+        if nb_max == 0:
+            return np.ones(n) if out is not None else None
+        buf = np.empty((nb_max, n + 1))
+        buf[:, n] = np.inf  # gathered through col_pole == n: null coordinates get 1/inf = 0
+        rows_p = [buf[b].ctypes.data_as(_DBL_P) for b in range(nb_max)]
+        fixed = (ctypes.byref(k), ctypes.byref(i), D.ctypes.data_as(_DBL_P), z.ctypes.data_as(_DBL_P))
+        tail = (ctypes.byref(r), ctypes.byref(lamc), ctypes.byref(info))
         acc = np.ones(n) if out is not None else None
-        ratio = np.empty(n)
-        for j in js.tolist():
-            q = int(qs[j])
-            i.value = q + 1
-            dlaed4(*args, ctypes.cast(lam_base + 8 * j, _DBL_P), ctypes.byref(info))
-            if info.value != 0:
-                raise RuntimeError(
-                    f"LAPACK dlaed4 did not converge for root {q} of {n} (info={info.value}); "
-                    "use method='dense' for this gain and report the gain vector as a normscope bug"
-                )
+        den = np.empty((nb_max, n)) if out is not None else None
+        for start in range(0, js.size, nb_max):
+            blk = js[start : start + nb_max]
+            nb = blk.size
+            qb = qs[blk]
+            for b, (j, q) in enumerate(zip(blk.tolist(), qb.tolist())):
+                i.value = q + 1
+                dlaed4(*fixed, rows_p[b], *tail)
+                if info.value != 0:
+                    raise RuntimeError(
+                        f"LAPACK dlaed4 did not converge for root {q} of {n} (info={info.value}); "
+                        "use method='dense' for this gain and report the gain vector as a normscope bug"
+                    )
+                lam[j] = lamc.value
+            E = buf[:nb, :n]  # e_q = D − λ_q = ζ_q − d, one row per root
             if delta_rows is not None:
-                delta_rows[j] = e
+                delta_rows[blk] = E
             if acc is None:
                 continue
-            np.subtract(dpole[q], dpole, out=ratio)  # e = D − λ_q = ζ_q − d
-            ratio[q] = 1.0
-            np.divide(e, ratio, out=ratio)
-            ratio[q] = -e[q]
-            acc *= ratio
-            row = out_rows[q]
-            if row >= 0:
-                np.take(ext, col_pole, out=out[row], mode="clip")
-                np.reciprocal(out[row], out=out[row])
+            ratio = den[:nb]
+            ar = np.arange(nb)
+            np.subtract(dpole[qb][:, None], dpole[None, :], out=ratio)
+            ratio[ar, qb] = 1.0
+            np.divide(E, ratio, out=ratio)
+            ratio[ar, qb] = -E[ar, qb]
+            acc *= ratio.prod(axis=0)
+            rows = out_rows[qb]
+            if rows[0] >= 0 and np.array_equal(rows, rows[0] + ar):
+                dst = out[rows[0] : rows[0] + nb]
+                np.take(buf[:nb], col_pole, axis=1, out=dst, mode="clip")
+                np.reciprocal(dst, out=dst)
+            else:
+                for b in np.flatnonzero(rows >= 0).tolist():
+                    np.take(buf[b], col_pole, out=out[rows[b]], mode="clip")
+                    np.reciprocal(out[rows[b]], out=out[rows[b]])
         return acc
 
     if len(chunks) == 1:
