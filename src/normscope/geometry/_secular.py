@@ -58,7 +58,8 @@ class _Deflated(NamedTuple):
     """The reduced problem: poles (strictly descending d̃), couplings, and where everything goes."""
 
     keep: np.ndarray  # non-negligible coordinates, sorted by d̃ descending
-    groups: list[np.ndarray]  # tie groups (coordinate indices), one per pole
+    starts: np.ndarray  # pole p is keep[starts[p] : starts[p] + sizes[p]] (its tie group)
+    sizes: np.ndarray
     dpole: np.ndarray  # pole values d̃_p (group means), strictly descending
     wpole: np.ndarray  # couplings ‖w̃_group‖ > 0
     n_null: int  # negligible coordinates (null directions)
@@ -71,15 +72,14 @@ def _deflate(d: np.ndarray, w: np.ndarray) -> _Deflated:
     keep = np.flatnonzero(~small)
     keep = keep[np.argsort(-d[keep], kind="stable")]
     breaks = np.flatnonzero(-np.diff(d[keep]) > _TAU) + 1
-    groups = np.split(keep, breaks) if keep.size else []
-    sizes = np.array([gr.size for gr in groups], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    starts = np.concatenate([[0], breaks]).astype(np.int64) if keep.size else np.zeros(0, np.int64)
+    sizes = np.diff(np.append(starts, keep.size)).astype(np.int64)
     if keep.size:
         dpole = np.add.reduceat(d[keep], starts) / sizes
         wpole = np.sqrt(np.add.reduceat(w[keep] ** 2, starts))
     else:
         dpole = wpole = np.zeros(0)
-    return _Deflated(keep, groups, dpole, wpole, int(small.sum()))
+    return _Deflated(keep, starts, sizes, dpole, wpole, int(small.sum()))
 
 
 def _capsule_function(name: str, restype, *argtypes):
@@ -330,9 +330,8 @@ def principal_axes(
             return Axes(lengths_of(z[::-1][:n_axes][sel]), np.ascontiguousarray(V[:, ::-1][:, :n_axes][:, sel]))
         return Axes(lengths_of(np.linalg.eigvalsh(M)[::-1][:n_axes][sel]), None)
 
-    groups, dpole, wpole = defl.groups, defl.dpole, defl.wpole
-    npole = len(groups)
-    sizes = np.array([gr.size for gr in groups], dtype=np.int64)
+    dpole, wpole, sizes = defl.dpole, defl.wpole, defl.sizes
+    npole = sizes.size
     n_sec = npole - 1 if defl.n_null == 0 else npole  # no null gain: ζ = 0 (normal α) is the last root
     tie_pole = np.repeat(np.arange(npole), sizes - 1)
     # descending order: the ties of pole p (ζ = d_p), then root p ∈ (d_{p+1}, d_p)
@@ -369,13 +368,12 @@ def principal_axes(
             R /= np.linalg.norm(R, axis=0)
             Q, T = np.linalg.qr(R)
             A[row_of[root_q]] = (Q * np.where(np.diag(T) < 0, -1.0, 1.0)).T
-    start = 0
-    for p, gr in enumerate(groups):  # tie vectors: exact, orthogonal to w_group
+    for p in np.flatnonzero(sizes > 1).tolist():  # tie vectors: exact, orthogonal to w_group
+        gr = defl.keep[defl.starts[p] : defl.starts[p] + sizes[p]]
+        start = int(defl.starts[p]) - p  # ties before pole p: Σ_{q<p} (size_q − 1)
         cnt = gr.size - 1
-        if cnt:
-            want = (ties >= start) & (ties < start + cnt)
-            if want.any():
-                local = ties[want] - start
-                A[np.ix_(row_of[n_sec + ties[want]], gr)] = _tie_vectors(w[gr])[local]
-        start += cnt
+        want = (ties >= start) & (ties < start + cnt)
+        if want.any():
+            local = ties[want] - start
+            A[np.ix_(row_of[n_sec + ties[want]], gr)] = _tie_vectors(w[gr])[local]
     return Axes(lengths_of(zeta_all), A.T)
