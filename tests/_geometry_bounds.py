@@ -75,3 +75,19 @@ def dense_reference(g: np.ndarray, vectors: bool = True):
 def scaled_zeta(lengths: np.ndarray, n: int, e: int) -> np.ndarray:
     """ζ of the 2⁻ᵉ-scaled matrix from lengths ℓ = 2ᵉ√(Nζ) (exact rescaling, no overflow)."""
     return np.ldexp(lengths, -e) ** 2 / n
+
+
+def rounded_evaluation_tol(n: int, kappa: float = 1.0) -> float:
+    """Bound for a float64 quantity evaluated by O(N) rounded operations with condition κ:
+    the standard γ_{cN} = c·N·u/(1 − c·N·u) summation bound (Higham Thm 3.1, 4.3) with c = C = 8
+    covering the few elementwise operations around the length-N reductions."""
+    return C * n * EPS * kappa
+
+
+def ln_condition(x, g, b, eps) -> float:
+    """κ of LayerNorm outputs for :func:`rounded_evaluation_tol`: ‖x‖∞/√(σ² + ε) (the centring and
+    1/σ amplify rounding of x by it) plus the bias's size relative to the gains (y = g·x̂ + b)."""
+    x = np.asarray(x, dtype=np.float64)
+    sd = np.sqrt(x.var(-1) + eps)
+    nz = np.abs(np.asarray(g))[np.asarray(g) != 0]
+    return float(np.max(np.abs(x).max(-1) / sd)) + float(np.abs(b).max() / nz.min()) + 1.0

@@ -1,4 +1,4 @@
-"""normscope.geometry against dense eigh, brute force, autograd and the reference's asserted values."""
+"""normscope.geometry against dense eigh, brute force and the reference's asserted values (maps: test_geometry_maps.py)."""
 
 import math
 
@@ -8,8 +8,11 @@ import torch
 import torch.nn.functional as F
 
 import normscope.nn as nsn
-from _geometry_bounds import EPS, C, backward_error, clusters, dense_reference, eig_tol, orth_tol, projector_tol, scaled_zeta
-from normscope.geometry import LayerNormGeometry, principal_axes, rho_cdf, rho_quantile
+from _geometry_bounds import (
+    EPS, backward_error, clusters, dense_reference, eig_tol, ln_condition, orth_tol, projector_tol,
+    rounded_evaluation_tol, scaled_zeta,
+)
+from normscope.geometry import LayerNormGeometry, principal_axes, rho_cdf
 
 # Every tolerance below is derived (tests/_geometry_bounds.py states the bounds and constants):
 # eigenvalues ± eig_tol = 2·8·N·ε·‖M‖, orthogonality 8·N·ε, eigenspaces by Davis–Kahan.
@@ -24,22 +27,6 @@ def _one_blas_thread():
 
     with threadpool_limits(limits=1):
         yield
-
-
-def _rounded_evaluation_tol(n: int, kappa: float = 1.0) -> float:
-    """Bound for a float64 quantity evaluated by O(N) rounded operations with condition κ:
-    the standard γ_{cN} = c·N·u/(1 − c·N·u) summation bound (Higham Thm 3.1, 4.3) with c = C = 8
-    covering the few elementwise operations around the length-N reductions."""
-    return C * n * EPS * kappa
-
-
-def _ln_condition(x, g, b, eps) -> float:
-    """κ of LayerNorm outputs for :func:`_rounded_evaluation_tol`: ‖x‖∞/√(σ² + ε) (the centring and
-    1/σ amplify rounding of x by it) plus the bias's size relative to the gains (y = g·x̂ + b)."""
-    x = np.asarray(x, dtype=np.float64)
-    sd = np.sqrt(x.var(-1) + eps)
-    nz = np.abs(np.asarray(g))[np.asarray(g) != 0]
-    return float(np.max(np.abs(x).max(-1) / sd)) + float(np.abs(b).max() / nz.min()) + 1.0
 
 
 def _check_against_dense(g, lengths, V):
@@ -227,8 +214,8 @@ def test_reference_rho_table(eps, median, p05, lo, frac):
     geo = LayerNormGeometry([0.9, -0.6, 0.8], [0.15, -0.10, 0.20], eps=eps)
     y = F.layer_norm(torch.from_numpy(a), (3,), torch.from_numpy(geo.gain.copy()), torch.from_numpy(geo.bias.copy()), eps)
     rho = geo.radial_fraction(y).numpy()
-    kappa = _ln_condition(a, geo.gain, geo.bias, eps)
-    np.testing.assert_allclose(rho, geo.input_radial_fraction(a), rtol=0, atol=_rounded_evaluation_tol(3, kappa))
+    kappa = ln_condition(a, geo.gain, geo.bias, eps)
+    np.testing.assert_allclose(rho, geo.input_radial_fraction(a), rtol=0, atol=rounded_evaluation_tol(3, kappa))
     assert np.median(rho) == pytest.approx(median, abs=5e-7)
     assert np.percentile(rho, 5) == pytest.approx(p05, abs=5e-7)
     assert rho.min() == pytest.approx(lo, abs=5e-7)
@@ -253,7 +240,7 @@ def test_sampled_outputs_on_plane_inside_ellipsoid(name, eps):
     geo = LayerNormGeometry(g, b, eps)
     x = torch.from_numpy(rng.standard_normal((400, n)) * rng.uniform(0.05, 3, (400, 1)) + 0.5)
     y = F.layer_norm(x, (n,), torch.from_numpy(g), torch.from_numpy(b), eps)
-    tol = _rounded_evaluation_tol(n, _ln_condition(x.numpy(), g, b, eps))  # relative to max(|g|, |b|)
+    tol = rounded_evaluation_tol(n, ln_condition(x.numpy(), g, b, eps))  # relative to max(|g|, |b|)
     scale = max(np.abs(g).max(), np.abs(b).max())
     np.testing.assert_allclose(geo.forward(x).numpy(), y.numpy(), rtol=0, atol=tol * scale)
     assert torch.as_tensor(geo.plane_residual(y)).abs().max() <= tol * scale * math.sqrt(n)
@@ -285,7 +272,7 @@ def test_axis_endpoints_are_on_the_surface():
         ends = geo.bias + (lengths * V).T
         assert bool(geo.contains(ends).all())
         kappa = 1 + np.abs(geo.bias).max() / np.abs(g[g != 0]).min()  # bias added then subtracted
-        np.testing.assert_allclose(geo.radial_fraction(ends), 1.0, rtol=0, atol=_rounded_evaluation_tol(g.size, kappa))
+        np.testing.assert_allclose(geo.radial_fraction(ends), 1.0, rtol=0, atol=rounded_evaluation_tol(g.size, kappa))
 
 
 def test_zero_gain_subspace_normal_and_flags():
@@ -304,88 +291,6 @@ def test_zero_gain_subspace_normal_and_flags():
     ok = LayerNormGeometry([2.0, -4.0, 1.0], [1.0, 1.0, 1.0])
     np.testing.assert_allclose(ok.normal, np.array([0.5, -0.25, 1.0]) / np.linalg.norm([0.5, -0.25, 1.0]))
     assert ok.offset == pytest.approx(0.5 - 0.25 + 1.0)
-
-
-@pytest.mark.parametrize("eps", [0.0, 1e-5, 0.3])
-@pytest.mark.parametrize("n", [5, 40])
-def test_jacobian_matches_autograd(eps, n):
-    rng = np.random.default_rng(n)
-    g = rng.standard_normal(n)
-    b = rng.standard_normal(n)
-    geo = LayerNormGeometry(g, b, eps)
-    x = torch.from_numpy(rng.standard_normal((3, n)) * 1.7 + 0.4)
-    gt, bt = torch.from_numpy(g), torch.from_numpy(b)
-    J = geo.jacobian(x)
-    assert J.shape == (3, n, n) and J.dtype == torch.float64
-    ah = torch.from_numpy(geo.normal)
-    for i in range(3):
-        ref = torch.func.jacrev(lambda v: F.layer_norm(v, (n,), gt, bt, eps))(x[i])
-        # entries of J are O(N) rounded operations on x̂ (condition κ) times max|J|; J·𝟙 and α̂ᵀJ sum
-        # N such entries (‖𝟙‖₁ = N, ‖α̂‖₁ ≤ √N), so their bounds carry that factor too
-        tol = _rounded_evaluation_tol(n, _ln_condition(x[i : i + 1].numpy(), g, 0 * b, eps)) * float(ref.abs().max())
-        assert (J[i] - ref).abs().max() <= 2 * tol  # both sides rounded
-        assert (J[i] @ torch.ones(n, dtype=torch.float64)).abs().max() <= n * tol
-        assert (ah @ J[i]).abs().max() <= float(ah.abs().sum()) * tol
-        # rank: singular values below N·tol are rounding (exact zeros), the rest are far above it
-        sv = torch.linalg.svdvals(J[i])
-        rank = n - 2 if eps == 0 else n - 1
-        assert float(sv[rank - 1]) > 1e3 * n * tol and float(sv[rank:].max()) <= n * tol
-    # numpy in -> numpy out, single vector
-    Jn = geo.jacobian(x[0].numpy())
-    assert isinstance(Jn, np.ndarray) and Jn.shape == (n, n)
-
-
-def test_jacobian_float32_and_degenerate_input():
-    geo = LayerNormGeometry(np.ones(4), eps=0.0)
-    J = geo.jacobian(torch.tensor([1.0, 2.0, 3.0, 5.0]))
-    assert J.dtype == torch.float32
-    with pytest.raises(ValueError, match="proportional"):
-        geo.jacobian(torch.ones(4, dtype=torch.float64))
-    assert torch.isnan(geo.input_radial_fraction(torch.ones(4, dtype=torch.float64)))
-    assert float(LayerNormGeometry(np.ones(4), eps=1e-3).input_radial_fraction(torch.ones(4, dtype=torch.float64))) == 0
-
-
-@pytest.mark.parametrize(
-    "n, eps, r0, expected",
-    [
-        (3, 1e-1, 0.9, 4.7243e-1),
-        (3, 1e-1, 0.99, 9.9938e-1),
-        (3, 1e-3, 0.9, 6.3743e-3),
-        (3, 1e-3, 0.99, 7.1214e-2),
-        (3, 1e-3, 0.999, 5.2710e-1),
-        (3, 1e-5, 0.9, 6.3945e-5),
-        (3, 1e-5, 0.99, 7.3850e-4),
-        (3, 1e-5, 0.999, 7.4608e-3),
-        (768, 1e-1, 0.9, 1.67e-48),
-    ],
-)
-def test_rho_cdf_reference_table(n, eps, r0, expected):
-    assert rho_cdf(r0, n, eps) == pytest.approx(expected, rel=2e-4)
-
-
-def test_rho_law_monte_carlo_and_quantile():
-    n, eps, s = 3, 1e-3, 0.7
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((200_000, n)) * s + 2.0
-    geo = LayerNormGeometry(np.ones(n), eps=eps)
-    rho = geo.input_radial_fraction(a)
-    for r0 in (0.9, 0.99, 0.999):
-        p = float(geo.rho_cdf(r0, scale=s))
-        assert np.mean(rho < r0) == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / a.shape[0]) + 1e-4)
-    p = np.array([0.01, 0.5, 0.99])
-    # round trip through scipy's χ² cdf/ppf (cephes igam/igami, peak relative error ~1e-14 per call):
-    # the cdf amplifies the quantile's error by its condition κ = q·f(q)/F(q), so ≤ 1e-14·(2 + κ)·4
-    from scipy.stats import chi2
-
-    q = chi2.ppf(p, n - 1)
-    kappa = q * chi2.pdf(q, n - 1) / p
-    np.testing.assert_allclose(rho_cdf(rho_quantile(p, n, eps, s), n, eps, s), p, rtol=4e-14 * (2 + kappa.max()))
-    # Monte-Carlo quantiles: standard error √(p(1−p)/M)/f_ρ(r); 5 standard errors, f_ρ from the law
-    r = geo.rho_quantile(p, scale=s)
-    dens = np.gradient(geo.rho_cdf(np.clip(r[:, None] + np.array([-1e-6, 0, 1e-6]), 0, 1), scale=s), 1e-6, axis=1)[:, 1]
-    se = np.sqrt(p * (1 - p) / a.shape[0]) / dens
-    assert np.all(np.abs(np.quantile(rho, p) - r) <= 5 * se)
-    assert rho_cdf(0.5, 10, 0.0) == 0.0 and rho_cdf(1.0, 10, 0.0) == 0.0 and rho_cdf(1.0, 10, 1e-3) == 1.0
 
 
 def test_from_module():
