@@ -123,13 +123,29 @@ def _n_threads(n_roots: int) -> int:
 
 
 def _small_roots(dpole: np.ndarray, wpole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """K ≤ 2 (dlaed4 returns eigenvector data, not D − λ, in DELTA there): ζ descending and E = ζ − d."""
+    """K ≤ 2: ζ descending and rows E with −w/E_q ∝ the q-th eigenvector (so that ŵ = w below).
+
+    For K = 2 ``dlaed4`` (through ``dlaed5``) returns λ and the unit eigenvector z/(D − λ) itself
+    in DELTA, both accurate even for nearly equal poles (ζ − d from an eigvalsh root would not be).
+    """
     n = dpole.size
     if n == 1:
-        zeta = np.array([dpole[0] - wpole[0] ** 2])
-    else:
-        zeta = np.linalg.eigvalsh(np.diag(dpole) - np.outer(wpole, wpole))[::-1].copy()
-    return zeta, zeta[:, None] - dpole[None, :]
+        return np.array([dpole[0] - wpole[0] ** 2]), np.array([[-(wpole[0] ** 2)]])
+    rho = float(np.dot(wpole, wpole))
+    D, z = np.ascontiguousarray(-dpole), np.ascontiguousarray(wpole / math.sqrt(rho))
+    zeta, E = np.empty(2), np.empty((2, 2))
+    k, i, info, r, lam = ctypes.c_int(2), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_double(rho), ctypes.c_double()
+    for q in range(2):
+        delta = np.empty(2)
+        i.value = q + 1
+        _dlaed4()(ctypes.byref(k), ctypes.byref(i), D.ctypes.data_as(_DBL_P), z.ctypes.data_as(_DBL_P),
+                  delta.ctypes.data_as(_DBL_P), ctypes.byref(r), ctypes.byref(lam), ctypes.byref(info))
+        if info.value != 0:
+            raise RuntimeError(f"LAPACK dlaed4 failed on a 2x2 problem (info={info.value}); use method='dense'")
+        zeta[q] = -lam.value
+        with np.errstate(divide="ignore"):
+            E[q] = -wpole / delta
+    return zeta, E
 
 
 def _roots(
@@ -154,19 +170,12 @@ def _roots(
         zeta, E = _small_roots(dpole, wpole)
         if delta_rows is not None:
             delta_rows[:] = E[qs]
-        acc = None
-        if out is not None:
-            acc = np.ones(n)
-            for q in range(n):
-                ratio = np.ones(n)
-                mask = np.arange(n) != q
-                ratio[mask] = E[q, mask] / (dpole[q] - dpole[mask])
-                ratio[q] = -E[q, q]
-                acc *= ratio
-                if out_rows[q] >= 0:
-                    out[out_rows[q]] = 1.0 / np.append(E[q], np.inf)[col_pole]
-            acc = np.sqrt(np.abs(acc))
-        return zeta[qs], acc
+        if out is None:
+            return zeta[qs], None
+        for q in range(n):
+            if out_rows[q] >= 0:
+                out[out_rows[q]] = 1.0 / np.append(E[q], np.inf)[col_pole]
+        return zeta[qs], wpole.copy()  # rows of E already carry the exact vectors: ŵ = w
 
     dlaed4 = _dlaed4()
     D = np.ascontiguousarray(-dpole)
