@@ -1,146 +1,161 @@
-"""Principal axes of LayerNorm's output ellipsoid: secular solver vs dense LAPACK eigh, one run.
+"""Principal axes of LayerNorm's output ellipsoid: secular solver vs dense LAPACK ``eigh`` (numpy and torch).
 
-For g = 1 + 0.3·randn(N) (seeded) we time, side by side in one process:
+For g = 1 + 0.3·randn(N) (seeded), on the shared harness (``_harness.py``: warm-up, interleaved
+rounds, medians and IQR, the same thread count on every side, 1 thread and all cores):
 
-- all axes with directions: ``principal_axes(g, directions=True)`` (deflation + ``dlasd4`` per
-  root + Gu–Eisenstat vectors, O(N²)) vs ``numpy.linalg.eigh(M)``, M = diag(g²) − ggᵀ/N
-  (building M included, as the dense route needs it);
-- lengths only: ``principal_axes(g)`` vs ``numpy.linalg.eigvalsh(M)``;
+- all axes with directions: ``principal_axes(g, directions=True)`` (deflation + ``dlaed4`` per root +
+  Gu–Eisenstat vectors, O(N²)) vs ``numpy.linalg.eigh(M)`` and ``torch.linalg.eigh(M)`` (MKL),
+  M = diag(g²) − ggᵀ/N built inside each dense contender (the dense route needs it);
+- lengths only: ``principal_axes(g)`` vs ``eigvalsh`` (numpy, torch);
+- at N = 16384 (no dense reference: eigh would take minutes): lengths only, and the top-k mode
+  ``principal_axes(g, k=16, directions=True, which=...)`` that never forms an N×N array.
 
-and measure the differences: lengths (max relative), directions (max 1 − |cos| over axes whose
-length is separated from its neighbours), orthogonality max|VᵀV − I| and residual
-max|MV − VZ|/‖M‖ for both. Lengths only at a large N that dense eigvalsh cannot afford here are
-checked by the exact identities Σζ = tr M and Σζ² = ‖M‖²_F.
+Accuracy of ours vs numpy's ``eigh`` is printed and saved: lengths (max relative difference),
+directions (max 1 − |cos| over axes whose length is separated from its neighbours), orthogonality
+max|VᵀV − I| and residual max|MV − VZ|/‖M‖ for both; at N = 16384 the exact identities
+Σζ = tr M and Σζ² = ‖M‖²_F for the lengths and residual/orthogonality for the top-k directions.
 
-Usage: ``python benchmarks/bench_geometry.py [--sizes 1024 4096] [--lengths-sizes 4096 8192]
-[--big 16384] [--repeat 3] [--threads T]``. Both sides get the same thread count (OpenBLAS via
-threadpoolctl, torch; default: all ``nproc``); the secular solver splits its roots over them.
+Targets (issue 13 §5): ≥ 30× numpy's and torch's ``eigh`` at N = 4096 with one thread; top-16 at
+N = 16384 < 1 s; lengths only at N = 16384 < 1.5 s. Results: ``benchmarks/results/bench_geometry.json``.
+
+    python benchmarks/bench_geometry.py            # full run (quiet machine; ~5 min)
+    python benchmarks/bench_geometry.py --quick    # smoke run: small N, 2 rounds (bench_geometry_quick.json)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_info, threadpool_limits
 
-from normscope.geometry import principal_axes
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import Bench  # noqa: E402
 
-
-def _best(fn, repeat):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+from normscope.geometry import principal_axes  # noqa: E402
 
 
-def _dense(g, vectors):
-    n = g.size
-    M = np.diag(g * g) - np.outer(g, g) / n
+def _gain(n: int) -> np.ndarray:
+    return 1 + 0.3 * np.random.default_rng(n).standard_normal(n)
+
+
+def _matrix(g: np.ndarray) -> np.ndarray:
+    return np.diag(g * g) - np.outer(g, g) / g.size
+
+
+def _torch_matrix(gt: torch.Tensor) -> torch.Tensor:
+    return torch.diag(gt * gt) - torch.outer(gt, gt) / gt.numel()
+
+
+def _contenders(g: np.ndarray, vectors: bool) -> dict:
+    gt = torch.from_numpy(g)
     if vectors:
-        z, V = np.linalg.eigh(M)
-        return np.sqrt(n * np.maximum(z[1:], 0))[::-1], V[:, 1:][:, ::-1]
-    z = np.linalg.eigvalsh(M)
-    return np.sqrt(n * np.maximum(z[1:], 0))[::-1], None
+        return {"ours (secular)": lambda: principal_axes(g, directions=True),
+                "numpy eigh": lambda: np.linalg.eigh(_matrix(g)),
+                "torch eigh": lambda: torch.linalg.eigh(_torch_matrix(gt))}
+    return {"ours (secular)": lambda: principal_axes(g),
+            "numpy eigvalsh": lambda: np.linalg.eigvalsh(_matrix(g)),
+            "torch eigvalsh": lambda: torch.linalg.eigvalsh(_torch_matrix(gt))}
 
 
-def _errors(g, lengths, V, ref_len, ref_V):
+def _accuracy(g: np.ndarray) -> dict:
+    """Ours vs numpy eigh: lengths, directions, orthogonality, residuals (both sides)."""
     n = g.size
-    M = np.diag(g * g) - np.outer(g, g) / n
-    normM = np.linalg.norm(M, 2)
-    rel = float(np.max(np.abs(lengths - ref_len) / ref_len))
-    row = {"len_rel": rel}
-    if V is not None:
-        gaps = np.abs(np.diff(ref_len))
-        sep = np.ones(ref_len.size, bool)
-        sep[:-1] &= gaps > 1e-9 * ref_len[0]
-        sep[1:] &= gaps > 1e-9 * ref_len[0]
-        cos = np.abs(np.einsum("ij,ij->j", V, ref_V))
-        row["dir_1mcos"] = float(np.max(1 - cos[sep]))
-        for name, W, L in (("ours", V, lengths), ("eigh", ref_V, ref_len)):
-            G = W.T @ W
-            G[np.diag_indices_from(G)] -= 1
-            row[f"orth_{name}"] = float(np.abs(G).max())
-            row[f"res_{name}"] = float(np.abs(M @ W - W * (L**2 / n)).max() / normM)
+    M = _matrix(g)
+    z, W = np.linalg.eigh(M)
+    ref_len, ref_V = np.sqrt(n * np.maximum(z[1:], 0))[::-1], W[:, 1:][:, ::-1]
+    lengths, V = principal_axes(g, directions=True)
+    norm_m = float(np.linalg.norm(M, 2))
+    gaps = np.abs(np.diff(ref_len))
+    sep = np.ones(ref_len.size, bool)
+    sep[:-1] &= gaps > 1e-9 * ref_len[0]
+    sep[1:] &= gaps > 1e-9 * ref_len[0]
+    cos = np.abs(np.einsum("ij,ij->j", V, ref_V))
+    row = {"lengths_rel": float(np.max(np.abs(lengths - ref_len) / ref_len)),
+           "directions_1mcos": float(np.max(1 - cos[sep]))}
+    for name, X, L in (("ours", V, lengths), ("eigh", ref_V, ref_len)):
+        G = X.T @ X
+        G[np.diag_indices_from(G)] -= 1
+        row[f"orth_{name}"] = float(np.abs(G).max())
+        row[f"residual_{name}"] = float(np.abs(M @ X - X * (L**2 / n)).max() / norm_m)
     return row
 
 
-def _arbiter(g, ours, ref):
-    """At the worst-disagreeing length, each side's relative error from one extended-precision
-    (long double) Newton step on the secular equation f(ζ) = 1 − Σ (gⱼ²/N)/(gⱼ² − ζ)."""
+def _big_accuracy(g: np.ndarray, k: int) -> dict:
+    """N too large for eigh: exact identities for the lengths, O(N·k) checks for the top-k directions."""
     n = g.size
-    i = int(np.argmax(np.abs(ours - ref) / ref))
-    d = g.astype(np.longdouble) ** 2
-    out = []
-    for length in (ours[i], ref[i]):
-        z = np.longdouble(length) ** 2 / n
-        f = 1 - np.sum(d / n / (d - z))
-        fp = np.sum(d / n / (d - z) ** 2)
-        out.append(float(abs(f / fp / z)))
-    return out
+    d, w = g * g, g / np.sqrt(n)
+    zeta = principal_axes(g).lengths ** 2 / n
+    tr = d.sum() * (1 - 1 / n)
+    frob = float((d * d).sum() - 2 * (d * d).sum() / n + d.sum() ** 2 / n**2)  # ‖diag(d) − wwᵀ‖_F²
+    row = {"trace_rel": float(abs(zeta.sum() - tr) / tr), "frobenius_rel": float(abs((zeta**2).sum() - frob) / frob)}
+    for which in ("longest", "shortest"):
+        L, V = principal_axes(g, directions=True, k=k, which=which)
+        z = L**2 / n
+        MV = d[:, None] * V - np.outer(w, w @ V)
+        G = V.T @ V - np.eye(k)
+        sl = slice(0, k) if which == "longest" else slice(zeta.size - k, zeta.size)
+        row[f"top{k}_{which}_residual"] = float(np.abs(MV - V * z).max() / d.max())
+        row[f"top{k}_{which}_orth"] = float(np.abs(G).max())
+        row[f"top{k}_{which}_vs_all_lengths_rel"] = float(np.max(np.abs(z - zeta[sl]) / zeta[sl]))
+    return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="*", default=[1024, 4096])
-    ap.add_argument("--lengths-sizes", type=int, nargs="*", default=[4096])
-    ap.add_argument("--big", type=int, nargs="*", default=[16384])
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--dense-repeat", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--quick", action="store_true", help="smoke run: N = 256, 512 and 2048, 2 rounds")
+    ap.add_argument("--sizes", type=int, nargs="*", help="N for the dense comparisons (default 1024 4096)")
+    ap.add_argument("--big", type=int, help="N without dense reference (default 16384)")
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 5; --quick 2)")
     args = ap.parse_args()
-    threads = max(1, min(args.threads, os.cpu_count() or 1))
-    torch.set_num_threads(threads)
-    with threadpool_limits(limits=threads):
-        _run(args, threads)
+    quick = args.quick
+    sizes = args.sizes or ([256, 512] if quick else [1024, 4096])
+    big = args.big or (2048 if quick else 16384)
+    rounds = args.rounds or (2 if quick else 5)
+    warmup = 1
+    b = Bench("bench_geometry_quick" if quick else "bench_geometry")
+    b.record("config", {"sizes": sizes, "big": big, "k": args.k, "rounds": rounds, "warmup": warmup, "quick": quick})
+    all_cores = os.cpu_count() or 1
+    for n in sizes:
+        g = _gain(n)
+        for t in sorted({1, all_cores}):
+            with b.threads(t):
+                for vectors, what in ((True, "axes+directions"), (False, "lengths")):
+                    c = b.compare(_contenders(g, vectors), rounds=rounds, warmup=warmup, label=f"{what} N={n}")
+                    dense = ("numpy eigh", "torch eigh") if vectors else ("numpy eigvalsh", "torch eigvalsh")
+                    for ref in dense:
+                        key = f"{what}_{n}_{t}t_vs_{ref.replace(' ', '_')}"
+                        target = "<= 0.0333 (>= 30x)" if (n == 4096 and t == 1 and vectors) else ""
+                        r = b.ratio(c, "ours (secular)", ref, key=key, target=target,
+                                    what=f"time of ours / {ref} ({what}, N = {n}, {t} thread(s))")
+                        print(f"  speed-up vs {ref}: {1 / r:.1f}x", flush=True)
+        acc = _accuracy(g)
+        b.record(f"accuracy_{n}", acc)
+        print(f"accuracy N={n}: " + ", ".join(f"{k} {v:.1e}" for k, v in acc.items()), flush=True)
 
-
-def _run(args, threads) -> None:
-    print(f"threads: {threads} (torch {torch.get_num_threads()}, BLAS {threadpool_info()[0]['num_threads']}), "
-          f"cpu_count {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; numpy {np.__version__}, torch {torch.__version__}")
-    rng = np.random.default_rng(0)
-    principal_axes(1 + 0.3 * rng.standard_normal(512), directions=True)  # warm-up (imports, allocator)
-    _dense(1 + 0.3 * rng.standard_normal(512), True)
-
-    print("\nall axes with directions: secular (ours) vs numpy.linalg.eigh(M)")
-    print(f"{'N':>6} {'ours s':>9} {'eigh s':>9} {'speed-up':>9} {'len rel':>9} {'1-|cos|':>9} "
-          f"{'orth ours':>10} {'orth eigh':>10} {'res ours':>9} {'res eigh':>9}")
-    for n in args.sizes:
-        g = 1 + 0.3 * np.random.default_rng(n).standard_normal(n)
-        t_ours, (lengths, V) = _best(lambda: principal_axes(g, directions=True), args.repeat)
-        t_eigh, (ref_len, ref_V) = _best(lambda: _dense(g, True), args.dense_repeat)
-        e = _errors(g, lengths, V, ref_len, ref_V)
-        print(f"{n:>6} {t_ours:>9.3f} {t_eigh:>9.3f} {t_eigh / t_ours:>8.1f}x {e['len_rel']:>9.1e} {e['dir_1mcos']:>9.1e} "
-              f"{e['orth_ours']:>10.1e} {e['orth_eigh']:>10.1e} {e['res_ours']:>9.1e} {e['res_eigh']:>9.1e}")
-        del V, ref_V
-
-    print("\nlengths only: secular (ours) vs numpy.linalg.eigvalsh(M)")
-    print("(at the worst length, each side's relative error of zeta by a long-double Newton step)")
-    print(f"{'N':>6} {'ours s':>9} {'eigvalsh s':>11} {'speed-up':>9} {'len rel':>9} {'err ours':>13} {'err eigvalsh':>13}")
-    for n in args.lengths_sizes:
-        g = 1 + 0.3 * np.random.default_rng(n).standard_normal(n)
-        t_ours, (lengths, _) = _best(lambda: principal_axes(g), args.repeat)
-        t_ref, (ref_len, _) = _best(lambda: _dense(g, False), args.dense_repeat)
-        rel = float(np.max(np.abs(lengths - ref_len) / ref_len))
-        a_ours, a_ref = _arbiter(g, lengths, ref_len)
-        print(f"{n:>6} {t_ours:>9.3f} {t_ref:>11.3f} {t_ref / t_ours:>8.1f}x {rel:>9.1e} {a_ours:>13.1e} {a_ref:>13.1e}")
-
-    if args.big:
-        print("\nlengths only at large N (no dense reference): exact identities sum(zeta) = tr M, sum(zeta^2) = |M|_F^2")
-        print(f"{'N':>6} {'ours s':>9} {'trace rel':>10} {'frob rel':>10}")
-    for n in args.big:
-        g = 1 + 0.3 * np.random.default_rng(n).standard_normal(n)
-        t_ours, (lengths, _) = _best(lambda: principal_axes(g), 1)
-        z = lengths**2 / n
-        d = g * g
-        tr = d.sum() * (1 - 1 / n)
-        frob = float((d * d).sum() - 2 * (d * d).sum() / n + d.sum() ** 2 / n**2)  # ‖diag(d) − ggᵀ/N‖_F²
-        print(f"{n:>6} {t_ours:>9.3f} {abs(z.sum() - tr) / tr:>10.1e} {abs((z * z).sum() - frob) / frob:>10.1e}")
+    g = _gain(big)
+    k = args.k
+    for t in sorted({1, all_cores}):
+        with b.threads(t):
+            c = b.compare({
+                "lengths only": lambda: principal_axes(g),
+                f"top-{k} longest + directions": lambda: principal_axes(g, directions=True, k=k),
+                f"top-{k} shortest + directions": lambda: principal_axes(g, directions=True, k=k, which="shortest"),
+            }, rounds=rounds, warmup=warmup, label=f"N={big} (no dense reference)")
+            for name, target in (("lengths only", "< 1.5 s"), (f"top-{k} longest + directions", "< 1 s"),
+                                 (f"top-{k} shortest + directions", "< 1 s")):
+                tm = c.timings[name]
+                b.record(f"{name.replace(' ', '_')}_{big}_{t}t", {"seconds": tm.median, "spread": tm.spread,
+                                                                  "target": target if big == 16384 else ""})
+                print(f"  {name}, N={big}, {t} thread(s): {tm.median:.3f} s (target {target} at N = 16384)")
+    acc = _big_accuracy(g, k)
+    b.record(f"accuracy_{big}", acc)
+    print(f"accuracy N={big}: " + ", ".join(f"{kk} {v:.1e}" for kk, v in acc.items()), flush=True)
+    b.save()
 
 
 if __name__ == "__main__":

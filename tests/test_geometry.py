@@ -1,4 +1,4 @@
-"""normscope.geometry against dense eigh, brute force, autograd and the reference's asserted values."""
+"""normscope.geometry against dense eigh, brute force and the reference's asserted values (maps: test_geometry_maps.py)."""
 
 import math
 
@@ -8,29 +8,48 @@ import torch
 import torch.nn.functional as F
 
 import normscope.nn as nsn
-from normscope.geometry import LayerNormGeometry, principal_axes, rho_cdf, rho_quantile
+from _geometry_bounds import (
+    EPS, backward_error, clusters, dense_reference, eig_tol, ln_condition, orth_tol, projector_tol,
+    rounded_evaluation_tol, scaled_zeta,
+)
+from normscope.geometry import LayerNormGeometry, principal_axes, rho_cdf
+
+# Every tolerance below is derived (tests/_geometry_bounds.py states the bounds and constants):
+# eigenvalues ± eig_tol = 2·8·N·ε·‖M‖, orthogonality 8·N·ε, eigenspaces by Davis–Kahan.
+# Values quoted from the reference tables (6–8 printed digits) are compared to half a unit in
+# their last printed digit.
 
 
-EPS64 = float(np.finfo(np.float64).eps)
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """Dense references on one BLAS thread: multi-threaded OpenBLAS collapses on a loaded machine."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
 
 
-def _dense(g):
-    """Reference: eigenpairs of M = diag(g²) − ggᵀ/N with ζ above rounding level, descending."""
+def _check_against_dense(g, lengths, V):
+    """Lengths, orthogonality, residual and eigenspaces of ``principal_axes`` vs dense eigh."""
     n = g.size
-    z, V = np.linalg.eigh(np.diag(g * g) - np.outer(g, g) / n)
-    keep = z > 1e-9 * max(z.max(), 1e-300)
-    return np.sqrt(n * z[keep])[::-1], V[:, keep][:, ::-1]
-
-
-def _projectors_by_cluster(lengths, V, rtol=1e-9):
-    """Spectral projectors, one per cluster of (numerically) equal lengths."""
-    out, start = [], 0
-    for i in range(1, lengths.size + 1):
-        if i == lengths.size or abs(lengths[i] - lengths[start]) > rtol * lengths[0]:
-            B = V[:, start:i]
-            out.append((lengths[start], i - start, B @ B.T))
-            start = i
-    return out
+    zeta_ref, V_ref, e = dense_reference(g)
+    norm_m = float(np.max(np.ldexp(g, -e) ** 2))
+    m = lengths.size
+    zeta = scaled_zeta(lengths, n, e)
+    padded = np.zeros(n)
+    padded[:m] = zeta
+    assert np.abs(padded - zeta_ref).max() <= eig_tol(n, norm_m)
+    assert np.all(np.diff(lengths) <= 0)
+    assert np.abs(V.T @ V - np.eye(m)).max() <= orth_tol(n)
+    gt = np.ldexp(g, -e)
+    M = np.diag(gt * gt) - np.outer(gt, gt) / n
+    assert np.abs(M @ V - V * zeta).max() <= eig_tol(n, norm_m)
+    for a, b, gap in clusters(zeta_ref, n, norm_m):
+        if b > m or zeta_ref[a] <= 64 * eig_tol(n, norm_m):
+            continue
+        P, P_ref = V[:, a:b] @ V[:, a:b].T, V_ref[:, a:b] @ V_ref[:, a:b].T
+        assert np.abs(P - P_ref).max() <= projector_tol(n, norm_m, gap)
+    return zeta_ref, norm_m
 
 
 def _gain_cases():
@@ -61,20 +80,10 @@ def test_axes_match_dense_eigh(name, method):
     g = _gain_cases()[name]
     n, k = g.size, int(np.sum(g == 0))
     lengths, V = principal_axes(g, directions=True, method=method)
-    ref_len, ref_V = _dense(g)
-    assert lengths.size == (n - 1 if k == 0 else n - k) == ref_len.size
-    assert np.all(np.diff(lengths) <= 1e-12 * lengths[0])
-    # compare ζ = ℓ²/N: eigh's error is absolute, ~ machine-ε·‖M‖
-    np.testing.assert_allclose(lengths**2 / n, ref_len**2 / n, rtol=1e-12, atol=64 * EPS64 * (g * g).max())
-    assert np.abs(V.T @ V - np.eye(V.shape[1])).max() < 1e-12
-    M = np.diag(g * g) - np.outer(g, g) / n
-    assert np.abs(M @ V - V * (lengths**2 / n)).max() < 1e-12 * (g * g).max()
-    mine, ref = _projectors_by_cluster(lengths, V), _projectors_by_cluster(ref_len, ref_V)
-    assert [(m[1]) for m in mine] == [r[1] for r in ref]
-    for (_l, _m, P), (_lr, _mr, Pr) in zip(mine, ref):
-        assert np.abs(P - Pr).max() < 1e-9
+    assert lengths.size == (n - 1 if k == 0 else n - k)
+    _zeta_ref, norm_m = _check_against_dense(g, lengths, V)
     lengths_only = principal_axes(g, directions=False, method=method)[0]
-    np.testing.assert_allclose(lengths_only, lengths, rtol=1e-13)
+    np.testing.assert_allclose(lengths_only**2 / n, lengths**2 / n, rtol=0, atol=eig_tol(n, norm_m))
 
 
 def test_secular_larger_n_vs_dense():
@@ -83,14 +92,28 @@ def test_secular_larger_n_vs_dense():
     g[[10, 11]] = g[12]  # a tie
     g[50] = -g[51]  # a tie across signs
     lengths, V = principal_axes(g, directions=True)
-    ref_len, ref_V = _dense(g)
-    n = g.size
-    np.testing.assert_allclose(lengths**2 / n, ref_len**2 / n, rtol=1e-12, atol=64 * EPS64 * (g * g).max())
-    cos = np.abs(np.sum(V * ref_V, axis=0))
-    distinct = np.concatenate([[True], np.abs(np.diff(ref_len)) > 1e-9])
-    distinct[:-1] &= np.abs(np.diff(ref_len)) > 1e-9
-    assert np.max(1 - cos[distinct]) < 1e-10
-    assert np.abs(V.T @ V - np.eye(V.shape[1])).max() < 1e-12
+    assert lengths.size == 699
+    _check_against_dense(g, lengths, V)
+
+
+def test_engine_regressions_issue_9():
+    """Gains all above 1 (dlaed4 needs ‖z‖ = 1) and extreme scales: must solve, not raise."""
+    for g, scales in ((np.linspace(1.01, 2, 64), (1.0, 1e-100, 1e-200, 1e160)),
+                      (1 + np.random.default_rng(0).uniform(0, 1, 768), (1.0,))):
+        for scale in scales:
+            lengths, V = principal_axes(g * scale, directions=True)
+            assert lengths.size == g.size - 1 and np.all(lengths > 0)
+            _check_against_dense(g * scale, lengths, V)
+    dense = principal_axes(np.linspace(1.01, 2, 64) * 1e-200, method="dense").lengths
+    assert np.all(dense > 0)  # used to underflow to zero axes
+
+
+@pytest.mark.parametrize("gain", [np.zeros(4), np.zeros(300), -0.0 * np.ones(5)])
+def test_all_zero_gain_is_refused(gain):
+    with pytest.raises(ValueError, match=r"^gain is all zero: .*check that the layer's weights were loaded$"):
+        principal_axes(gain)
+    with pytest.raises(ValueError, match="all zero"):
+        LayerNormGeometry(gain).axes()
 
 
 @pytest.mark.parametrize(
@@ -105,14 +128,15 @@ def test_secular_larger_n_vs_dense():
 @pytest.mark.parametrize("method", ["secular", "dense"])
 def test_reference_asserted_axes(g, expected, method):
     lengths = LayerNormGeometry(g).axes(method=method)
-    np.testing.assert_allclose(lengths, expected, atol=5e-7)
+    np.testing.assert_allclose(lengths, expected, atol=5e-7)  # printed to 6 decimals: half a unit
 
 
 @pytest.mark.parametrize("n", [2, 3, 17, 300])
 def test_unit_gain_is_sphere(n):
     lengths = LayerNormGeometry(np.ones(n)).axes(method="secular")
     assert lengths.size == n - 1
-    np.testing.assert_allclose(lengths, math.sqrt(n), rtol=1e-14)
+    # one tie group: ζ = g̃² exactly, ℓ = 2ᵉ√(Nζ) with one rounding (in √), as is math.sqrt(n)
+    np.testing.assert_array_equal(lengths, math.sqrt(n))
 
 
 def test_zero_gain_brute_force_and_paper_recipe_differs():
@@ -123,11 +147,12 @@ def test_zero_gain_brute_force_and_paper_recipe_differs():
     e2 = np.array([1.0, 1.0, -2.0]) / math.sqrt(6)
     u = math.sqrt(3) * (np.cos(t)[:, None] * e1 + np.sin(t)[:, None] * e2)
     r = np.linalg.norm(u * g, axis=1)
+    # grid maximum/minimum of a smooth r(t) with |r''| ≤ 2·max|g|·√3·2 is off by ≤ |r''|·Δt²/8 < 1e-7
     np.testing.assert_allclose([r.max(), r.min()], LayerNormGeometry(g).axes(), atol=1e-7)
     # the paper's Drazin recipe: Π₂ = I, G⁻² -> pseudo-inverse: eigenvalues 1, 1 -> √3, √3
     ginv2 = np.diag([0.0, 1.0, 1.0])
     lam = np.linalg.eigvalsh(ginv2)
-    recipe = np.sqrt(3 / lam[lam > 1e-12])
+    recipe = np.sqrt(3 / lam[lam > 0.5])  # exact eigenvalues 0, 1, 1
     assert np.allclose(recipe, math.sqrt(3)) and not np.allclose(sorted(recipe), sorted(LayerNormGeometry(g).axes()))
 
 
@@ -138,21 +163,35 @@ def test_paper_matrix_when_gains_nonzero():
     alpha = 1 / g
     P2 = np.eye(n) - np.outer(alpha, alpha) / (alpha @ alpha)
     lam, W = np.linalg.eigh(P2 @ np.diag(1 / g**2) @ P2)
-    lam, W = lam[1:], W[:, 1:]  # one zero eigenvalue, eigenvector α
-    assert abs(np.linalg.eigvalsh(P2 @ np.diag(1 / g**2) @ P2)[0]) < 1e-12
+    norm_mp, norm_m = float(np.max(1 / g**2)), float(np.max(g**2))  # ‖M⁺‖ ≤ max 1/g², ‖M‖ ≤ max g²
+    # one backward-stable eigh of M⁺ (built with O(N) roundings per entry, inside the same bound)
+    assert abs(lam[0]) <= backward_error(n, norm_mp)  # one zero eigenvalue, eigenvector α
+    lam, W = lam[1:], W[:, 1:]
     lengths, V = LayerNormGeometry(g).axes(directions=True, method="secular")
-    np.testing.assert_allclose(lengths, np.sqrt(n / lam), rtol=1e-11)
-    np.testing.assert_allclose(np.abs(np.sum(V * W, axis=0)), 1.0, atol=1e-10)
+    # λ = N/ℓ² = 1/ζ: ours |Δζ| ≤ E_M, so |Δλ| ≤ λ²E_M/(1 − λE_M); the reference |Δλ| ≤ E_M⁺
+    e_m, e_mp = backward_error(n, norm_m), backward_error(n, norm_mp)
+    lam_ours = np.sort(n / lengths**2)
+    assert np.all(np.abs(lam_ours - lam) <= lam**2 * e_m / (1 - lam * e_m) + e_mp)
+    # directions: sin θ ≤ E/gap on each side (Davis–Kahan); the λ are distinct here
+    gaps_lam = np.minimum(np.diff(lam, prepend=-np.inf), np.diff(lam, append=np.inf))
+    zeta = lengths**2 / n
+    gaps_zeta = np.minimum(-np.diff(zeta, prepend=np.inf), -np.diff(zeta, append=-np.inf))
+    cos = np.sum(V * W, axis=0)  # λ ascending ↔ ζ descending: same column order
+    sin = np.linalg.norm(V - W * cos, axis=0)  # sin θ without the cancellation of √(1 − cos²)
+    bound = e_mp / (gaps_lam - 2 * e_mp) + e_m / (gaps_zeta - 2 * e_m)
+    assert np.all(sin <= bound)
 
 
 def test_interlacing_and_outer_axes():
     rng = np.random.default_rng(2)
     g = rng.standard_normal(60)
     geo = LayerNormGeometry(g)
-    inner = np.sort(geo.axes())
-    outer = np.sort(geo.outer_axes)
-    np.testing.assert_allclose(geo.outer_axes, math.sqrt(60) * np.abs(g))
-    assert np.all(outer[:-1] <= inner * (1 + 1e-12)) and np.all(inner <= outer[1:] * (1 + 1e-12))
+    inner = np.sort(geo.axes()) ** 2 / 60  # ζ ascending
+    outer = np.sort(geo.outer_axes) ** 2 / 60  # d = g² ascending
+    np.testing.assert_array_equal(geo.outer_axes, math.sqrt(60) * np.abs(g))
+    # Cauchy interlacing d₍ᵢ₎ ≤ ζ₍ᵢ₎ ≤ d₍ᵢ₊₁₎, up to one solver's backward error (plus ℓ²/N's roundings)
+    tol = backward_error(60, float(np.max(g * g))) + 4 * EPS * outer[-1]
+    assert np.all(outer[:-1] - tol <= inner) and np.all(inner <= outer[1:] + tol)
 
 
 def test_normal_offset_and_reference_values():
@@ -175,11 +214,12 @@ def test_reference_rho_table(eps, median, p05, lo, frac):
     geo = LayerNormGeometry([0.9, -0.6, 0.8], [0.15, -0.10, 0.20], eps=eps)
     y = F.layer_norm(torch.from_numpy(a), (3,), torch.from_numpy(geo.gain.copy()), torch.from_numpy(geo.bias.copy()), eps)
     rho = geo.radial_fraction(y).numpy()
-    np.testing.assert_allclose(rho, geo.input_radial_fraction(a), atol=1e-12)
+    kappa = ln_condition(a, geo.gain, geo.bias, eps)
+    np.testing.assert_allclose(rho, geo.input_radial_fraction(a), rtol=0, atol=rounded_evaluation_tol(3, kappa))
     assert np.median(rho) == pytest.approx(median, abs=5e-7)
     assert np.percentile(rho, 5) == pytest.approx(p05, abs=5e-7)
     assert rho.min() == pytest.approx(lo, abs=5e-7)
-    assert np.mean(rho > 0.99) == pytest.approx(frac, abs=1e-12)
+    assert np.mean(rho > 0.99) == pytest.approx(frac, abs=5e-4)  # printed to 3 decimals (500 samples)
 
 
 GAINS_FOR_SAMPLES = {
@@ -200,24 +240,28 @@ def test_sampled_outputs_on_plane_inside_ellipsoid(name, eps):
     geo = LayerNormGeometry(g, b, eps)
     x = torch.from_numpy(rng.standard_normal((400, n)) * rng.uniform(0.05, 3, (400, 1)) + 0.5)
     y = F.layer_norm(x, (n,), torch.from_numpy(g), torch.from_numpy(b), eps)
-    np.testing.assert_allclose(geo.forward(x).numpy(), y.numpy(), atol=1e-13)
-    assert torch.as_tensor(geo.plane_residual(y)).abs().max() < 1e-12
+    tol = rounded_evaluation_tol(n, ln_condition(x.numpy(), g, b, eps))  # relative to max(|g|, |b|)
+    scale = max(np.abs(g).max(), np.abs(b).max())
+    np.testing.assert_allclose(geo.forward(x).numpy(), y.numpy(), rtol=0, atol=tol * scale)
+    assert torch.as_tensor(geo.plane_residual(y)).abs().max() <= tol * scale * math.sqrt(n)
     assert bool(geo.contains(y).all())
     rho = geo.radial_fraction(y)
     ellipsoid = ((y - torch.from_numpy(b)) ** 2 / torch.from_numpy(np.where(g == 0, 1.0, g)) ** 2).sum(-1) / n
-    assert torch.all(ellipsoid <= 1 + 1e-12)  # inside the N-ellipsoid (zero-gain coordinates sit at b)
+    rtol = tol * (1 + np.abs(b).max() / np.abs(g[g != 0]).min())  # y − b relative to g: bias cancels
+    assert torch.all(ellipsoid <= 1 + rtol)  # inside the N-ellipsoid (zero-gain coordinates sit at b)
     if geo.solid_image:
-        assert float(rho.max()) <= 1 + 1e-12 and float(rho.min()) < 0.9  # filled even at eps = 0
+        assert float(rho.max()) <= 1 + rtol and float(rho.min()) < 0.9  # filled even at eps = 0
     else:
-        torch.testing.assert_close(rho, torch.as_tensor(geo.input_radial_fraction(x)), rtol=0, atol=1e-12)
+        torch.testing.assert_close(rho, torch.as_tensor(geo.input_radial_fraction(x)), rtol=0, atol=rtol)
         if eps == 0.0:
-            torch.testing.assert_close(rho, torch.ones_like(rho), rtol=0, atol=1e-12)
+            torch.testing.assert_close(rho, torch.ones_like(rho), rtol=0, atol=rtol)
         else:
             assert float(rho.max()) < 1.0
     # points off the image are rejected
     assert not bool(geo.contains(y + 0.1 * torch.from_numpy(geo.orthogonal_subspace[:, 0])).any())
     scaled = geo.contains(torch.from_numpy(b) + 1.5 * (y - torch.from_numpy(b)))
-    assert torch.equal(scaled, 1.5 * rho <= 1.0)
+    clear = (1.5 * rho - 1).abs() > 1e-6  # away from the boundary by far more than float64 rounding
+    assert torch.equal(scaled[clear], (1.5 * rho <= 1.0)[clear])
 
 
 def test_axis_endpoints_are_on_the_surface():
@@ -227,7 +271,8 @@ def test_axis_endpoints_are_on_the_surface():
         lengths, V = geo.axes(directions=True)
         ends = geo.bias + (lengths * V).T
         assert bool(geo.contains(ends).all())
-        np.testing.assert_allclose(geo.radial_fraction(ends), 1.0, atol=1e-12)
+        kappa = 1 + np.abs(geo.bias).max() / np.abs(g[g != 0]).min()  # bias added then subtracted
+        np.testing.assert_allclose(geo.radial_fraction(ends), 1.0, rtol=0, atol=rounded_evaluation_tol(g.size, kappa))
 
 
 def test_zero_gain_subspace_normal_and_flags():
@@ -246,71 +291,6 @@ def test_zero_gain_subspace_normal_and_flags():
     ok = LayerNormGeometry([2.0, -4.0, 1.0], [1.0, 1.0, 1.0])
     np.testing.assert_allclose(ok.normal, np.array([0.5, -0.25, 1.0]) / np.linalg.norm([0.5, -0.25, 1.0]))
     assert ok.offset == pytest.approx(0.5 - 0.25 + 1.0)
-
-
-@pytest.mark.parametrize("eps", [0.0, 1e-5, 0.3])
-@pytest.mark.parametrize("n", [5, 40])
-def test_jacobian_matches_autograd(eps, n):
-    rng = np.random.default_rng(n)
-    g = rng.standard_normal(n)
-    b = rng.standard_normal(n)
-    geo = LayerNormGeometry(g, b, eps)
-    x = torch.from_numpy(rng.standard_normal((3, n)) * 1.7 + 0.4)
-    gt, bt = torch.from_numpy(g), torch.from_numpy(b)
-    J = geo.jacobian(x)
-    assert J.shape == (3, n, n) and J.dtype == torch.float64
-    for i in range(3):
-        ref = torch.func.jacrev(lambda v: F.layer_norm(v, (n,), gt, bt, eps))(x[i])
-        assert (J[i] - ref).abs().max() < 1e-10
-        assert (J[i] @ torch.ones(n, dtype=torch.float64)).abs().max() < 1e-12
-        assert (torch.from_numpy(geo.normal) @ J[i]).abs().max() < 1e-12
-        assert int(torch.linalg.matrix_rank(J[i], rtol=1e-10)) == (n - 2 if eps == 0 else n - 1)
-    # numpy in -> numpy out, single vector
-    Jn = geo.jacobian(x[0].numpy())
-    assert isinstance(Jn, np.ndarray) and Jn.shape == (n, n)
-
-
-def test_jacobian_float32_and_degenerate_input():
-    geo = LayerNormGeometry(np.ones(4), eps=0.0)
-    J = geo.jacobian(torch.tensor([1.0, 2.0, 3.0, 5.0]))
-    assert J.dtype == torch.float32
-    with pytest.raises(ValueError, match="proportional"):
-        geo.jacobian(torch.ones(4, dtype=torch.float64))
-    assert torch.isnan(geo.input_radial_fraction(torch.ones(4, dtype=torch.float64)))
-    assert float(LayerNormGeometry(np.ones(4), eps=1e-3).input_radial_fraction(torch.ones(4, dtype=torch.float64))) == 0
-
-
-@pytest.mark.parametrize(
-    "n, eps, r0, expected",
-    [
-        (3, 1e-1, 0.9, 4.7243e-1),
-        (3, 1e-1, 0.99, 9.9938e-1),
-        (3, 1e-3, 0.9, 6.3743e-3),
-        (3, 1e-3, 0.99, 7.1214e-2),
-        (3, 1e-3, 0.999, 5.2710e-1),
-        (3, 1e-5, 0.9, 6.3945e-5),
-        (3, 1e-5, 0.99, 7.3850e-4),
-        (3, 1e-5, 0.999, 7.4608e-3),
-        (768, 1e-1, 0.9, 1.67e-48),
-    ],
-)
-def test_rho_cdf_reference_table(n, eps, r0, expected):
-    assert rho_cdf(r0, n, eps) == pytest.approx(expected, rel=2e-4)
-
-
-def test_rho_law_monte_carlo_and_quantile():
-    n, eps, s = 3, 1e-3, 0.7
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((200_000, n)) * s + 2.0
-    geo = LayerNormGeometry(np.ones(n), eps=eps)
-    rho = geo.input_radial_fraction(a)
-    for r0 in (0.9, 0.99, 0.999):
-        p = float(geo.rho_cdf(r0, scale=s))
-        assert np.mean(rho < r0) == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / a.shape[0]) + 1e-4)
-    p = np.array([0.01, 0.5, 0.99])
-    np.testing.assert_allclose(rho_cdf(rho_quantile(p, n, eps, s), n, eps, s), p, rtol=1e-10)
-    np.testing.assert_allclose(np.quantile(rho, p), geo.rho_quantile(p, scale=s), rtol=2e-3)
-    assert rho_cdf(0.5, 10, 0.0) == 0.0 and rho_cdf(1.0, 10, 0.0) == 0.0 and rho_cdf(1.0, 10, 1e-3) == 1.0
 
 
 def test_from_module():
@@ -369,16 +349,12 @@ def test_bad_inputs():
         principal_axes(np.ones((2, 2)))
 
 
-def test_all_zero_gains_and_tiny_gain():
-    geo = LayerNormGeometry(np.zeros(4))
-    assert geo.axes().size == 0 and geo.axes(directions=True)[1].shape == (4, 0)
+def test_tiny_gain():
     g = 1 + 0.3 * np.random.default_rng(0).standard_normal(80)
     g[7] = 1e-13  # deflated as negligible: still N - 1 axes, matching dense
     lengths, V = principal_axes(g, directions=True)
-    ref, _ = np.linalg.eigh(np.diag(g * g) - np.outer(g, g) / g.size)
     assert lengths.size == 79
-    np.testing.assert_allclose(lengths, np.sqrt(g.size * ref[1:])[::-1], rtol=1e-12)
-    assert np.abs(V.T @ V - np.eye(79)).max() < 1e-12
+    _check_against_dense(g, lengths, V)
 
 
 def test_threaded_root_finding_matches_single_thread():
@@ -391,8 +367,9 @@ def test_threaded_root_finding_matches_single_thread():
         l2, V2 = principal_axes(g, directions=True)
     finally:
         torch.set_num_threads(old)
-    np.testing.assert_allclose(l2, l1, rtol=1e-14)
-    np.testing.assert_allclose(np.abs(np.sum(V1 * V2, axis=0)), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(l2, l1)  # each root is the same dlaed4 call on the same data
+    # ŵ's product is accumulated in another order: ŵ, hence V, differ by O(N·ε) (orth_tol)
+    np.testing.assert_allclose(np.abs(np.sum(V1 * V2, axis=0)), 1.0, rtol=0, atol=orth_tol(g.size))
 
 
 def test_secular_falls_back_to_dense_without_lapack(monkeypatch):
@@ -403,4 +380,4 @@ def test_secular_falls_back_to_dense_without_lapack(monkeypatch):
     monkeypatch.setattr(_secular, "_have_dlaed4", lambda: False)
     with pytest.warns(UserWarning, match="dlaed4"):
         got, _ = _secular.principal_axes(g, method="secular")
-    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_array_equal(got, want)  # the same dense computation

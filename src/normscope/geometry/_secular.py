@@ -1,30 +1,33 @@
-"""Principal axes of LayerNorm's output ellipsoid from the secular equation of M = GΠG.
+r"""Principal axes of LayerNorm's output ellipsoid from the secular equation of M = GΠG.
 
 The (N−1)-dimensional output ellipsoid of LayerNorm with gain g has semi-axis lengths
 ℓ = √(Nζ) and directions v for the eigenpairs (ζ > 0, v) of
 
-    M = G Π G = diag(d) − w wᵀ,    d = g²,  w = g/√N     (diagonal minus rank one),
+    M = G Π G = diag(d) − w wᵀ,    d = g²,  w = g/√N     (diagonal minus rank one)
 
-(the reference's §6.3; M⁺ = Π₂G⁻²Π₂ when every gain is nonzero, the matrix of Riechers,
-arXiv:2405.04134, §3). M never inverts g, so zero, tiny, repeated and negative gains need no
-special case in the mathematics; numerically they are *deflated* (reference §8.3):
+(M⁺ = Π₂G⁻²Π₂ when every gain is nonzero, the matrix of Riechers, arXiv:2405.04134, §3; see
+``docs/geometry.md``). M never inverts g, so zero, tiny, repeated and negative gains need no
+special case in the mathematics. Numerically:
 
-- |wⱼ|·‖w‖ ≤ tol (zero or negligible gains): eⱼ is a null direction, not an axis;
-- |g| values equal within tol: a Householder reflection inside the group gives m−1 exact
-  eigenvectors with ζ = g², and the group becomes one pole with coupling ‖w_group‖;
-- the remaining DPR1 problem with distinct poles is solved root by root with LAPACK
-  ``dlaed4`` (Bunch–Nielsen–Sorensen / Li's "middle way", on −M = diag(−d) + wwᵀ; no shift,
-  so small ζ keep full relative accuracy), which also returns ζᵢ − dⱼ to full relative
-  accuracy. It is called through ``scipy.linalg.cython_lapack`` with ctypes, which releases
-  the GIL, so the roots are split over ``torch.get_num_threads()`` threads;
-- eigenvectors use the Gu–Eisenstat (Löwner) recomputation of the coupling,
-  ŵⱼ² = −∏ᵢ(ζᵢ − dⱼ)/∏_{l≠j}(d_l − dⱼ), and vᵢ ∝ ŵ/(d − ζᵢ), which makes them orthonormal
-  to O(N·machine-ε) without reorthogonalisation (the product is accumulated while the roots
-  are found, so no N×N temporary is needed).
+- **scale**: g is first scaled exactly by a power of two, g̃ = g·2⁻ᵉ with max|g̃| ∈ [½, 1)
+  (ℓ is scale-covariant: ℓ(cg) = |c|ℓ(g)), so any finite nonzero gains work from 1e−308 to
+  1e308 with no underflow of g² and the same relative accuracy at every scale;
+- **deflation** (as LAPACK ``dlaed2``): |w̃ⱼ|·‖w̃‖ ≤ τ = 8ε (zero or negligible gains) makes eⱼ a
+  null direction; |g̃| values whose squares agree within τ form a tie group: a Householder
+  reflection inside the group gives m−1 exact eigenvectors with ζ = g̃², and the group becomes
+  one pole with coupling ‖w̃_group‖;
+- **roots**: the remaining problem with distinct poles is solved root by root with LAPACK
+  ``dlaed4`` (Bunch–Nielsen–Sorensen / Li's "middle way") on −M̃ = diag(−d̃) + ρ zzᵀ with the
+  normalisation LAPACK requires, ‖z‖ = 1 and ρ = ‖w̃‖²; it also returns ζᵢ − dⱼ to full
+  relative accuracy. Called through ``scipy.linalg.cython_lapack`` with ctypes (which releases
+  the GIL), the roots are split over ``torch.get_num_threads()`` threads;
+- **directions**: all of them with the Gu–Eisenstat (Löwner) recomputation of the coupling,
+  ŵⱼ² = −∏ᵢ(ζᵢ − dⱼ)/∏_{l≠j}(d_l − dⱼ), vᵢ ∝ ŵ/(d − ζᵢ), orthonormal to O(N·ε) without
+  reorthogonalisation; a top-k subset (``k=``) as vᵢ ∝ w/(d − ζᵢ) from the k roots alone,
+  reorthogonalised by a k-column QR, in O(N·k) without ever forming an N×N array.
 
-Cost: O(N²) for all directions (optimal for an explicit N×N matrix: one pass to write it plus
-the root finding), O(N²) flops and O(N) memory for the lengths alone. See
-``benchmarks/bench_geometry.py`` for measured speed-ups over dense ``eigh``.
+Cost: O(N²) flops and O(N) memory for all lengths, O(N²) for all directions (writing the N×N
+answer), O(N·k) for k axes. See ``benchmarks/bench_geometry.py`` for measured speed-ups.
 """
 
 from __future__ import annotations
@@ -35,33 +38,48 @@ import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 _EPS = float(np.finfo(np.float64).eps)
+_TAU = 8.0 * _EPS  # deflation tolerance relative to max g̃² (LAPACK dlaed2 uses 8·eps·max|d|)
 
 
-def _deflate(g: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], float, int]:
-    """Split the indices of ``g``: negligible couplings, and tie groups sorted by g² descending.
+class Axes(NamedTuple):
+    """Semi-axes of the output ellipsoid: ``lengths`` (m,) longest first, ``directions`` (N, m) or None."""
 
-    Returns ``(keep, groups, tol, n_null)``: ``keep`` are the non-negligible indices sorted by
-    g² descending, ``groups`` lists index arrays (into ``g``) of consecutive ties, ``tol`` the
-    deflation tolerance on d = g², ``n_null`` the number of negligible gains.
-    """
-    n = g.size
-    d = g * g
-    scale = float(d.max())
-    tol = 8.0 * _EPS * scale
-    wnorm = math.sqrt(float(d.sum()) / n)
-    small = np.abs(g) / math.sqrt(n) * wnorm <= tol
+    lengths: np.ndarray
+    directions: np.ndarray | None
+
+
+class _Deflated(NamedTuple):
+    """The reduced problem: poles (strictly descending d̃), couplings, and where everything goes."""
+
+    keep: np.ndarray  # non-negligible coordinates, sorted by d̃ descending
+    starts: np.ndarray  # pole p is keep[starts[p] : starts[p] + sizes[p]] (its tie group)
+    sizes: np.ndarray
+    dpole: np.ndarray  # pole values d̃_p (group means), strictly descending
+    wpole: np.ndarray  # couplings ‖w̃_group‖ > 0
+    n_null: int  # negligible coordinates (null directions)
+
+
+def _deflate(d: np.ndarray, w: np.ndarray) -> _Deflated:
+    """Deflate diag(d) − wwᵀ (max d ∈ [¼, 1)): negligible couplings and tie groups (see module doc)."""
+    wnorm = math.sqrt(float(np.dot(w, w)))
+    small = np.abs(w) * wnorm <= _TAU
     keep = np.flatnonzero(~small)
     keep = keep[np.argsort(-d[keep], kind="stable")]
-    if keep.size == 0:
-        return keep, [], tol, n
-    breaks = np.flatnonzero(-np.diff(d[keep]) > tol) + 1
-    groups = np.split(keep, breaks)
-    return keep, groups, tol, int(small.sum())
+    breaks = np.flatnonzero(-np.diff(d[keep]) > _TAU) + 1
+    starts = np.concatenate([[0], breaks]).astype(np.int64) if keep.size else np.zeros(0, np.int64)
+    sizes = np.diff(np.append(starts, keep.size)).astype(np.int64)
+    if keep.size:
+        dpole = np.add.reduceat(d[keep], starts) / sizes
+        wpole = np.sqrt(np.add.reduceat(w[keep] ** 2, starts))
+    else:
+        dpole = wpole = np.zeros(0)
+    return _Deflated(keep, starts, sizes, dpole, wpole, int(small.sum()))
 
 
 def _capsule_function(name: str, restype, *argtypes):
@@ -79,8 +97,10 @@ def _capsule_function(name: str, restype, *argtypes):
 
 _INT_P = ctypes.POINTER(ctypes.c_int)
 _DBL_P = ctypes.POINTER(ctypes.c_double)
-# DLAED4(K, I, D, Z, DELTA, RHO, DLAM, INFO): I-th eigenvalue of diag(D) + ρzzᵀ, D ascending;
-# DELTA(j) = D(j) − λ_I to full relative accuracy (Bunch–Nielsen–Sorensen, Li's middle way).
+
+
+# DLAED4(K, I, D, Z, DELTA, RHO, DLAM, INFO): I-th eigenvalue of diag(D) + ρzzᵀ, D ascending,
+# ‖z‖ = 1, ρ > 0; DELTA(j) = D(j) − λ_I to full relative accuracy (valid for K ≥ 3).
 @functools.cache
 def _dlaed4():
     return _capsule_function("dlaed4", None, _INT_P, _INT_P, _DBL_P, _DBL_P, _DBL_P, _DBL_P, _DBL_P, _INT_P)
@@ -95,78 +115,123 @@ def _have_dlaed4() -> bool:
     return True
 
 
+_BLOCK = 32  # roots per vectorised update in _roots: 32 rows of N doubles stay in L2 up to N ~ 8k
+
+
 def _n_threads(n_roots: int) -> int:
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, n_roots // 256))
 
 
-def _roots_and_vectors(
-    dpole: np.ndarray, wpole: np.ndarray, *, out: np.ndarray | None = None, out_rows: np.ndarray | None = None,
-    col_pole: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Eigenvalues (descending) of diag(dpole) − wpole wpoleᵀ, and optionally its eigenvectors.
+def _small_roots(dpole: np.ndarray, wpole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """K ≤ 2: ζ descending and rows E with −w/E_q ∝ the q-th eigenvector (so that ŵ = w below).
 
-    ``dpole`` strictly descending, ``wpole`` > 0 (poles and couplings after deflation). With
-    D = −dpole ascending this is −(diag(D) + wwᵀ), so ``dlaed4`` root q is ζ_q ∈ (d_{q+1}, d_q)
-    (the last one below d_{n−1}) and its DELTA row is e_q = ζ_q − d (relative-accurate).
-
-    With ``out``: the Gu–Eisenstat coupling ŵⱼ² = −e_j[j]·∏_{q≠j} e_q[j]/(d_q − dⱼ) is accumulated
-    row by row, and for every q with ``out_rows[q] >= 0`` the row 1/e_q gathered through
-    ``col_pole`` (original coordinate → pole; ``len(dpole)`` marks a null coordinate, giving 0) is
-    written to ``out[out_rows[q]]``. Roots are split over threads (ctypes releases the GIL).
-    Returns ``(ζ, ŵ)`` (ŵ None without ``out``).
+    For K = 2 ``dlaed4`` (through ``dlaed5``) returns λ and the unit eigenvector z/(D − λ) itself
+    in DELTA, both accurate even for nearly equal poles (ζ − d from an eigvalsh root would not be).
     """
     n = dpole.size
-    if n <= 2:  # dlaed4 returns eigenvector data, not D − λ, in DELTA for K ≤ 2: solve directly
-        M = np.diag(dpole) - np.outer(wpole, wpole)
-        zeta = np.linalg.eigvalsh(M)[::-1].copy()
-        if n == 1:
-            zeta[0] = dpole[0] - wpole[0] ** 2
-        E = zeta[:, None] - dpole[None, :]
-        acc = np.ones(n)
+    if n == 1:
+        return np.array([dpole[0] - wpole[0] ** 2]), np.array([[-(wpole[0] ** 2)]])
+    rho = float(np.dot(wpole, wpole))
+    D, z = np.ascontiguousarray(-dpole), np.ascontiguousarray(wpole / math.sqrt(rho))
+    zeta, E = np.empty(2), np.empty((2, 2))
+    k, i, info, r, lam = ctypes.c_int(2), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_double(rho), ctypes.c_double()
+    for q in range(2):
+        delta = np.empty(2)
+        i.value = q + 1
+        _dlaed4()(ctypes.byref(k), ctypes.byref(i), D.ctypes.data_as(_DBL_P), z.ctypes.data_as(_DBL_P),
+                  delta.ctypes.data_as(_DBL_P), ctypes.byref(r), ctypes.byref(lam), ctypes.byref(info))
+        if info.value != 0:
+            raise RuntimeError(f"LAPACK dlaed4 failed on a 2x2 problem (info={info.value}); use method='dense'")
+        zeta[q] = -lam.value
+        with np.errstate(divide="ignore"):
+            E[q] = -wpole / delta
+    return zeta, E
+
+
+def _roots(
+    dpole: np.ndarray, wpole: np.ndarray, qs: np.ndarray, *, delta_rows: np.ndarray | None = None,
+    out: np.ndarray | None = None, out_rows: np.ndarray | None = None, col_pole: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Roots ζ_q (q in ``qs``) of diag(dpole) − wpole wpoleᵀ, root q ∈ (d_{q+1}, d_q).
+
+    With D = −dpole ascending this is −(diag(D) + ρzzᵀ), z = wpole/‖wpole‖, ρ = ‖wpole‖², so
+    ``dlaed4`` root q+1 is −ζ_q and its DELTA row is e_q = ζ_q − d (relative-accurate).
+
+    - ``delta_rows`` (len(qs), npole): receives e_q for each q (top-k directions).
+    - ``out``: all roots requested; the Gu–Eisenstat coupling ŵⱼ² = −e_j[j]·∏_{q≠j} e_q[j]/(d_q − dⱼ)
+      is accumulated row by row, and for every q with ``out_rows[q] >= 0`` the row 1/e_q gathered
+      through ``col_pole`` (coordinate → pole; ``len(dpole)`` marks a null coordinate, giving 0)
+      is written to ``out[out_rows[q]]``.
+
+    Returns ``(ζ[qs], ŵ)`` (ŵ None without ``out``).
+    """
+    n = dpole.size
+    if n <= 2:
+        zeta, E = _small_roots(dpole, wpole)
+        if delta_rows is not None:
+            delta_rows[:] = E[qs]
+        if out is None:
+            return zeta[qs], None
         for q in range(n):
-            ratio = np.ones(n)
-            mask = np.arange(n) != q
-            ratio[mask] = E[q, mask] / (dpole[q] - dpole[mask])
-            ratio[q] = -E[q, q]
-            acc *= ratio
-            if out is not None and out_rows[q] >= 0:
+            if out_rows[q] >= 0:
                 out[out_rows[q]] = 1.0 / np.append(E[q], np.inf)[col_pole]
-        return zeta, (np.sqrt(np.abs(acc)) if out is not None else None)
+        return zeta[qs], wpole.copy()  # rows of E already carry the exact vectors: ŵ = w
 
     dlaed4 = _dlaed4()
     D = np.ascontiguousarray(-dpole)
-    z = np.ascontiguousarray(wpole)
-    lam = np.empty(n)
-    chunks = np.array_split(np.arange(n), _n_threads(n))
+    rho = float(np.dot(wpole, wpole))
+    z = np.ascontiguousarray(wpole / math.sqrt(rho))
+    lam = np.empty(qs.size)
+    chunks = np.array_split(np.arange(qs.size), _n_threads(qs.size))
 
-    def work(qs: np.ndarray) -> np.ndarray | None:
-        k, i, info, rho = ctypes.c_int(n), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_double(1.0)
-        ext = np.empty(n + 1)
-        ext[n] = np.inf
-        e = ext[:n]
-        args = (ctypes.byref(k), ctypes.byref(i), D.ctypes.data_as(_DBL_P), z.ctypes.data_as(_DBL_P),
-                e.ctypes.data_as(_DBL_P), ctypes.byref(rho))
-        lam_base = lam.ctypes.data
+    def work(js: np.ndarray) -> np.ndarray | None:
+        # Roots in blocks of B: one dlaed4 call each into a row of ``buf``, then vectorised updates
+        # of the Löwner product and the output rows per block (few Python calls per root).
+        k, i, info, r, lamc = ctypes.c_int(n), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_double(rho), ctypes.c_double()
+        nb_max = min(_BLOCK, js.size)
+        if nb_max == 0:
+            return np.ones(n) if out is not None else None
+        buf = np.empty((nb_max, n + 1))
+        buf[:, n] = np.inf  # gathered through col_pole == n: null coordinates get 1/inf = 0
+        rows_p = [buf[b].ctypes.data_as(_DBL_P) for b in range(nb_max)]
+        fixed = (ctypes.byref(k), ctypes.byref(i), D.ctypes.data_as(_DBL_P), z.ctypes.data_as(_DBL_P))
+        tail = (ctypes.byref(r), ctypes.byref(lamc), ctypes.byref(info))
         acc = np.ones(n) if out is not None else None
-        ratio = np.empty(n)
-        for q in qs.tolist():
-            i.value = q + 1
-            dlaed4(*args, ctypes.cast(lam_base + 8 * q, _DBL_P), ctypes.byref(info))
-            if info.value != 0:
-                raise RuntimeError(f"LAPACK dlaed4 did not converge for root {q} (info={info.value})")
+        den = np.empty((nb_max, n)) if out is not None else None
+        for start in range(0, js.size, nb_max):
+            blk = js[start : start + nb_max]
+            nb = blk.size
+            qb = qs[blk]
+            for b, (j, q) in enumerate(zip(blk.tolist(), qb.tolist())):
+                i.value = q + 1
+                dlaed4(*fixed, rows_p[b], *tail)
+                if info.value != 0:
+                    raise RuntimeError(
+                        f"LAPACK dlaed4 did not converge for root {q} of {n} (info={info.value}); "
+                        "use method='dense' for this gain and report the gain vector as a normscope bug"
+                    )
+                lam[j] = lamc.value
+            E = buf[:nb, :n]  # e_q = D − λ_q = ζ_q − d, one row per root
+            if delta_rows is not None:
+                delta_rows[blk] = E
             if acc is None:
                 continue
-            # e = D − λ_q = ζ_q − d
-            np.subtract(dpole[q], dpole, out=ratio)
-            ratio[q] = 1.0
-            np.divide(e, ratio, out=ratio)
-            ratio[q] = -e[q]
-            acc *= ratio
-            r = out_rows[q]
-            if r >= 0:
-                row = out[r]
-                np.take(ext, col_pole, out=row, mode="clip")
-                np.reciprocal(row, out=row)
+            ratio = den[:nb]
+            ar = np.arange(nb)
+            np.subtract(dpole[qb][:, None], dpole[None, :], out=ratio)
+            ratio[ar, qb] = 1.0
+            np.divide(E, ratio, out=ratio)
+            ratio[ar, qb] = -E[ar, qb]
+            acc *= ratio.prod(axis=0)
+            rows = out_rows[qb]
+            if rows[0] >= 0 and np.array_equal(rows, rows[0] + ar):
+                dst = out[rows[0] : rows[0] + nb]
+                np.take(buf[:nb], col_pole, axis=1, out=dst, mode="clip")
+                np.reciprocal(dst, out=dst)
+            else:
+                for b in np.flatnonzero(rows >= 0).tolist():
+                    np.take(buf[b], col_pole, out=out[rows[b]], mode="clip")
+                    np.reciprocal(out[rows[b]], out=out[rows[b]])
         return acc
 
     if len(chunks) == 1:
@@ -174,13 +239,12 @@ def _roots_and_vectors(
     else:
         with ThreadPoolExecutor(len(chunks)) as pool:
             accs = list(pool.map(work, chunks))
-    zeta = -lam
     if out is None:
-        return zeta, None
+        return -lam, None
     acc = accs[0]
     for a in accs[1:]:
         acc = acc * a
-    return zeta, np.sqrt(np.abs(acc))
+    return -lam, np.sqrt(np.abs(acc))
 
 
 def _tie_vectors(w_grp: np.ndarray) -> np.ndarray:
@@ -205,90 +269,120 @@ def _finish_vectors(A: np.ndarray, rows: np.ndarray, scale: np.ndarray) -> None:
         full.index_copy_(0, idx, V)
 
 
+def _check(gain, method: str, k: int | None, which: str) -> np.ndarray:
+    g = np.asarray(gain, dtype=np.float64)
+    if g.ndim != 1 or g.size < 2:
+        raise ValueError(f"gain must be a vector with N >= 2 entries, got shape {g.shape}")
+    bad = ~np.isfinite(g)
+    if bad.any():
+        raise ValueError(f"gain contains {int(bad.sum())} NaN/Inf value(s) out of {g.size} (first at index "
+                         f"{int(np.argmax(bad))}); the layer's weights are corrupt, fix or reload them")
+    if not np.any(g):
+        raise ValueError("gain is all zero: the layer outputs its bias for every input, so its output ellipsoid "
+                         "is a single point with no axes; check that the layer's weights were loaded")
+    if method not in ("secular", "dense"):
+        raise ValueError(f"method must be 'secular' or 'dense', got {method!r}")
+    if which not in ("longest", "shortest"):
+        raise ValueError(f"which must be 'longest' or 'shortest', got {which!r}")
+    if k is not None and (int(k) != k or k < 1):
+        raise ValueError(f"k must be a positive integer or None (all axes), got {k!r}")
+    return g
+
+
 def principal_axes(
-    gain: np.ndarray, *, directions: bool = False, method: str = "secular"
-) -> tuple[np.ndarray, np.ndarray | None]:
-    r"""Semi-axes of LayerNorm's (N−1)-dimensional output ellipsoid, descending.
+    gain: np.ndarray, *, directions: bool = False, method: str = "secular", k: int | None = None,
+    which: str = "longest",
+) -> Axes:
+    r"""Semi-axes of LayerNorm's (N−1)-dimensional output ellipsoid, longest first.
 
     The lengths are ℓ = √(Nζ) for the eigenvalues ζ > 0 of M = GΠG = diag(g²) − ggᵀ/N and
     the directions are the matching unit eigenvectors (Riechers, arXiv:2405.04134, §3, via
     M⁺ = Π₂G⁻²Π₂; the paper's Drazin-inverse recipe for zero gains is wrong and is *not*
-    used: with k zero gains M has rank N − k and gives the correct axes).
+    used: with k zero gains M has rank N − k and gives the correct axes; ``docs/geometry.md``).
+    Scale-covariant and computed scale-free: ℓ(cg) = |c|·ℓ(g) for any finite c ≠ 0.
 
     **Arguments:**
 
-    - ``gain``: g, shape (N,), finite, N ≥ 2.
+    - ``gain``: g, shape (N,), finite, N ≥ 2, not all zero.
     - ``directions``: also return the unit directions as the columns of an (N, m) array.
-    - ``method``: ``"secular"`` (O(N²), deflation + ``dlaed4`` + Löwner) or ``"dense"``
-      (``numpy.linalg.eigh`` of M, O(N³), the reference implementation).
+    - ``method``: ``"secular"`` (O(N²) for all axes, O(N·k) for k: deflation + ``dlaed4`` +
+      Gu–Eisenstat vectors) or ``"dense"`` (``numpy.linalg.eigh`` of M, O(N³), the reference).
+    - ``k``: only the k longest (or shortest) axes; None: all of them.
+    - ``which``: ``"longest"`` or ``"shortest"`` (with ``k``); the result is longest first either way.
 
-    **Returns:** ``(lengths, V)``; m = N − 1 axes when no gain is (numerically) zero, else
-    N − k; ``V`` is None unless ``directions``. Signs of the directions are arbitrary.
+    **Returns:** :class:`Axes` ``(lengths, directions)``: m = N − 1 axes when no gain is
+    (numerically) zero, else N − k₀ for k₀ negligible gains (m = min(k, that) with ``k``);
+    ``directions`` is None unless asked for. Signs of the directions are arbitrary.
+
+    **Raises:** ValueError for NaN/Inf or all-zero gains (one line naming the problem).
     """
-    g = np.asarray(gain, dtype=np.float64)
+    g = _check(gain, method, k, which)
     n = g.size
-    if g.ndim != 1 or n < 2:
-        raise ValueError(f"gain must be a vector with N >= 2 entries, got shape {g.shape}")
-    if not np.all(np.isfinite(g)):
-        raise ValueError(f"gain contains {int(np.sum(~np.isfinite(g)))} NaN/Inf value(s) out of {n}")
-    if method not in ("secular", "dense"):
-        raise ValueError(f"method must be 'secular' or 'dense', got {method!r}")
-    if not np.any(g):
-        return np.zeros(0), (np.zeros((n, 0)) if directions else None)
-    keep, groups, _tol, n_null = _deflate(g)
-    n_axes = n - max(n_null, 1)
+    expo = int(np.frexp(np.max(np.abs(g)))[1])
+    gt = np.ldexp(g, -expo)  # exact: max|g̃| ∈ [½, 1)
+    d, w = gt * gt, gt / math.sqrt(n)
+    defl = _deflate(d, w)
+    n_axes = n - max(defl.n_null, 1)
+    m = n_axes if k is None else min(int(k), n_axes)
+    sel = slice(0, m) if which == "longest" else slice(n_axes - m, n_axes)
     if method == "secular" and not _have_dlaed4():
         warnings.warn("LAPACK dlaed4 is not reachable through this scipy; using dense eigh (O(N^3)) instead")
         method = "dense"
+
+    def lengths_of(zeta: np.ndarray) -> np.ndarray:
+        return np.ldexp(np.sqrt(n * np.maximum(zeta, 0.0)), expo)
+
     if method == "dense":
-        M = np.diag(g * g) - np.outer(g, g) / n
+        M = np.diag(d) - np.outer(w, w)
         if directions:
             z, V = np.linalg.eigh(M)
-            z, V = z[::-1][:n_axes], V[:, ::-1][:, :n_axes]
-        else:
-            z, V = np.linalg.eigvalsh(M)[::-1][:n_axes], None
-        return np.sqrt(n * np.maximum(z, 0.0)), V
+            return Axes(lengths_of(z[::-1][:n_axes][sel]), np.ascontiguousarray(V[:, ::-1][:, :n_axes][:, sel]))
+        return Axes(lengths_of(np.linalg.eigvalsh(M)[::-1][:n_axes][sel]), None)
 
-    d = g * g
-    w = g / math.sqrt(n)
-    npole = len(groups)
-    sizes = np.array([gr.size for gr in groups])
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    dpole = np.add.reduceat(d[keep], starts) / sizes
-    wpole = np.sqrt(np.add.reduceat(w[keep] ** 2, starts))
-    n_sec = npole - 1 if n_null == 0 else npole  # no null gain: ζ = 0 (normal α) is the last root
-    tie_groups = [(p, gr) for p, gr in enumerate(groups) if gr.size > 1]
-    tie_zeta = np.array([dpole[p] for p, gr in tie_groups for _ in range(gr.size - 1)])
-
+    dpole, wpole, sizes = defl.dpole, defl.wpole, defl.sizes
+    npole = sizes.size
+    n_sec = npole - 1 if defl.n_null == 0 else npole  # no null gain: ζ = 0 (normal α) is the last root
+    tie_pole = np.repeat(np.arange(npole), sizes - 1)
+    # descending order: the ties of pole p (ζ = d_p), then root p ∈ (d_{p+1}, d_p)
+    order = np.argsort(np.concatenate([np.arange(n_sec) + 0.5, tie_pole]), kind="stable")[sel]
+    row_of = np.empty(n_sec + tie_pole.size, dtype=np.int64)
+    row_of[order] = np.arange(order.size)
+    root_q = order[order < n_sec]  # ascending
+    ties = order[order >= n_sec] - n_sec
+    zeta_all = np.empty(m)
+    zeta_all[row_of[n_sec + ties]] = dpole[tie_pole[ties]]
     if not directions:
-        zeta = _roots_and_vectors(dpole, wpole)[0][:n_sec]
-        all_zeta = np.concatenate([zeta, tie_zeta])
-        return np.sqrt(n * np.maximum(np.sort(all_zeta)[::-1], 0.0)), None
+        zeta_all[row_of[root_q]] = _roots(dpole, wpole, root_q)[0]
+        return Axes(lengths_of(zeta_all), None)
 
-    # Output row of every eigenpair: secular roots descend already; ties are merged in by ζ.
-    if tie_groups:
-        pos = np.empty(n_sec + tie_zeta.size, dtype=np.int64)
-        # root q lies strictly below pole q and above pole q+1; a tie ζ equals its pole: sort keys
-        keys = np.concatenate([np.arange(n_sec) + 0.5, [p for p, gr in tie_groups for _ in range(gr.size - 1)]])
-        pos[np.argsort(keys, kind="stable")] = np.arange(keys.size)
-    else:
-        pos = np.arange(n_sec)
-    out_rows = np.full(npole, -1, dtype=np.int64)
-    out_rows[:n_sec] = pos[:n_sec]
     col_pole = np.full(n, npole, dtype=np.int64)
-    col_coef = np.zeros(n)
-    col_pole[keep] = np.repeat(np.arange(npole), sizes)
-    col_coef[keep] = w[keep] / wpole[col_pole[keep]]
-    A = np.zeros((n_axes, n)) if tie_groups else np.empty((n_axes, n))
-    zeta, what = _roots_and_vectors(dpole, wpole, out=A, out_rows=out_rows, col_pole=col_pole)
-    zeta = zeta[:n_sec]
-    _finish_vectors(A, pos[:n_sec], np.append(what, 0.0)[col_pole] * col_coef)
-    all_zeta = np.empty(n_axes)
-    all_zeta[pos[:n_sec]] = zeta
-    r = n_sec
-    for p, gr in tie_groups:
-        rows = pos[r : r + gr.size - 1]
-        all_zeta[rows] = dpole[p]
-        A[np.ix_(rows, gr)] = _tie_vectors(w[gr])
-        r += gr.size - 1
-    return np.sqrt(n * np.maximum(all_zeta, 0.0)), A.T
+    col_pole[defl.keep] = np.repeat(np.arange(npole), sizes)
+    if m == n_axes:  # all axes: Gu–Eisenstat vectors (needs every root of the reduced problem)
+        out_rows = np.full(npole, -1, dtype=np.int64)
+        out_rows[:n_sec] = row_of[:n_sec]
+        col_coef = np.zeros(n)
+        col_coef[defl.keep] = w[defl.keep] / wpole[col_pole[defl.keep]]
+        A = np.zeros((m, n)) if tie_pole.size else np.empty((m, n))
+        zeta, what = _roots(dpole, wpole, np.arange(npole), out=A, out_rows=out_rows, col_pole=col_pole)
+        zeta_all[row_of[:n_sec]] = zeta[:n_sec]
+        _finish_vectors(A, row_of[:n_sec], np.append(what, 0.0)[col_pole] * col_coef)
+    else:  # top-k: vᵢ ∝ w/(d − ζᵢ) from the k roots, then a k-column QR
+        A = np.zeros((m, n))
+        delta = np.empty((root_q.size, npole))
+        zeta_all[row_of[root_q]] = _roots(dpole, wpole, root_q, delta_rows=delta)[0]
+        if root_q.size:
+            keep = defl.keep
+            R = np.zeros((n, root_q.size))
+            R[keep] = -w[keep, None] / delta.T[col_pole[keep]]
+            R /= np.linalg.norm(R, axis=0)
+            Q, T = np.linalg.qr(R)
+            A[row_of[root_q]] = (Q * np.where(np.diag(T) < 0, -1.0, 1.0)).T
+    for p in np.flatnonzero(sizes > 1).tolist():  # tie vectors: exact, orthogonal to w_group
+        gr = defl.keep[defl.starts[p] : defl.starts[p] + sizes[p]]
+        start = int(defl.starts[p]) - p  # ties before pole p: Σ_{q<p} (size_q − 1)
+        cnt = gr.size - 1
+        want = (ties >= start) & (ties < start + cnt)
+        if want.any():
+            local = ties[want] - start
+            A[np.ix_(row_of[n_sec + ties[want]], gr)] = _tie_vectors(w[gr])[local]
+    return Axes(lengths_of(zeta_all), A.T)

@@ -1,5 +1,7 @@
 """The geometry of one LayerNorm layer: output hyperplane, hyperellipsoids, ρ and the Jacobian.
 
+See ``docs/geometry.md`` for the derivations and the zero-gain correction.
+
 Riechers, "Geometry and Dynamics of LayerNorm", arXiv:2405.04134, writes LayerNorm as
 
     LN(a) = √N · G · Πa / √(‖Πa‖² + Nε) + b,      G = diag(g), Π = I − 𝟙𝟙ᵀ/N      (Eq. 6)
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from normscope.geometry._rho import rho_cdf, rho_quantile
 from normscope.geometry._secular import principal_axes
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence
@@ -54,62 +57,26 @@ def _as_batch(x: ArrayLike, n: int, what: str) -> tuple[torch.Tensor, bool, torc
     return t, is_torch, dtype
 
 
+def _data_dtype(x: ArrayLike, torch_dtype: torch.dtype) -> torch.dtype:
+    """The floating dtype the data came in (numpy float16/32 too; everything else float64)."""
+    if isinstance(x, torch.Tensor):
+        return torch_dtype
+    kind = getattr(x, "dtype", None)
+    return {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}.get(kind, torch.float64)
+
+
+def _roundoffs(dtype: torch.dtype) -> tuple[float, float]:
+    """(u of the data's dtype, u of the precision LayerNorm computes in for it: float32 for half types)."""
+    u = float(torch.finfo(dtype).eps) / 2
+    op = torch.float64 if dtype == torch.float64 else torch.float32
+    return u, float(torch.finfo(op).eps) / 2
+
+
 def _back(t: torch.Tensor, is_torch: bool, dtype: torch.dtype, like: ArrayLike | None = None):
     if is_torch:
         out = t.to(dtype)
         return out.to(like.device) if isinstance(like, torch.Tensor) else out
     return t.numpy()
-
-
-def rho_cdf(r0: ArrayLike, n: int, eps: float, scale: float = 1.0) -> np.ndarray:
-    r"""P(ρ < r₀) for Gaussian inputs a ~ 𝒩(m𝟙, s²I) (any m): the χ² law of the radial fraction.
-
-    ‖Πa‖² ~ s²·χ²_{N−1}, and ρ = (1 + Nε/‖Πa‖²)^(−1/2), hence
-
-        P(ρ < r₀) = F_{χ²_{N−1}}( N ε r₀² / (s² (1 − r₀²)) ).
-
-    (Reference §3.3, reconstructed and checked by Monte Carlo; not in Riechers, arXiv:2405.04134.)
-
-    **Arguments:** ``r0`` in [0, 1] (array-like), ``n`` = N ≥ 2, ``eps`` ≥ 0, ``scale`` = s > 0.
-
-    **Returns:** the probabilities, same shape as ``r0``.
-    """
-    n, eps, scale = _check_law(n, eps, scale)
-    r = np.asarray(r0, dtype=np.float64)
-    if np.any(~np.isfinite(r)) or np.any((r < 0) | (r > 1)):
-        raise ValueError("r0 must lie in [0, 1]")
-    if eps == 0.0:  # ρ = 1 almost surely, so P(ρ < r₀) = 0 for every r₀ ≤ 1
-        return np.zeros_like(r)
-    from scipy.stats import chi2
-
-    with np.errstate(divide="ignore"):
-        arg = np.where(r >= 1.0, np.inf, n * eps * r * r / (scale * scale * (1.0 - r) * (1.0 + r)))
-    return chi2.cdf(arg, n - 1)
-
-
-def rho_quantile(p: ArrayLike, n: int, eps: float, scale: float = 1.0) -> np.ndarray:
-    r"""Inverse of :func:`rho_cdf`: the r₀ with P(ρ < r₀) = p, r₀² = q s²/(Nε + q s²), q = F⁻¹_{χ²_{N−1}}(p)."""
-    n, eps, scale = _check_law(n, eps, scale)
-    pr = np.asarray(p, dtype=np.float64)
-    if np.any(~np.isfinite(pr)) or np.any((pr < 0) | (pr > 1)):
-        raise ValueError("p must lie in [0, 1]")
-    if eps == 0.0:
-        return np.ones_like(pr)
-    from scipy.stats import chi2
-
-    q = chi2.ppf(pr, n - 1) * scale * scale
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isinf(q), 1.0, np.sqrt(q / (n * eps + q)))
-
-
-def _check_law(n: int, eps: float, scale: float) -> tuple[int, float, float]:
-    if int(n) != n or n < 2:
-        raise ValueError(f"N must be an integer >= 2, got {n!r}")
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale (input std s) must be finite and > 0, got {scale!r}")
-    return int(n), float(eps), float(scale)
 
 
 class LayerNormGeometry:
@@ -202,7 +169,7 @@ class LayerNormGeometry:
 
     @property
     def solid_image(self) -> bool:
-        """True when k ≥ 2 gains are zero: the image is a solid (N − k)-ellipsoid (reference §6.5)."""
+        """True when k ≥ 2 gains are zero: the image is a solid (N − k)-ellipsoid (``docs/geometry.md``)."""
         return self.zero_gains.size >= 2
 
     # -- the hyperplane --------------------------------------------------------------------
@@ -273,25 +240,33 @@ class LayerNormGeometry:
         """
         return math.sqrt(self.dim) * np.abs(self.gain)
 
-    def axes(self, directions: bool = False, *, method: str = "auto"):
+    def axes(self, directions: bool = False, *, method: str = "auto", k: int | None = None, which: str = "longest"):
         r"""Semi-axes of the (N−1)-dimensional output ellipsoid, longest first.
 
         ℓᵢ = √(N ζᵢ) for the eigenvalues ζᵢ > 0 of M = GΠG = diag(g²) − ggᵀ/N, with the
         unit eigenvectors as directions (equal to the eigenvectors of Riechers' Π₂G⁻²Π₂ with
-        ℓ = √(N/λ) when all gₙ ≠ 0; correct for zero gains, where the paper's recipe is not).
-        There are N − 1 axes when no gain is zero and N − k with k zero gains. Tied |g| give
-        repeated lengths √N|g| whose directions are any orthonormal basis of the eigenspace.
+        ℓ = √(N/λ) when all gₙ ≠ 0, arXiv:2405.04134 §3; correct for zero gains, where the
+        paper's recipe is not; ``docs/geometry.md``). There are N − 1 axes when no gain is zero
+        and N − k₀ with k₀ zero gains. Tied |g| give repeated lengths √N|g| whose directions are
+        any orthonormal basis of the eigenspace. Any finite gains work at any scale; an all-zero
+        gain raises ValueError (the image is the single point b).
 
         **Arguments:**
 
         - ``directions``: also return the (N, m) matrix of unit directions (columns, signs arbitrary).
         - ``method``: ``"secular"`` (O(N²): deflation, LAPACK ``dlaed4`` per root, Gu–Eisenstat
           vectors), ``"dense"`` (``numpy.linalg.eigh`` of M, O(N³)), or ``"auto"`` (dense for N < 64).
+        - ``k``: only the k longest (``which="longest"``) or shortest (``"shortest"``) axes, in
+          O(N·k) without forming an N×N array (secular); None: all.
+        - ``which``: ``"longest"`` or ``"shortest"``, with ``k``.
 
         **Returns:** ``lengths`` (m,), or ``(lengths, directions)``.
         """
         if method == "auto":
             method = "dense" if self.dim < 64 else "secular"
+        if k is not None:  # subsets are not cached
+            lengths, vectors = principal_axes(self._g, directions=directions, method=method, k=k, which=which)
+            return (lengths, vectors) if directions else lengths
         key = (directions, method)
         if not directions and (True, method) in self._axes:
             return self._axes[(True, method)][0]
@@ -311,7 +286,7 @@ class LayerNormGeometry:
         For an output of this layer ρ = (1 + ε/σ²)^(−1/2) (σ² the input's variance): 1 on the
         surface (ε = 0), < 1 inside. M⁺ = Π₂G⁻²Π₂ when all gₙ ≠ 0 (the plane component of y − b
         is dropped first); with zero gains the restriction to the nonzero coordinates S is
-        G_S⁻² + α_Sα_Sᵀ/k (Sherman–Morrison; reference §6.5).
+        G_S⁻² + α_Sα_Sᵀ/k (Sherman–Morrison; ``docs/geometry.md``).
         """
         t, is_torch, dtype = _as_batch(y, self.dim, "y")
         r = t - self._bt
@@ -338,20 +313,57 @@ class LayerNormGeometry:
         rho = torch.sqrt(pp / (pp + self.dim * self.eps))
         return _back(rho, is_torch, dtype, x)
 
-    def contains(self, y: ArrayLike, *, tol: float | None = None):
-        """Whether each y lies in the closed image: on the hyperplane(s) and with ρ ≤ 1.
+    def contains(self, y: ArrayLike, *, unit_roundoff: float | None = None):
+        r"""Whether each y lies in the closed image (on the hyperplane(s), ρ ≤ 1) up to y's rounding.
 
-        ``tol`` is relative (plane residual vs the size of y − b and of the axes; ρ ≤ 1 + tol);
-        default 1e-9 for float64 input and 1e-4 for lower precision. Returns a bool array (...,).
+        y is taken as a *computed* LayerNorm output in its dtype (torch or numpy; bfloat16,
+        float16, float32, float64), so the test allows exactly the error such an output can carry.
+        Per component (u = the dtype's unit roundoff, u_op that of the precision LayerNorm computes
+        in: float32 for the half types and float32, float64 for float64; x̂ = (y − b)/g):
+
+            |δₙ| ≤ eₙ = u·|yₙ| + (N + 6)·u_op·|gₙ|·(|x̂ₙ| + 1)
+
+        (the rounding of the output, plus the mean/variance reductions, γ_N = N·u_op, and six
+        elementwise operations, for inputs whose mean is at most of the order of their spread).
+        Then, with S the orthonormal :attr:`orthogonal_subspace` and ρ a seminorm of y − b,
+
+        - plane: |Sₖᵀ(y − b)| ≤ |Sₖ|ᵀe + 8N·ε₆₄·|Sₖ|ᵀ|y − b|   (the last term: this float64 test);
+        - ρ ≤ 1 + (‖e/g‖ + (|α̂|ᵀe)·‖α̂/g‖)/√N + 8N·ε₆₄ (all gₙ ≠ 0; M⁺ = Π₂G⁻²Π₂), or
+          ρ ≤ 1 + ‖e_S/g_S‖·√(1 + |S|/k)/√N + 8N·ε₆₄ with k zero gains (S the others).
+
+        **Arguments:**
+
+        - ``y``: outputs, shape (..., N).
+        - ``unit_roundoff``: u to assume instead of the dtype's (e.g. for float64 copies of
+          bfloat16 outputs: 2⁻⁹); u_op is then at least u.
+
+        **Returns:** a bool array/tensor of shape (...,).
         """
-        _t, is_torch, dtype = _as_batch(y, self.dim, "y")
-        if tol is None:
-            tol = 1e-9 if dtype == torch.float64 else 1e-4
-        t = _t
-        res = torch.as_tensor(self.plane_residual(t)).abs().amax(-1)
-        size = torch.linalg.vector_norm(t - self._bt, dim=-1) + float(self.outer_axes.max())
+        t, is_torch, dtype = _as_batch(y, self.dim, "y")
+        u_out, u_op = _roundoffs(_data_dtype(y, dtype))
+        if unit_roundoff is not None:
+            if not (math.isfinite(unit_roundoff) and 0 <= unit_roundoff < 1):
+                raise ValueError(f"unit_roundoff must be a number in [0, 1), got {unit_roundoff!r}")
+            u_out, u_op = float(unit_roundoff), max(u_op, float(unit_roundoff))
+        n, g = self.dim, self._gt
+        r = t - self._bt
+        nz = g != 0
+        xhat = torch.where(nz, r / torch.where(nz, g, 1.0), 0.0)
+        e = u_out * t.abs() + (n + 6) * u_op * g.abs() * (xhat.abs() + 1.0)
+        u64 = 8.0 * n * float(np.finfo(np.float64).eps)
+        S = torch.from_numpy(np.abs(self.orthogonal_subspace))
+        res = torch.as_tensor(self.plane_residual(t)).abs()
+        plane_ok = (res <= e @ S + u64 * (r.abs() @ S)).all(-1)
+        z = self.zero_gains
+        if z.size == 0:
+            ah = torch.from_numpy(self._alpha_hat())
+            drho = torch.linalg.vector_norm(e / g, dim=-1) + (e @ ah.abs()) * float(torch.linalg.vector_norm(ah / g))
+        else:
+            s = torch.from_numpy(np.flatnonzero(self.gain != 0.0))
+            es = e.index_select(-1, s) / g.index_select(0, s)
+            drho = torch.linalg.vector_norm(es, dim=-1) * math.sqrt(1.0 + s.numel() / z.size)
         rho = torch.as_tensor(self.radial_fraction(t))
-        ok = (res <= tol * size) & (rho <= 1.0 + tol)
+        ok = plane_ok & (rho <= 1.0 + drho / math.sqrt(n) + u64)
         return ok if is_torch else ok.numpy()
 
     def rho_cdf(self, r0: ArrayLike, *, scale: float = 1.0) -> np.ndarray:
@@ -372,7 +384,7 @@ class LayerNormGeometry:
         return _back(y, is_torch, dtype, x)
 
     def jacobian(self, x: ArrayLike):
-        r"""Closed-form Jacobian ∂LN(x)/∂x, shape (..., N, N) (reference §7.2, verified vs autograd).
+        r"""Closed-form Jacobian ∂LN(x)/∂x, shape (..., N, N) (``docs/geometry.md``; verified against autograd).
 
             J = √(N/s) · G · (Π − p pᵀ/s),    p = Πx,  s = ‖p‖² + Nε.
 

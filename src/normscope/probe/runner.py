@@ -11,7 +11,6 @@ import math
 import warnings
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +19,7 @@ from ..models.registry import NormSite, find_norms
 from ..models._dataflow import _no_fastpath
 from .hooks import norm_hooks
 from .metrics import METRIC_ROWS, token_metrics
+from .site_geometry import layer_geometry
 from .stats import SPECS, StreamStats
 
 __all__ = ["run", "shard", "SiteProbe", "layer_geometry", "random_baseline", "SCHEMA_VERSION"]
@@ -115,63 +115,6 @@ def _drop_first(site: NormSite, x: torch.Tensor, z: torch.Tensor, batch_seq: tup
     if axis is None or x.shape[axis] == 0:
         return x, z
     return x.narrow(axis, 1, x.shape[axis] - 1), z.narrow(axis, 1, z.shape[axis] - 1)
-
-
-def layer_geometry(site: NormSite) -> dict:
-    """Parameter geometry of a norm layer (Riechers; layernorm-geometry.md).
-
-    LayerNorm: the output lies on the (d−1)-dimensional hyperellipsoid (semi-axes from
-    ``normscope.geometry.LayerNormGeometry``, i.e. the eigen-decomposition of GΠG) inside the
-    hyperplane α·z = α·b with α = 1/g; ``offset`` = αᵀb and ``offset_normalized`` = α̂ᵀb (the
-    plane's distance from the origin). RMSNorm: the output lies on the d-dimensional ellipsoid
-    with semi-axes √d·|gᵢ| (no projection); no hyperplane. Axes are for ε = 0 (ε shrinks the
-    radius by ρ).
-    """
-    g = site.gain().to(torch.float64).cpu()
-    b = site.bias()
-    d = g.numel()
-    out: dict[str, Any] = {
-        "d": d, "eps": site.eps,
-        "gain": {"mean": float(g.mean()), "std": float(g.std(correction=0)), "min": float(g.min()),
-                 "max": float(g.max()), "min_abs": float(g.abs().min())},
-        "bias_norm": None if b is None else float(b.to(torch.float64).norm()),
-    }
-    if site.kind == "layernorm":
-        axes = _ln_axes(g, b)
-        out["offset"] = None
-        out["offset_normalized"] = None
-        if b is not None and bool((g != 0).all()):
-            alpha = 1.0 / g
-            bd = b.to(torch.float64).cpu()
-            out["offset"] = float(alpha @ bd)
-            out["offset_normalized"] = float(alpha @ bd / alpha.norm())
-        out["ellipsoid_dim"] = d - 1
-    else:
-        axes = (math.sqrt(d) * g.abs()).sort(descending=True).values
-        out["offset"] = None
-        out["offset_normalized"] = None
-        out["ellipsoid_dim"] = d
-    out["semi_axis_max"] = float(axes[0])
-    out["semi_axis_min"] = float(axes[-1])
-    out["semi_axis_ratio"] = float(axes[0] / axes[-1]) if float(axes[-1]) > 0 else math.inf
-    return out
-
-
-def _ln_axes(g: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """Nonzero semi-axes of the LN output ellipsoid, descending (d−1 of them)."""
-    try:
-        from ..geometry import LayerNormGeometry
-    except ImportError:
-        LayerNormGeometry = None
-    if LayerNormGeometry is not None:
-        lengths = LayerNormGeometry(g, b, eps=0.0).axes()
-        lengths = torch.as_tensor(np.array(lengths, dtype=np.float64))
-    else:  # dense fallback: eigenvalues ζ of M = diag(g²) − g gᵀ/d, lengths √(d ζ)
-        d = g.numel()
-        m = torch.diag(g * g) - torch.outer(g, g) / d
-        zeta = torch.linalg.eigvalsh(m).clamp(min=0).flip(0)
-        lengths = (d * zeta).sqrt()
-    return lengths[: g.numel() - 1]
 
 
 def _forward_module(model: nn.Module, sites: Sequence[NormSite]) -> nn.Module:
