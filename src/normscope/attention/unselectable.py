@@ -24,10 +24,12 @@ Procedure (every verdict backed by a certificate checked in float64):
    plus the dot products' rounding (d·u·‖q‖·max‖k‖) is selectable (the gap bounds δ_i from below).
    Queries: each key, each centred key, ``n_random`` Gaussian directions;
 2. each remaining key: column generation over a growing set S of other keys. Non-negative
-   least squares on [p_S; M·𝟙ᵀ] λ ≈ [0; M] (M = max‖p_j‖) returns the residual r, from which the
-   exact distance of k_i to conv(S) is δ_S = r·M/√(M² - r²) (the sum constraint, weighted by M,
-   costs a factor (1 + δ²/M²) only). δ_S ≤ tol·ρ_i: unselectable (conv(S) ⊂ conv(others)).
-   Otherwise q = -p_S λ is a strict witness against S (KKT); if it beats every key by the margin
+   least squares on [p_S; M·𝟙ᵀ] λ ≈ [0; M] (p_j = k_j - k_i, M = max‖p_j‖) returns s·λ̂ with λ̂
+   the convex weights of the point of conv(S) nearest to k_i (the objective is homogeneous in
+   λ), so δ_S = ‖Σλ̂_j p_j‖. δ_S ≤ tol·ρ_i + 4(|S| + d)·u·M (the last term: the solver's
+   rounding): unselectable (conv(S) ⊂ conv(others)). Hence norms may span up to ~tol/u ≈ 1e7
+   *within* one key's neighbourhood, any range across coordinates (rescaled exactly) or overall.
+   Otherwise q = -Σλ̂_j p_j is a strict witness against S (KKT); if it beats every key by the margin
    of step 1, k_i is selectable; else the keys that beat it join S (so at most n rounds; with S
    all the others, δ_S = δ_i decides).
 
@@ -102,26 +104,36 @@ def _lp_selectable(x: np.ndarray, i: int) -> bool:
     raise RuntimeError(f"HiGHS could not decide key {i}: {res.message} / {res2.message}")
 
 
-def _hull_distance(x: np.ndarray, norms: np.ndarray, i: int, s_idx: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """(δ_S, ρ_i, w): distance of k_i to conv(k_S), the rounding scale ρ_i of the nearest point,
-    and w = Σ λ_j (k_j - k_i) (so -w is a witness query against S)."""
+def _hull_distance(x: np.ndarray, norms: np.ndarray, i: int, s_idx: np.ndarray) -> tuple[float, float, np.ndarray, float]:
+    """(δ_S, ρ_i, w, floor): distance of k_i to conv(k_S), its scale ρ_i, w = Σ λ̂_j (k_j - k_i), and
+    the rounding floor of δ_S.
+
+    The augmented NNLS minimiser is λ = s·λ̂ with λ̂ the nearest point's convex weights
+    (positive homogeneity of λ ↦ Σλ_j p_j), so δ_S = ‖Σ λ̂_j p_j‖ evaluated directly, which
+    upper-bounds the distance (it is a point of the hull). ``floor`` = 4(|S| + d)·u·M bounds the
+    error of a backward-stable least-squares solve of a matrix of norm ~M (Lawson–Hanson NNLS
+    leaves weights of ~u instead of exact zeros, e.g. 7e-17 where 0 is exact).
+    """
     p = x[s_idx] - x[i]  # (|S|, d)
-    m = float(np.sqrt((p * p).sum(axis=1)).max())
+    pn = np.sqrt((p * p).sum(axis=1))
+    m = float(pn.max())
     if m == 0.0:  # every key of S equals k_i
-        return 0.0, float(norms[i]), np.zeros(x.shape[1])
+        return 0.0, float(norms[i]), np.zeros(x.shape[1]), 0.0
     a = np.vstack([p.T, np.full(len(s_idx), m)])
     b = np.zeros(x.shape[1] + 1)
     b[-1] = m
     try:
-        lam, r = nnls(a, b, maxiter=50 * (len(s_idx) + x.shape[1]))
+        lam, _ = nnls(a, b, maxiter=50 * (len(s_idx) + x.shape[1]))
     except RuntimeError:  # no convergence: let the caller fall back to the LP
-        return math.nan, math.nan, np.zeros(x.shape[1])
-    w = lam @ p
-    r = float(np.linalg.norm(np.append(w, m * (lam.sum() - 1.0))))  # recomputed, not the solver's
-    delta = r * m / math.sqrt(m * m - r * r) if r < m else math.inf
+        return math.nan, math.nan, np.zeros(x.shape[1]), math.nan
     total = lam.sum()
-    rho = float(norms[i] + (lam @ norms[s_idx]) / total) if total > 0 else float(norms[i] + norms[s_idx].max())
-    return delta, rho, w
+    if not total > 0:
+        return math.nan, math.nan, np.zeros(x.shape[1]), math.nan
+    lam = lam / total
+    w = lam @ p
+    rho = float(norms[i] + lam @ norms[s_idx])
+    floor = 4 * (len(s_idx) + x.shape[1]) * _U * m
+    return float(np.linalg.norm(w)), rho, w, floor
 
 
 def _decide(x: np.ndarray, tol: float, n_random: int, seed: int) -> np.ndarray:
@@ -156,10 +168,10 @@ def _decide(x: np.ndarray, tol: float, n_random: int, seed: int) -> np.ndarray:
         verdict: bool | None = None
         for _ in range(n):  # each round adds >= 1 key to S
             s_idx = np.flatnonzero(in_s)
-            delta, rho, w = _hull_distance(x, norms, i, s_idx)
+            delta, rho, w, floor = _hull_distance(x, norms, i, s_idx)
             if math.isnan(delta):
                 break
-            if delta <= tol * rho:
+            if delta <= tol * rho + floor:
                 verdict = False  # within tol·ρ_i of conv(S) ⊂ conv(others)
                 break
             q = -w
