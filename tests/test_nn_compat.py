@@ -249,3 +249,50 @@ def test_reference_defaults_and_errors():
     with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
         reference("layernorm", x, eps=-1.0)
     assert nsn.check_eps is nsn._checks.check_eps
+
+
+# ---------- RMSNorm backends ----------
+
+@pytest.mark.parametrize("scale", ["one", "1e30", "mixed"])
+def test_compiled_backend_agrees_at_every_scale(scale):
+    from normscope.nn import rms_norm as rms_mod
+
+    if rms_mod.compiled_kernel() is None:
+        pytest.skip("torch.compile does not work on this machine")
+    dtype = torch.float32
+    x = _input(dtype, _magnitudes(dtype)["one" if scale == "mixed" else scale], mixed=scale == "mixed")
+    m = _module("rmsnorm", dtype, 1e-5)
+    m.backend = "compile"
+    ref = _oracle("rmsnorm", x, m.weight.double(), m.bias.double(), 1e-5)
+    with torch.no_grad():
+        out = m(x)
+    assert out.dtype == dtype
+    assert (out.double() - ref).abs().max().item() <= _tol(dtype, N, ref, bias=m.bias.double())
+
+
+def test_auto_backend_measures_and_caches(monkeypatch):
+    from normscope.nn import rms_norm as rms_mod
+
+    monkeypatch.setattr(rms_mod, "_auto_candidates", lambda: ["eager", "torch"])
+    monkeypatch.setattr(rms_mod, "_choice", {})
+    calls = []
+    real = rms_mod._measure
+    monkeypatch.setattr(rms_mod, "_measure", lambda *a: calls.append(1) or real(*a))
+    m = _module("rmsnorm", torch.float32, 1e-5)
+    m.backend = "auto"
+    x = torch.randn(33, N)
+    out = m(x)
+    m(torch.randn(40, N))  # same (device, dtype, width, rows) bucket: no second measurement
+    assert len(calls) == 1
+    (key, choice), = rms_mod.auto_choices().items()
+    assert key == ("cpu", torch.float32, N.bit_length(), 33 .bit_length() // 2) and choice in ("eager", "torch")
+    ref = reference("rmsnorm", x, m.weight, m.bias, eps=1e-5)
+    assert (out.double() - ref).abs().max().item() <= _tol(torch.float32, N, ref, bias=m.bias.double())
+    assert m.backend == "auto"  # the measurement restored it
+
+
+def test_auto_without_compile_opt_in_is_eager(monkeypatch):
+    from normscope.nn import rms_norm as rms_mod
+
+    monkeypatch.delenv("NORMSCOPE_COMPILE", raising=False)
+    assert rms_mod._auto_candidates() == ["eager"]
