@@ -296,3 +296,29 @@ def test_auto_without_compile_opt_in_is_eager(monkeypatch):
 
     monkeypatch.delenv("NORMSCOPE_COMPILE", raising=False)
     assert rms_mod._auto_candidates() == ["eager"]
+
+
+@pytest.mark.parametrize("scale", ["one", "1e30"])
+def test_group_layernorm_compiled_backend_agrees(scale):
+    from normscope.nn import group_layer_norm as lng
+
+    if lng.compiled_kernel() is None:
+        pytest.skip("torch.compile does not work on this machine")
+    x = _input(torch.float32, _magnitudes(torch.float32)[scale], rows=5)
+    eager = nsn.GroupLayerNorm(N, 8, backend="eager")
+    with torch.no_grad():
+        eager.weight.uniform_(1.0, 1.5)
+        eager.bias.normal_()
+    comp = nsn.GroupLayerNorm(N, 8, backend="compile")
+    comp.load_state_dict(eager.state_dict())
+    with torch.no_grad():
+        a, b = eager(x), comp(x)
+        b3 = comp(x.reshape(5, 1, N)).reshape(5, N)  # leading dims and another row count
+    ref = a.double()
+    tol = _tol(torch.float32, N // 8, ref, bias=eager.bias.double())
+    assert (b.double() - ref).abs().max().item() <= tol and torch.equal(b, b3)
+
+
+def test_group_layernorm_bad_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        nsn.GroupLayerNorm(8, 2, backend="triton")

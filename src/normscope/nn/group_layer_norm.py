@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from normscope.nn._checks import check_eps, check_input, resolve_affine
-from normscope.nn.functional import NormTrace, decompose, stats_unreliable
+from normscope.nn.functional import NormTrace, decompose, rows_dynamic, stats_unreliable
+
+
+_compiled = None
+
+
+def _lng_kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, groups: int, eps: float):
+    xg = x.unflatten(-1, (groups, x.shape[-1] // groups))
+    xg = xg.float() if xg.dtype not in (torch.float32, torch.float64) else xg
+    mean = xg.mean(-1, keepdim=True)
+    p = xg - mean
+    ms = p.square().mean(-1, keepdim=True) + eps
+    z = (p * torch.rsqrt(ms)).flatten(-2)
+    if weight is not None:
+        z = z * weight
+    if bias is not None:
+        z = z + bias
+    return z.to(x.dtype), ms, mean
+
+
+def compiled_kernel():
+    """torch.compile'd LN-G (one fused pass for the statistics, one for output and affine),
+    built once per process; ``None`` where no compiler works (a warning says so once)."""
+    global _compiled
+    if _compiled is None:
+        try:
+            _compiled = torch.compile(_lng_kernel, dynamic=False)  # rows marked dynamic per call
+            _compiled(torch.ones(2, 4), torch.ones(4), torch.zeros(4), 2, 1e-5)
+        except Exception as err:  # no C++ compiler, unsupported platform, ...
+            warnings.warn(f"torch.compile is unavailable here ({type(err).__name__}); GroupLayerNorm uses the eager kernel")
+            _compiled = False
+    return _compiled or None
 
 
 class GroupLayerNorm(nn.Module):
@@ -26,10 +60,16 @@ class GroupLayerNorm(nn.Module):
     Output dtype = input dtype (torch's LayerNorm convention), for ``forward`` and ``trace``
     alike; the affine step runs in float32 (float64 for float64 input) and is rounded once.
     Rows whose group statistics overflow or underflow in the fused kernel are recomputed with
-    the exactly rescaled :meth:`trace` path. Speed (``benchmarks/bench_nn.py``): one fused
-    ``F.layer_norm`` over the (…, groups, C/g) view plus one in-place ``addcmul`` for the
-    per-neuron affine; the short rows of the grouped view are what costs against a full-width
-    ``F.layer_norm``.
+    the exactly rescaled :meth:`trace` path.
+
+    **Backends** (``benchmarks/bench_nn.py`` measures both against ``F.layer_norm``): ``"eager"``
+    — one fused ``F.layer_norm`` over the (…, groups, C/g) view plus one in-place ``addcmul``
+    for the per-neuron affine; on CPU the short rows of the grouped view, not the affine, are
+    what costs against a full-width ``F.layer_norm`` (``F.group_norm`` on the same data is
+    slower still). ``"compile"`` — a ``torch.compile``'d kernel that fuses the affine into the
+    normalising pass (compiled once per process, ~20 s; eager with a warning where no compiler
+    works). ``"auto"`` — ``"compile"`` when ``NORMSCOPE_COMPILE=1`` is set and a compiler works,
+    else ``"eager"`` (a library must not start a 20-s compile, or need a C++ toolchain, unasked).
 
     **Arguments:** ``normalized_shape`` (C, an int), ``num_groups`` (divides C), ``eps`` ≥ 0,
     ``elementwise_affine`` (alias ``affine``: per-neuron ``weight`` and ``bias`` of shape (C,)),
@@ -45,10 +85,14 @@ class GroupLayerNorm(nn.Module):
         *,
         elementwise_affine: bool = True,
         bias: bool | None = None,
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if backend not in ("auto", "eager", "compile"):
+            raise ValueError(f"backend must be one of ('auto', 'eager', 'compile'), got {backend!r}")
+        self.backend = backend
         if isinstance(normalized_shape, (tuple, list, torch.Size)):
             if len(normalized_shape) != 1:
                 raise ValueError(f"GroupLayerNorm normalizes one feature dim; got normalized_shape={normalized_shape!r}")
@@ -71,6 +115,18 @@ class GroupLayerNorm(nn.Module):
         return x.unflatten(-1, (self.num_groups, self.group_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = self.backend
+        if backend == "auto":
+            backend = "compile" if os.environ.get("NORMSCOPE_COMPILE") == "1" else "eager"
+        kernel = compiled_kernel() if backend == "compile" else None
+        if kernel is not None:
+            check_input(x, self.normalized_shape, type(self).__name__)
+            w = self.weight.float() if self.weight is not None and x.dtype != torch.float64 else self.weight
+            b = self.bias.float() if self.bias is not None and x.dtype != torch.float64 else self.bias
+            z, ms, mean = kernel(rows_dynamic(x), w, b, self.num_groups, self.eps)
+            if bool((stats_unreliable(ms) | ~torch.isfinite(mean)).any()):
+                return self.trace(x).output
+            return z.reshape(x.shape)
         xg = self._grouped(x)
         z, mean, rstd = torch.native_layer_norm(xg, (self.group_size,), None, None, self.eps)
         if bool((stats_unreliable(rstd.float().square().reciprocal()) | ~torch.isfinite(mean)).any()):

@@ -12,27 +12,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from normscope.nn._checks import Shape, as_shape, check_eps, check_input, resolve_affine
-from normscope.nn.functional import NormTrace, _affine, decompose, rms_norm, safe_normalize, stats_unreliable
+from normscope.nn.functional import NormTrace, _affine, decompose, rms_norm, rows_dynamic, safe_normalize, stats_unreliable
 
 BACKENDS = ("auto", "eager", "compile", "torch")
 _compiled = None
 _choice: dict[tuple, str] = {}  # (device type, dtype, log2 width, log4 rows) -> measured fastest backend
 
 
-def _kernel(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
     xf = x.float() if x.dtype not in (torch.float32, torch.float64) else x
     ms = xf.square().mean(-1, keepdim=True) + eps
-    return xf * torch.rsqrt(ms), ms
+    z = xf * torch.rsqrt(ms)
+    if weight is not None:
+        z = z * weight
+    if bias is not None:
+        z = z + bias
+    return z.to(x.dtype), ms
 
 
 def compiled_kernel():
-    """torch.compile'd x ↦ (x/√(mean(x²)+ε), mean(x²)+ε) with dynamic shapes, built once per
-    process; ``None`` when no compiler works here (a warning says so once)."""
+    """torch.compile'd (x, g, b) ↦ (g ⊙ x/√(mean(x²)+ε) + b, mean(x²)+ε), one fused pass per
+    reduction; ``None`` when no compiler works here (a warning says so once)."""
     global _compiled
     if _compiled is None:
         try:
-            _compiled = torch.compile(_kernel, dynamic=True)
-            _compiled(torch.ones(2, 4), 1e-5)
+            _compiled = torch.compile(_kernel, dynamic=False)  # rows marked dynamic per call
+            _compiled(torch.ones(2, 4), torch.ones(4), None, 1e-5)
         except Exception as err:  # no C++ compiler, unsupported platform, ...
             warnings.warn(f"torch.compile is unavailable here ({type(err).__name__}); RMSNorm uses the eager kernel")
             _compiled = False
@@ -58,8 +63,8 @@ class RMSNorm(nn.Module):
 
     - ``"eager"``: two passes (one ``vector_norm``, one scale, in-place affine); on CPU near
       copy speed, where torch 2.13's ``F.rms_norm`` is about 3× slower than ``F.layer_norm``.
-    - ``"compile"``: a ``torch.compile``'d kernel (dynamic shapes, compiled once per process,
-      ~20 s), falling back to eager with a warning where no compiler works.
+    - ``"compile"``: a ``torch.compile``'d kernel (static width, dynamic rows: compiled once per
+      width and dtype, ~20 s), falling back to eager with a warning where no compiler works.
     - ``"torch"``: ``F.rms_norm`` verbatim (fused on CUDA), including torch's overflow for
       |x| ≳ 1e19 in float32; the other backends recompute such rows exactly.
     - ``"auto"`` (default): the fastest *measured* of the candidate backends, per (device type,
@@ -111,11 +116,14 @@ class RMSNorm(nn.Module):
             kernel = compiled_kernel()
             if kernel is not None:
                 eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-                xhat, ms = kernel(x, eps)
+                cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+                w = self.weight.to(cdt) if self.weight is not None else None
+                b = self.bias.to(cdt) if self.bias is not None else None
+                z, ms = kernel(rows_dynamic(x), w, b, eps)
                 if bool(stats_unreliable(ms).any()):
-                    xf = x.float() if x.dtype not in (torch.float32, torch.float64) else x
-                    _, xhat, _ = safe_normalize(xf, (-1,), eps, project=False)
-                return _affine(xhat, self.weight, self.bias, x.dtype)
+                    _, xhat, _ = safe_normalize(x.to(cdt), (-1,), eps, project=False)
+                    return _affine(xhat, self.weight, self.bias, x.dtype)
+                return z.reshape(x.shape)
         if backend == "torch":
             z = F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
             return z + self.bias if self.bias is not None else z
