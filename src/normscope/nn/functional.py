@@ -154,13 +154,20 @@ def rows_dynamic(x: torch.Tensor) -> torch.Tensor:
     return x2
 
 
-def stats_unreliable(mean_square_plus_eps: torch.Tensor) -> torch.Tensor:
-    """True where a fused kernel's per-row mean(p²) + ε overflowed, is NaN, or lies so close to
-    underflow (below tiny/eps of its dtype, 2^-103 in float32) that its rounding is no longer
-    relative. Those rows are recomputed with :func:`safe_normalize`."""
-    fi = torch.finfo(mean_square_plus_eps.dtype)
-    v = mean_square_plus_eps
-    return ~torch.isfinite(v) | (v < fi.tiny / fi.eps)
+def stats_reliable(mean_square_plus_eps: torch.Tensor | None = None, *, rstd: torch.Tensor | None = None) -> bool:
+    """Whether a fused kernel's per-row statistics can be trusted: every mean(p²) + ε (or
+    1/rstd²) finite and at least tiny/eps of its dtype (2^-103 in float32), below which its
+    rounding is no longer relative. One ``aminmax`` over the rows (a few µs); when False the
+    modules recompute with :func:`safe_normalize`. NaN compares False, so it fails too."""
+    v = (rstd if rstd is not None else mean_square_plus_eps).detach()
+    if v.numel() == 0:
+        return True
+    fi = torch.finfo(v.dtype)
+    lo, hi = torch.aminmax(v)
+    lo, hi = float(lo), float(hi)
+    if rstd is not None:  # 1/rstd² >= tiny/eps  <=>  rstd <= √(eps/tiny); rstd = 0 means overflow
+        return lo > 0.0 and hi <= math.sqrt(fi.eps / fi.tiny)
+    return lo >= fi.tiny / fi.eps and math.isfinite(hi)
 
 
 def rms_norm(
@@ -186,7 +193,7 @@ def rms_norm(
         eps = torch.finfo(x.dtype).eps
     norm = torch.linalg.vector_norm(xc, dim=dims, keepdim=True)
     ms = norm.square() / d + eps  # per row: cheap
-    if bool(stats_unreliable(ms).any()):
+    if not stats_reliable(ms):
         _, xhat, _ = safe_normalize(xc, dims, eps, project=False)
         return _affine(xhat, weight, bias, x.dtype)
     return _affine(xc, weight, bias, x.dtype, torch.rsqrt(ms))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normscope.nn._checks import check_eps, check_input, resolve_affine
-from normscope.nn.functional import NormTrace, decompose, rows_dynamic, stats_unreliable
+from normscope.nn.functional import NormTrace, decompose, rows_dynamic, stats_reliable
 
 
 _compiled = None
@@ -124,12 +124,12 @@ class GroupLayerNorm(nn.Module):
             w = self.weight.float() if self.weight is not None and x.dtype != torch.float64 else self.weight
             b = self.bias.float() if self.bias is not None and x.dtype != torch.float64 else self.bias
             z, ms, mean = kernel(rows_dynamic(x), w, b, self.num_groups, self.eps)
-            if bool((stats_unreliable(ms) | ~torch.isfinite(mean)).any()):
+            if not stats_reliable(ms) or not bool(torch.isfinite(mean).all()):
                 return self.trace(x).output
             return z.reshape(x.shape)
         xg = self._grouped(x)
         z, mean, rstd = torch.native_layer_norm(xg, (self.group_size,), None, None, self.eps)
-        if bool((stats_unreliable(rstd.float().square().reciprocal()) | ~torch.isfinite(mean)).any()):
+        if not stats_reliable(rstd=rstd):
             return self.trace(x).output
         z = z.flatten(-2)
         if self.weight is None and self.bias is None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normscope.nn._checks import Shape, as_shape, check_eps, check_input, resolve_affine
-from normscope.nn.functional import RADII, NormTrace, decompose, radius_factor, rms_norm, stats_unreliable
+from normscope.nn.functional import RADII, NormTrace, decompose, radius_factor, rms_norm, stats_reliable
 
 
 class LayerNorm(nn.Module):
@@ -108,7 +108,7 @@ class LayerNorm(nn.Module):
         if not self.project:
             return rms_norm(x, self.normalized_shape, weight, self.bias, self.eps)
         out, mean, rstd = torch.native_layer_norm(x, self.normalized_shape, weight, self.bias, self.eps)
-        if bool((stats_unreliable(rstd.square().reciprocal()) | ~torch.isfinite(mean)).any()):
+        if not stats_reliable(rstd=rstd):  # (Welford's running mean cannot overflow)
             return self._decompose(x).output
         return out
 

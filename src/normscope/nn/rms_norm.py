@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normscope.nn._checks import Shape, as_shape, check_eps, check_input, resolve_affine
-from normscope.nn.functional import NormTrace, _affine, decompose, rms_norm, rows_dynamic, safe_normalize, stats_unreliable
+from normscope.nn.functional import NormTrace, _affine, decompose, rms_norm, rows_dynamic, safe_normalize, stats_reliable
 
 BACKENDS = ("auto", "eager", "compile", "torch")
 _compiled = None
@@ -120,7 +120,7 @@ class RMSNorm(nn.Module):
                 w = self.weight.to(cdt) if self.weight is not None else None
                 b = self.bias.to(cdt) if self.bias is not None else None
                 z, ms = kernel(rows_dynamic(x), w, b, eps)
-                if bool(stats_unreliable(ms).any()):
+                if not stats_reliable(ms):
                     _, xhat, _ = safe_normalize(x.to(cdt), (-1,), eps, project=False)
                     return _affine(xhat, self.weight, self.bias, x.dtype)
                 return z.reshape(x.shape)
