@@ -112,7 +112,7 @@ def main() -> None:
                 contenders["nn.RMSNorm compile"] = lambda: rms["compile"](x)
                 contenders[f"nn.GroupLayerNorm g={args.groups} compile"] = lambda: lng["compile"](x)
             rms["auto"](x)  # the first call measures and caches the auto choice for this shape
-            bench.record(f"rmsnorm_auto_choice_{tag}", rms_mod.auto_choices())
+            bench.record(f"rmsnorm_auto_choice_{tag}", {str(key): v for key, v in rms_mod.auto_choices().items()})
             c = bench.compare(contenders, rounds=args.rounds, warmup=2, sync=sync,
                               label=f"{args.rows}x{d} {args.dtype} on {dev}")
             bench.ratio(c, "nn.LayerNorm", "F.layer_norm", key=f"layernorm_vs_F.layer_norm_{tag}", target="<= 1.05",

@@ -285,7 +285,8 @@ def test_auto_backend_measures_and_caches(monkeypatch):
     m(torch.randn(40, N))  # same (device, dtype, width, rows) bucket: no second measurement
     assert len(calls) == 1
     (key, choice), = rms_mod.auto_choices().items()
-    assert key == ("cpu", torch.float32, N.bit_length(), 33 .bit_length() // 2) and choice in ("eager", "torch")
+    assert key == ("cpu", torch.float32, N.bit_length(), 33 .bit_length() // 2, torch.get_num_threads())
+    assert choice in ("eager", "torch")
     ref = reference("rmsnorm", x, m.weight, m.bias, eps=1e-5)
     assert (out.double() - ref).abs().max().item() <= _tol(torch.float32, N, ref, bias=m.bias.double())
     assert m.backend == "auto"  # the measurement restored it

@@ -16,7 +16,7 @@ from normscope.nn.functional import NormTrace, _affine, decompose, rms_norm, row
 
 BACKENDS = ("auto", "eager", "compile", "torch")
 _compiled = None
-_choice: dict[tuple, str] = {}  # (device type, dtype, log2 width, log4 rows) -> measured fastest backend
+_choice: dict[tuple, str] = {}  # (device type, dtype, log2 width, log4 rows, threads) -> fastest measured
 
 
 def _kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
@@ -68,7 +68,7 @@ class RMSNorm(nn.Module):
     - ``"torch"``: ``F.rms_norm`` verbatim (fused on CUDA), including torch's overflow for
       |x| ≳ 1e19 in float32; the other backends recompute such rows exactly.
     - ``"auto"`` (default): the fastest *measured* of the candidate backends, per (device type,
-      dtype, width rounded to a power of 2, rows rounded to a power of 4), decided the first time
+      dtype, width rounded to a power of 2, rows rounded to a power of 4, torch threads), decided the first time
       such a shape is seen by a micro-benchmark (3 interleaved calls each on the real input,
       a few ms) and cached for the process. Candidates: ``"eager"``, plus ``"compile"`` when
       ``NORMSCOPE_COMPILE=1`` is set and a compiler works. Why not always compile: the first
@@ -131,7 +131,7 @@ class RMSNorm(nn.Module):
 
     def _auto(self, x: torch.Tensor) -> str:
         rows = max(1, x.numel() // self.dim)
-        key = (x.device.type, x.dtype, self.dim.bit_length(), rows.bit_length() // 2)
+        key = (x.device.type, x.dtype, self.dim.bit_length(), rows.bit_length() // 2, torch.get_num_threads())
         if key not in _choice:
             cands = _auto_candidates() if len(self.normalized_shape) == 1 else ["eager"]
             _choice[key] = cands[0] if len(cands) == 1 else _measure(self, x, cands)
@@ -173,5 +173,5 @@ def _measure(m: RMSNorm, x: torch.Tensor, cands: list[str]) -> str:
 
 
 def auto_choices() -> dict[tuple, str]:
-    """The backends ``RMSNorm(backend="auto")`` chose so far, by (device, dtype, log2 width, log4 rows)."""
+    """The backends ``RMSNorm(backend="auto")`` chose so far, by (device, dtype, log2 width, log4 rows, threads)."""
     return dict(_choice)
