@@ -276,8 +276,8 @@ def test_auto_backend_measures_and_caches(monkeypatch):
     monkeypatch.setattr(rms_mod, "_auto_candidates", lambda: ["eager", "torch"])
     monkeypatch.setattr(rms_mod, "_choice", {})
     calls = []
-    real = rms_mod._measure
-    monkeypatch.setattr(rms_mod, "_measure", lambda *a: calls.append(1) or real(*a))
+    real = rms_mod.measure
+    monkeypatch.setattr(rms_mod, "measure", lambda *a: calls.append(1) or real(*a))
     m = _module("rmsnorm", torch.float32, 1e-5)
     m.backend = "auto"
     x = torch.randn(33, N)
@@ -293,10 +293,14 @@ def test_auto_backend_measures_and_caches(monkeypatch):
 
 
 def test_auto_without_compile_opt_in_is_eager(monkeypatch):
+    from normscope.nn import group_layer_norm as lng
     from normscope.nn import rms_norm as rms_mod
 
     monkeypatch.delenv("NORMSCOPE_COMPILE", raising=False)
     assert rms_mod._auto_candidates() == ["eager"]
+    monkeypatch.setattr(lng, "_choice", {})
+    nsn.GroupLayerNorm(N, 8)(torch.randn(3, N))
+    assert list(lng._choice.values()) == ["eager"]
 
 
 @pytest.mark.parametrize("scale", ["one", "1e30"])

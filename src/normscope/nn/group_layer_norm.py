@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normscope.nn._autotune import bucket, measure
 from normscope.nn._checks import check_eps, check_input, resolve_affine
 from normscope.nn.functional import NormTrace, decompose, rows_dynamic, stats_reliable
 
 
 _compiled = None
+_choice: dict[tuple, str] = {}  # bucket (see normscope.nn._autotune) -> fastest measured backend
 
 
 def _lng_kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, groups: int, eps: float):
@@ -68,8 +70,10 @@ class GroupLayerNorm(nn.Module):
     what costs against a full-width ``F.layer_norm`` (``F.group_norm`` on the same data is
     slower still). ``"compile"`` — a ``torch.compile``'d kernel that fuses the affine into the
     normalising pass (compiled once per process, ~20 s; eager with a warning where no compiler
-    works). ``"auto"`` — ``"compile"`` when ``NORMSCOPE_COMPILE=1`` is set and a compiler works,
-    else ``"eager"`` (a library must not start a 20-s compile, or need a C++ toolchain, unasked).
+    works). ``"auto"`` — ``"eager"``, unless ``NORMSCOPE_COMPILE=1`` is set and a compiler works:
+    then the faster of the two, measured per (device, dtype, width, rows, threads, groups) bucket
+    on first sight and cached (``normscope.nn._autotune``; a library must not start a 20-s
+    compile, or need a C++ toolchain, unasked).
 
     **Arguments:** ``normalized_shape`` (C, an int), ``num_groups`` (divides C), ``eps`` ≥ 0,
     ``elementwise_affine`` (alias ``affine``: per-neuron ``weight`` and ``bias`` of shape (C,)),
@@ -117,7 +121,11 @@ class GroupLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = self.backend
         if backend == "auto":
-            backend = "compile" if os.environ.get("NORMSCOPE_COMPILE") == "1" else "eager"
+            key = bucket(x, self.normalized_shape[0], self.num_groups)
+            if key not in _choice:
+                compiles = os.environ.get("NORMSCOPE_COMPILE") == "1" and compiled_kernel() is not None
+                _choice[key] = measure(self, x, ["eager", "compile"]) if compiles else "eager"
+            backend = _choice[key]
         kernel = compiled_kernel() if backend == "compile" else None
         if kernel is not None:
             check_input(x, self.normalized_shape, type(self).__name__)

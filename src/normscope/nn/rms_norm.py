@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normscope.nn._autotune import bucket, measure
 from normscope.nn._checks import Shape, as_shape, check_eps, check_input, resolve_affine
 from normscope.nn.functional import NormTrace, _affine, decompose, rms_norm, rows_dynamic, safe_normalize, stats_reliable
 
@@ -130,11 +130,10 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def _auto(self, x: torch.Tensor) -> str:
-        rows = max(1, x.numel() // self.dim)
-        key = (x.device.type, x.dtype, self.dim.bit_length(), rows.bit_length() // 2, torch.get_num_threads())
+        key = bucket(x, self.dim)
         if key not in _choice:
             cands = _auto_candidates() if len(self.normalized_shape) == 1 else ["eager"]
-            _choice[key] = cands[0] if len(cands) == 1 else _measure(self, x, cands)
+            _choice[key] = cands[0] if len(cands) == 1 else measure(self, x, cands)
         return _choice[key]
 
     def trace(self, x: torch.Tensor) -> NormTrace:
@@ -149,27 +148,6 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, affine={self.weight is not None}, bias={self.bias is not None}, backend={self.backend}"
-
-
-def _measure(m: RMSNorm, x: torch.Tensor, cands: list[str]) -> str:
-    """Median of 3 interleaved timed calls per backend (after one warm-up each) on ``x``."""
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    saved = m.backend
-    times: dict[str, list[float]] = {c: [] for c in cands}
-    try:
-        with torch.no_grad():
-            for rnd in range(4):
-                for c in cands:
-                    m.backend = c
-                    sync()
-                    t0 = time.perf_counter()
-                    m(x)
-                    sync()
-                    if rnd:
-                        times[c].append(time.perf_counter() - t0)
-    finally:
-        m.backend = saved
-    return min(cands, key=lambda c: sorted(times[c])[1])
 
 
 def auto_choices() -> dict[tuple, str]:
