@@ -249,6 +249,8 @@ def test_reference_defaults_and_errors():
     with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
         reference("layernorm", x, eps=-1.0)
     assert nsn.check_eps is nsn._checks.check_eps
+    x32 = x.float()
+    assert torch.equal(reference("rmsnorm", x32, eps=None), F.rms_norm(x32.double(), (5,), eps=torch.finfo(torch.float32).eps))
 
 
 # ---------- RMSNorm backends ----------

@@ -232,7 +232,7 @@ def reference(
     x: torch.Tensor,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
-    eps: float = 1e-5,
+    eps: float | None = 1e-5,
     normalized_shape: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     r"""The float64 reference of every norm kind in normscope, written once.
@@ -257,7 +257,8 @@ def reference(
     - ``x``: floating-point tensor (..., *normalized_shape), any dtype and device.
     - ``weight``, ``bias``: gain w and shift b of shape ``normalized_shape`` (``None``: 1 and 0;
       for ``"rmsnorm_offset"`` a missing w means gain 1).
-    - ``eps``: ε ≥ 0, added to the mean square inside the root (torch's placement).
+    - ``eps``: ε ≥ 0, added to the mean square inside the root (torch's placement); ``None``
+      means the machine epsilon of ``x``'s own dtype (``torch.nn.RMSNorm``'s default).
     - ``normalized_shape``: trailing dims to normalize over; default ``weight.shape`` or, without
       a weight, the last dim.
 
@@ -267,6 +268,8 @@ def reference(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     check_eps(eps)
     check_float(x, "reference")
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
     if normalized_shape is None:
         normalized_shape = tuple(weight.shape) if weight is not None else (x.shape[-1],)
     shape = tuple(normalized_shape)
