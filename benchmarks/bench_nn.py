@@ -1,84 +1,140 @@
-"""Speed of normscope.nn against F.layer_norm and a plain copy (the memory-bandwidth floor).
+"""Speed of normscope.nn against the strongest torch references, on the shared harness.
 
-All timings are taken in one run, interleaved round by round so machine load affects every
-contender alike; the median over rounds is reported, with ratios to F.layer_norm and to copy.
+For an (rows × width) float input, in one process, interleaved round by round (``_harness.compare``),
+with 1 thread and with all cores (the same count for every contender):
 
-    .venv/bin/python benchmarks/bench_nn.py [--rows 4096] [--dim 4096] [--rounds 15] [--compile]
+- LayerNorm: ``normscope.nn.LayerNorm`` vs ``F.layer_norm`` and ``torch.compile``'d ``F.layer_norm``;
+- RMSNorm: every backend of ``normscope.nn.RMSNorm`` (eager, compile, and auto — which measures
+  and picks per shape; here with ``NORMSCOPE_COMPILE=1`` so compile is a candidate) vs
+  ``F.rms_norm`` and compiled ``F.rms_norm``;
+- GroupLayerNorm (LN-G, Ni et al., arXiv:2406.01255), 64 groups: eager and compile vs
+  ``F.layer_norm`` over the full width (the target: ≤ 1.2×) and compiled ``F.layer_norm``;
+- a plain copy (``x.clone()``), the memory-bandwidth floor; every contender allocates its output.
+
+Ratios (ours / reference, medians) go to ``benchmarks/results/bench_nn.json`` with the spread
+(IQR/median) of both sides. Compiled references are skipped, with a note, where no compiler works.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_nn.py [--rows 4096]
+        [--dim 4096] [--rounds 15] [--device cpu|cuda] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
-import torch
-import torch.nn.functional as F
+os.environ.setdefault("NORMSCOPE_COMPILE", "1")  # let RMSNorm(backend="auto") consider compile
 
-import normscope.nn as nsn
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import normscope.nn as nsn  # noqa: E402
+from _harness import Bench  # noqa: E402
+from normscope.nn import rms_norm as rms_mod  # noqa: E402
+
+
+def _compiled(fn):
+    """torch.compile(fn) with static shapes, or None where no compiler works here."""
+    try:
+        c = torch.compile(fn, dynamic=False)
+        return c
+    except Exception:  # noqa: BLE001 - reported by the caller
+        return None
+
+
+def _try(fn, x):
+    try:
+        with torch.no_grad():
+            fn(x)
+        return True
+    except Exception as err:  # noqa: BLE001
+        print(f"note: skipped a compiled contender ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
+        return False
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--dim", type=int, default=4096)
+    ap.add_argument("--groups", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--compile", action="store_true", help="also time RMSNorm(backend='compile') (compiles first)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 512x1024, 3 rounds, no JSON unless --save")
+    ap.add_argument("--save", action="store_true", help="write the JSON also with --quick")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    dev, d = torch.device(args.device), args.dim
-    x = torch.randn(args.rows, d, device=dev)
-    w, b = torch.randn(d, device=dev), torch.randn(d, device=dev)
+    if args.quick:
+        args.rows, args.dim, args.rounds = 512, 1024, 3
+    dev, d, dtype = torch.device(args.device), args.dim, getattr(torch, args.dtype)
+    bench = Bench("bench_nn" + ("_quick" if args.quick else ""))
+    bench.record("shape", [args.rows, d])
+    bench.record("dtype", args.dtype)
+    bench.record("device", str(dev))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(args.rows, d, generator=g).to(device=dev, dtype=dtype)
+    w = (1 + 0.1 * torch.randn(d, generator=g)).to(device=dev, dtype=dtype)
+    b = (0.1 * torch.randn(d, generator=g)).to(device=dev, dtype=dtype)
 
-    def mod(m):
-        m = m.to(dev)
+    def load(m):
+        m = m.to(device=dev, dtype=dtype)
         with torch.no_grad():
-            if m.weight is not None:
-                m.weight.copy_(w)
+            m.weight.copy_(w)
             if getattr(m, "bias", None) is not None:
                 m.bias.copy_(b)
         return m
 
-    contenders = {
-        "copy (bandwidth floor)": lambda: x.clone(),
-        "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b, 1e-5),
-        "F.rms_norm": lambda: F.rms_norm(x, (d,), w, 1e-5),
-        "nn.LayerNorm (all steps)": mod(nsn.LayerNorm(d)),
-        "nn.LayerNorm project=False": mod(nsn.LayerNorm(d, project=False, bias=False)),
-        "nn.LayerNorm radius=unit": mod(nsn.LayerNorm(d, radius="unit")),
-        "nn.LayerNorm radius=inv_sqrt_d, no proj": mod(nsn.LayerNorm(d, project=False, radius="inv_sqrt_d")),
-        "nn.LayerNorm scale=False": mod(nsn.LayerNorm(d, scale=False)),
-        "nn.RMSNorm (auto)": mod(nsn.RMSNorm(d, eps=1e-5)),
-        "nn.RMSNorm backend=torch": mod(nsn.RMSNorm(d, eps=1e-5, backend="torch")),
-        "nn.GroupLayerNorm g=1": mod(nsn.GroupLayerNorm(d, 1)),
-        "nn.GroupLayerNorm g=64": mod(nsn.GroupLayerNorm(d, 64)),
-    }
-    if args.compile:
-        contenders["nn.RMSNorm backend=compile"] = mod(nsn.RMSNorm(d, eps=1e-5, backend="compile"))
+    ours_ln = load(nsn.LayerNorm(d))
+    rms = {k: load(nsn.RMSNorm(d, eps=1e-5, backend=k)) for k in ("eager", "compile", "auto")}
+    lng = {k: load(nsn.GroupLayerNorm(d, args.groups, backend=k)) for k in ("eager", "compile")}
+    ln_c = _compiled(lambda t: F.layer_norm(t, (d,), w, b, 1e-5))
+    rms_c = _compiled(lambda t: F.rms_norm(t, (d,), w, 1e-5))
+    have_c = ln_c is not None and _try(ln_c, x) and rms_c is not None and _try(rms_c, x)
+    have_ours_c = rms_mod.compiled_kernel() is not None
+    bench.record("compiler_works", bool(have_c and have_ours_c))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
 
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    with torch.no_grad():
-        for f in contenders.values():  # warm-up (and compile)
-            f() if not isinstance(f, torch.nn.Module) else f(x)
-        for _ in range(args.rounds):
-            for name, f in contenders.items():
-                sync()
-                t0 = time.perf_counter()
-                f() if not isinstance(f, torch.nn.Module) else f(x)
-                sync()
-                times[name].append(time.perf_counter() - t0)
-
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    ln, cp = med["F.layer_norm"], med["copy (bandwidth floor)"]
-    print(f"{args.rows}x{d} fp32 on {dev} ({torch.get_num_threads()} threads), median of {args.rounds} interleaved rounds")
-    print(f"{'contender':42s} {'ms':>9s} {'/F.layer_norm':>14s} {'/copy':>8s}")
-    for k, v in med.items():
-        print(f"{k:42s} {v:9.2f} {v / ln:14.3f} {v / cp:8.3f}")
-    print(f"\nnormscope LayerNorm (all steps) / F.layer_norm = {med['nn.LayerNorm (all steps)'] / ln:.3f}  (target <= 1.05)")
-    print(f"normscope RMSNorm / F.rms_norm = {med['nn.RMSNorm (auto)'] / med['F.rms_norm']:.3f}")
+    for n_threads in sorted({1, os.cpu_count() or 1}):
+        with bench.threads(n_threads) as k, torch.no_grad():
+            tag = f"{k}t"
+            contenders = {
+                "copy (bandwidth floor)": lambda: x.clone(),
+                "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b, 1e-5),
+                "nn.LayerNorm": lambda: ours_ln(x),
+                "F.rms_norm": lambda: F.rms_norm(x, (d,), w, 1e-5),
+                "nn.RMSNorm eager": lambda: rms["eager"](x),
+                "nn.RMSNorm auto": lambda: rms["auto"](x),
+                f"nn.GroupLayerNorm g={args.groups} eager": lambda: lng["eager"](x),
+            }
+            if have_c:
+                contenders["compiled F.layer_norm"] = lambda: ln_c(x)
+                contenders["compiled F.rms_norm"] = lambda: rms_c(x)
+            if have_ours_c:
+                contenders["nn.RMSNorm compile"] = lambda: rms["compile"](x)
+                contenders[f"nn.GroupLayerNorm g={args.groups} compile"] = lambda: lng["compile"](x)
+            rms["auto"](x)  # the first call measures and caches the auto choice for this shape
+            bench.record(f"rmsnorm_auto_choice_{tag}", {str(key): v for key, v in rms_mod.auto_choices().items()})
+            c = bench.compare(contenders, rounds=args.rounds, warmup=2, sync=sync,
+                              label=f"{args.rows}x{d} {args.dtype} on {dev}")
+            bench.ratio(c, "nn.LayerNorm", "F.layer_norm", key=f"layernorm_vs_F.layer_norm_{tag}", target="<= 1.05",
+                        what="normscope LayerNorm (all steps) vs torch's fused kernel")
+            best_rms = min((n for n in ("F.rms_norm", "compiled F.rms_norm") if n in c.timings),
+                           key=lambda n: c.timings[n].median)
+            bench.ratio(c, "nn.RMSNorm auto", best_rms, key=f"rmsnorm_auto_vs_best_torch_{tag}", target="<= 1.0",
+                        what="RMSNorm(backend='auto') vs the faster of F.rms_norm and compiled F.rms_norm")
+            bench.ratio(c, "nn.RMSNorm eager", best_rms, key=f"rmsnorm_eager_vs_best_torch_{tag}",
+                        what="the eager two-pass kernel vs the faster torch RMSNorm")
+            for kind in ("eager", "compile"):
+                name = f"nn.GroupLayerNorm g={args.groups} {kind}"
+                if name in c.timings:
+                    bench.ratio(c, name, "F.layer_norm", key=f"lng_{kind}_vs_F.layer_norm_{tag}", target="<= 1.2",
+                                what=f"LN-G with {args.groups} groups vs full-width F.layer_norm")
+                    if have_c:
+                        bench.ratio(c, name, "compiled F.layer_norm", key=f"lng_{kind}_vs_compiled_layer_norm_{tag}",
+                                    what="the same vs compiled F.layer_norm")
+            bench.ratio(c, "F.layer_norm", "copy (bandwidth floor)", key=f"layer_norm_vs_copy_{tag}",
+                        what="how far torch's LayerNorm is from the bandwidth floor")
+    if not args.quick or args.save:
+        bench.save()
 
 
 if __name__ == "__main__":

@@ -1,36 +1,41 @@
 """Unselectable keys: keys that can never receive the strictly highest attention score.
 
 Brody, Alon & Yahav, "On the Expressivity Role of LayerNorm in Transformers' Attention",
-Findings of ACL 2023, Section 3.2. Key k_i of a finite set K is *selectable* if some query q
-gives q·k_i > q·k_j for every j != i; otherwise it is *unselectable*. For finite sets this is
-exactly k_i ∈ conv(K \\ {k_i}) (a strict separating hyperplane exists otherwise), so the
-selectable keys are the extreme points (vertices) of conv(K).
+Findings of ACL 2023 (arXiv:2305.02582), Section 3.2. Key k_i of a finite set K is *selectable*
+if some query q gives q·k_i > q·k_j for every j != i; otherwise it is *unselectable*. By Gordan's
+alternative applied to p_j = k_j - k_i, exactly one holds: a q with q·p_j < 0 for all j, or
+0 ∈ conv{p_j}, i.e. k_i ∈ conv(K \\ {k_i}). So a key is unselectable iff it lies in the convex hull
+of the *other* keys, points on an edge or face of that hull included (they tie or lose), and a
+repeated key is unselectable (two equal keys always tie).
 
-Both properties are invariant under invertible affine maps of the key space (translations
-cancel in q·k_i - q·k_j, and an invertible linear map moves the query by its transpose), so
-the test runs on whitened coordinates of the keys' affine hull: rank-deficient sets (LN
-outputs live in a (d-1)-dimensional hyperplane; n <= d keys span at most n-1 dimensions) need
-no special case and no rank assertion.
+**The decision, to a stated tolerance.** Let δ_i = dist(k_i, conv(K \\ {k_i})). Key i is declared
+unselectable iff δ_i ≤ tol·ρ_i, where ρ_i = ‖k_i‖ + Σ_j λ_j ‖k_j‖ for the convex weights λ of the
+nearest point. ρ_i is the magnitude the rounding of k_i and of the combination Σλ_j k_j scales
+with (each coordinate of a float is off by ≤ u·|coordinate|, u = 2^-53), so the criterion is
+relative: it merges neither distinct keys whose norms span 1e12 nor keys at any scale 1e±150
+(an absolute rounding of the keys would). ``tol`` = 1e-9 by default: ≈ 2^23·u, room for the
+input's own rounding (a midpoint (a+b)/2 is off by ≤ u·ρ) and for the least-squares solver's
+error (≤ n·cond·u) on all but near-singular sets, while real keys at a relative distance below
+1e-9 from the others' hull are, for attention in float32/bfloat16, indistinguishable from it.
 
-Decision procedure (steps 3–4 decide only with a checked certificate):
+Procedure (every verdict backed by a certificate checked in float64):
 
-1. duplicates (equal after rounding, see ``decimals``) are unselectable under the strict
-   definition: two equal keys always tie;
-2. affinely independent sets (n_unique <= rank + 1) are all vertices;
-   planar sets (rank 2) use Andrew's monotone chain with the same relative tolerance;
-3. pre-filter: strict arg-max of the scores under a batch of queries (each key itself, each
-   whitened key, ``n_random`` Gaussian directions); a strict winner is a vertex;
-4. each undecided key i: column generation with non-negative least squares over a growing set
-   S of other keys. ``nnls`` gives either barycentric weights λ >= 0 with Σλ = 1 and
-   Σλ_j k_j = k_i (to ``tol``): unselectable; or the residual u = k_i - Σλ_j k_j, which (by the
-   KKT conditions) is a strict witness query against S; if k_i wins under u against all keys,
-   it is selectable, else the keys that beat it join S (at least one new key per round, so at
-   most n rounds);
-5. anything left ambiguous (numerically) is settled by the exact LP (F1) with
-   ``scipy.optimize.linprog(method="highs")``: {q : (k_j - k_i)·q <= -1 for all j != i} is
-   non-empty iff k_i is selectable.
+1. pre-filter: a key that is the strict arg-max of a query q with a gap > tol·(‖k_i‖ + max‖k‖)·‖q‖
+   plus the dot products' rounding (d·u·‖q‖·max‖k‖) is selectable (the gap bounds δ_i from below).
+   Queries: each key, each centred key, ``n_random`` Gaussian directions;
+2. each remaining key: column generation over a growing set S of other keys. Non-negative
+   least squares on [p_S; M·𝟙ᵀ] λ ≈ [0; M] (p_j = k_j - k_i, M = max‖p_j‖) returns s·λ̂ with λ̂
+   the convex weights of the point of conv(S) nearest to k_i (the objective is homogeneous in
+   λ), so δ_S = ‖Σλ̂_j p_j‖. δ_S ≤ tol·ρ_i + 4(|S| + d)·u·M (the last term: the solver's
+   rounding): unselectable (conv(S) ⊂ conv(others)). Hence norms may span up to ~tol/u ≈ 1e7
+   *within* one key's neighbourhood, any range across coordinates (rescaled exactly) or overall.
+   Otherwise q = -Σλ̂_j p_j is a strict witness against S (KKT); if it beats every key by the margin
+   of step 1, k_i is selectable; else the keys that beat it join S (so at most n rounds; with S
+   all the others, δ_S = δ_i decides).
 
-``method="lp"`` skips 3–4 and runs the LP (F1) for every unique key (the reference baseline).
+``method="lp"`` runs the LP (F1) {q : (k_j - k_i)·q <= -1 for all j != i} with
+``scipy.optimize.linprog(method="highs")`` for every key (the baseline of Brody et al.'s code,
+Gurobi there); it decides with HiGHS's own feasibility tolerance (1e-7) instead of ``tol``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from scipy.optimize import linprog, nnls
 __all__ = ["unselectable", "unselectable_fraction"]
 
 _CHUNK = 1024  # queries scored per matrix product in the pre-filter
+_U = np.finfo(np.float64).eps / 2  # unit roundoff of float64
 
 
 def _as_keys(keys: Any) -> np.ndarray:
@@ -55,166 +61,134 @@ def _as_keys(keys: Any) -> np.ndarray:
     if x.shape[1] == 0:
         raise ValueError("keys must have at least one feature (d >= 1)")
     if not np.isfinite(x).all():
-        raise ValueError("keys contain NaN or Inf")
+        raise ValueError("keys contain NaN or Inf; drop or fix those rows first")
     return x
 
 
-def _whiten(x: np.ndarray, rank_rtol: float) -> tuple[np.ndarray, np.ndarray]:
-    """Whitened coordinates z (m, r) of the points in their affine hull, and the map
-    ``coeff`` (r, d) with x - mean(x) ≈ z @ coeff (so a query q acts on z as coeff @ q)."""
-    m, d = x.shape
-    centred = x - x.mean(axis=0)
-    u, s, vt = np.linalg.svd(centred, full_matrices=False)
-    if s.size == 0 or s[0] == 0.0:
-        return np.zeros((m, 0)), np.zeros((0, d))
-    r = int(np.count_nonzero(s > rank_rtol * s[0]))
-    return u[:, :r] * np.sqrt(m), (s[:r, None] / np.sqrt(m)) * vt[:r]
-
-
-def _strict_winners(z: np.ndarray, queries: np.ndarray, tol: float) -> np.ndarray:
-    """Indices of keys that are the strict arg-max (by a relative margin) of some query column."""
-    n = z.shape[0]
+def _strict_winners(x: np.ndarray, queries: np.ndarray, tol: float) -> np.ndarray:
+    """Keys that are the strict arg-max of some query column by more than the certified margin
+    tol·(‖k_i‖ + max‖k‖)·‖q‖ + rounding (so δ_i > tol·ρ_i, see the module docstring)."""
+    n, d = x.shape
     if n < 2:
         return np.arange(n)
-    scale = 1.0 + np.sqrt((z * z).sum(axis=1).max())
+    norms = np.sqrt((x * x).sum(axis=1))
+    big = norms.max()
     found = []
     for start in range(0, queries.shape[1], _CHUNK):
         q = queries[:, start : start + _CHUNK]
-        scores = z @ q
+        qn = np.linalg.norm(q, axis=0)
+        scores = x @ q
         top2 = np.partition(scores, n - 2, axis=0)[n - 2 :]
-        margin = tol * scale * np.linalg.norm(q, axis=0)
-        strict = top2[1] - top2[0] > margin
+        best = np.argmax(scores, axis=0)
+        margin = (tol * (norms[best] + big) + 4 * (d + 2) * _U * big) * qn
+        strict = (top2[1] - top2[0] > margin) & (qn > 0)
         if strict.any():
-            found.append(np.argmax(scores[:, strict], axis=0))
+            found.append(best[strict])
     return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.intp)
 
 
-def _lp_selectable(z: np.ndarray, i: int) -> bool:
-    """Exact test (F1): is {q : (z_j - z_i)·q <= -1 for all j != i} non-empty? (HiGHS)"""
-    others = np.delete(z, i, axis=0) - z[i]
-    r = z.shape[1]
-    res = linprog(
-        np.zeros(r), A_ub=others, b_ub=-np.ones(len(others)), bounds=[(None, None)] * r, method="highs"
-    )
+def _lp_selectable(x: np.ndarray, i: int) -> bool:
+    """LP (F1): is {q : (k_j - k_i)·q <= -1 for all j != i} non-empty? (HiGHS)"""
+    others = np.delete(x, i, axis=0) - x[i]
+    d = x.shape[1]
+    res = linprog(np.zeros(d), A_ub=others, b_ub=-np.ones(len(others)), bounds=[(None, None)] * d, method="highs")
     if res.status == 0:
         return True
     if res.status == 2:
         return False
-    # Numerical trouble in F1: fall back to hull membership (F2): λ >= 0, Σλ = 1, Σλ_j z_j = z_i.
-    a_eq = np.vstack([np.delete(z, i, axis=0).T, np.ones(len(others))])
-    res2 = linprog(
-        np.zeros(len(others)), A_eq=a_eq, b_eq=np.append(z[i], 1.0), bounds=(0, None), method="highs"
-    )
+    # Numerical trouble in F1: hull membership (F2): λ >= 0, Σλ = 1, Σλ_j k_j = k_i.
+    a_eq = np.vstack([np.delete(x, i, axis=0).T, np.ones(len(others))])
+    res2 = linprog(np.zeros(len(others)), A_eq=a_eq, b_eq=np.append(x[i], 1.0), bounds=(0, None), method="highs")
     if res2.status in (0, 2):
         return res2.status == 2
     raise RuntimeError(f"HiGHS could not decide key {i}: {res.message} / {res2.message}")
 
 
-def _hull_2d(z: np.ndarray, tol: float) -> np.ndarray:
-    """Strict vertices of a planar hull: Andrew's monotone chain, dropping points within a
-    relative ``tol`` of collinear (points on an edge are not vertices: they tie or lose)."""
-    n = z.shape[0]
-    order = np.lexsort((z[:, 1], z[:, 0]))
-    eps = tol * (1.0 + float(np.sqrt((z * z).sum(axis=1).max())))
+def _hull_distance(x: np.ndarray, norms: np.ndarray, i: int, s_idx: np.ndarray) -> tuple[float, float, np.ndarray, float]:
+    """(δ_S, ρ_i, w, floor): distance of k_i to conv(k_S), its scale ρ_i, w = Σ λ̂_j (k_j - k_i), and
+    the rounding floor of δ_S.
 
-    xs, ys = z[:, 0].tolist(), z[:, 1].tolist()
+    The augmented NNLS minimiser is λ = s·λ̂ with λ̂ the nearest point's convex weights
+    (positive homogeneity of λ ↦ Σλ_j p_j), so δ_S = ‖Σ λ̂_j p_j‖ evaluated directly, which
+    upper-bounds the distance (it is a point of the hull). ``floor`` = 4(|S| + d)·u·M bounds the
+    error of a backward-stable least-squares solve of a matrix of norm ~M (Lawson–Hanson NNLS
+    leaves weights of ~u instead of exact zeros, e.g. 7e-17 where 0 is exact).
+    """
+    p = x[s_idx] - x[i]  # (|S|, d)
+    pn = np.sqrt((p * p).sum(axis=1))
+    m = float(pn.max())
+    if m == 0.0:  # every key of S equals k_i
+        return 0.0, float(norms[i]), np.zeros(x.shape[1]), 0.0
+    a = np.vstack([p.T, np.full(len(s_idx), m)])
+    b = np.zeros(x.shape[1] + 1)
+    b[-1] = m
+    try:
+        lam, _ = nnls(a, b, maxiter=50 * (len(s_idx) + x.shape[1]))
+    except RuntimeError:  # no convergence: let the caller fall back to the LP
+        return math.nan, math.nan, np.zeros(x.shape[1]), math.nan
+    total = lam.sum()
+    if not total > 0:
+        return math.nan, math.nan, np.zeros(x.shape[1]), math.nan
+    lam = lam / total
+    w = lam @ p
+    rho = float(norms[i] + lam @ norms[s_idx])
+    floor = 4 * (len(s_idx) + x.shape[1]) * _U * m
+    return float(np.linalg.norm(w)), rho, w, floor
 
-    def chain(idx):
-        out: list[int] = []
-        for i in idx:
-            xi, yi = xs[i], ys[i]
-            while len(out) >= 2:
-                o, a = out[-2], out[-1]
-                cross = (xs[a] - xs[o]) * (yi - ys[o]) - (ys[a] - ys[o]) * (xi - xs[o])
-                # keep a only if it lies strictly (by eps) left of the line o -> i
-                if cross <= eps * math.hypot(xi - xs[o], yi - ys[o]):
-                    out.pop()
-                else:
-                    break
-            out.append(i)
-        return out
 
-    lower, upper = chain(order.tolist()), chain(order[::-1].tolist())
-    sel = np.zeros(n, dtype=bool)
-    sel[lower[:-1] + upper[:-1]] = True
-    return sel
-
-
-def _decide_unique(z: np.ndarray, method: str, tol: float, n_random: int, seed: int, queries: np.ndarray | None) -> np.ndarray:
-    """Selectable mask for distinct points with full-rank whitened coordinates z (n, r)."""
-    n, r = z.shape
-    if r == 0:
-        return np.ones(n, dtype=bool)  # a single distinct point
-    if n <= r + 1:
-        return np.ones(n, dtype=bool)  # affinely independent: every point is a vertex
-    if r == 1:
-        sel = np.zeros(n, dtype=bool)
-        sel[[np.argmin(z[:, 0]), np.argmax(z[:, 0])]] = True
-        return sel
-    if method == "lp":
-        return np.array([_lp_selectable(z, i) for i in range(n)])
-    if r == 2:
-        return _hull_2d(z, tol)
-
+def _decide(x: np.ndarray, tol: float, n_random: int, seed: int) -> np.ndarray:
+    """Selectable mask (see the module docstring) for keys x (n, d), already scaled to max-abs ~1."""
+    n, d = x.shape
+    if n == 1:
+        return np.ones(1, dtype=bool)
+    norms = np.sqrt((x * x).sum(axis=1))
+    big = float(norms.max())
     rng = np.random.default_rng(seed)
-    parts = [z.T, rng.standard_normal((r, n_random))]
-    if queries is not None:
-        parts.append(queries)
+    centred = x - x.mean(axis=0)
+    queries = np.hstack([x.T, centred.T, rng.standard_normal((d, n_random))])
     selectable = np.zeros(n, dtype=bool)
-    selectable[_strict_winners(z, np.hstack(parts), tol)] = True
+    selectable[_strict_winners(x, queries, tol)] = True
     decided = selectable.copy()
-
-    scale = 1.0 + np.sqrt((z * z).sum(axis=1).max())
-    atol = tol * scale
-    zaug = np.hstack([z, np.ones((n, 1))])  # [z_j, 1]: NNLS rows for Σλ_j z_j = z_i and Σλ_j = 1
-    # Outer keys first: they are more likely vertices, and the vertices found grow every S.
-    order = np.argsort(-(z * z).sum(axis=1))
+    # Outer keys first: they are more likely vertices, and the vertices found seed every S.
+    order = np.argsort(-(centred * centred).sum(axis=1))
     for i in order:
         if decided[i]:
             continue
-        s_idx = np.flatnonzero(selectable)
-        s_idx = s_idx[s_idx != i]
-        if s_idx.size == 0:
-            s_idx = np.delete(np.arange(n), i)
-        elif s_idx.size > 8 * r:  # start from the known vertices most aligned with z_i
-            s_idx = s_idx[np.argpartition(-(z[s_idx] @ z[i]), 8 * r)[: 8 * r]]
+        dist = ((x - x[i]) ** 2).sum(axis=1)
+        dist[i] = np.inf
+        start = set(np.argpartition(dist, min(d, n - 2))[: min(d, n - 2) + 1].tolist())  # nearest keys
+        known = np.flatnonzero(selectable)
+        known = known[known != i]
+        if known.size > 4 * d:  # the known vertices most aligned with k_i
+            known = known[np.argpartition(-(centred[known] @ centred[i]), 4 * d)[: 4 * d]]
+        start.update(known.tolist())
+        start.discard(int(i))
         in_s = np.zeros(n, dtype=bool)
-        in_s[s_idx] = True
+        in_s[list(start)] = True
         verdict: bool | None = None
-        for _ in range(n):  # each round adds >= 1 key to S, so this bound is never reached
-            a = zaug[s_idx].T
-            try:
-                lam, _ = nnls(a, zaug[i], maxiter=50 * a.shape[1])
-            except RuntimeError:
+        for _ in range(n):  # each round adds >= 1 key to S
+            s_idx = np.flatnonzero(in_s)
+            delta, rho, w, floor = _hull_distance(x, norms, i, s_idx)
+            if math.isnan(delta):
                 break
-            u = z[i] - lam @ z[s_idx]
-            gap = 1.0 - lam.sum()
-            unorm = np.linalg.norm(u)
-            if unorm <= atol and abs(gap) <= tol:
-                verdict = False  # z_i = Σλ_j z_j with λ in the simplex: inside the hull of others
+            if delta <= tol * rho + floor:
+                verdict = False  # within tol·ρ_i of conv(S) ⊂ conv(others)
                 break
-            if unorm <= atol:
-                break  # degenerate witness: let the LP decide
-            scores = z @ u
-            si = scores[i]
+            q = -w
+            qn = float(np.linalg.norm(q))
+            scores = (x - x[i]) @ q  # q·(k_j - k_i): all < -margin certifies k_i
             scores[i] = -np.inf
-            margin = tol * scale * unorm
-            if si - scores.max() > margin:
+            margin = (tol * (norms[i] + big) + 4 * (d + 2) * _U * big) * qn
+            if qn > 0 and scores.max() < -margin:
                 verdict = True
                 break
-            beaters = np.flatnonzero((scores >= si - margin) & ~in_s)
+            beaters = np.flatnonzero((scores >= -margin) & ~in_s)
             if beaters.size == 0:
+                verdict = True if in_s.sum() == n - 1 else None  # S = all others: δ_S = δ_i > tol·ρ_i
                 break
-            top = np.argmax(scores)
-            # The strict arg-max of any query is a vertex of the whole set.
-            second = max(np.partition(scores, n - 2)[n - 2], si)
-            if scores[top] - second > margin and not selectable[top]:
-                selectable[top] = decided[top] = True
-            add = beaters[np.argsort(-scores[beaters])[: max(4, r // 4)]]
-            in_s[add] = True
-            s_idx = np.flatnonzero(in_s)
+            in_s[beaters[np.argsort(-scores[beaters])[: max(4, d // 4)]]] = True
         if verdict is None:
-            verdict = _lp_selectable(z, i)
+            verdict = _lp_selectable(x, i)
         selectable[i] = verdict
         decided[i] = True
     return selectable
@@ -225,30 +199,26 @@ def unselectable(
     *,
     method: str = "auto",
     tol: float = 1e-9,
-    rank_rtol: float = 1e-10,
-    decimals: int | None = 12,
     n_random: int = 256,
     seed: int = 0,
 ) -> np.ndarray:
     """Mask of keys that can never get the strictly highest score q·k for any query q.
 
-    Brody et al. (2023), Sec. 3.2: k_i is unselectable iff k_i ∈ conv(K \\ {k_i}). Exact up to
-    the relative tolerance ``tol`` on whitened coordinates (certificates: a witness query with
-    a strict relative margin ``tol``, or convex weights reproducing k_i to ``tol``; the HiGHS
-    LP with its own 1e-7 feasibility tolerance settles numerically ambiguous keys).
+    Brody et al. (arXiv:2305.02582), Sec. 3.2: k_i is unselectable iff k_i ∈ conv(K \\ {k_i}),
+    points on the boundary of that hull included, repeated keys included (they always tie).
+    Decided as dist(k_i, conv(K \\ {k_i})) ≤ tol·ρ_i with ρ_i = ‖k_i‖ + Σλ_j‖k_j‖, the scale of
+    the rounding of k_i and of its nearest convex combination (module docstring). A single key
+    (n = 1) is selectable. Works for any n and d >= 1, rank-deficient sets included (no rank
+    decision is made), and for keys at any scale (each coordinate is first divided by a power of
+    two near its largest |value|, which is exact and changes no verdict).
 
-    **Conventions.** Duplicates: keys that coincide (after rounding the keys, scaled to unit
-    max-abs, to ``decimals`` places; ``None`` = exact equality) are all unselectable, since
-    they always tie (the strict definition; the original code's LP does not flag them).
-    A single key (n = 1) is selectable. Directions of the keys' affine hull whose singular
-    value is below ``rank_rtol`` times the largest are treated as zero; for vectors projected
-    in float32 (e.g. LN outputs), re-project in float64 first, or float32 residue along 𝟙 will
-    count as a real dimension. Works for any n and d >= 1 (n <= d: the hull is at most
-    (n-1)-dimensional and handled exactly).
+    **Arguments:**
 
-    **Arguments:** ``keys`` (n, d) array or tensor (converted to float64); ``method`` "auto"
-    (pre-filters + certified column generation + LP fallback) or "lp" (the LP F1 for every
-    key); ``n_random`` random Gaussian pre-filter queries; ``seed`` for those queries.
+    - ``keys``: (n, d) array or tensor (converted to float64).
+    - ``method``: ``"auto"`` (certified pre-filter + column generation, LP only if NNLS fails to
+      converge) or ``"lp"`` (the LP F1 for every key, HiGHS's tolerances).
+    - ``tol``: relative tolerance of the distance criterion (default 1e-9, see above).
+    - ``n_random``, ``seed``: random Gaussian pre-filter queries.
 
     **Returns:** boolean array (n,), True where the key is unselectable.
     """
@@ -260,20 +230,16 @@ def unselectable(
     n = x.shape[0]
     if n == 0:
         return np.zeros(0, dtype=bool)
-    amax = np.abs(x).max()
-    xs = x / amax if amax > 0 else x
-    key = np.round(xs, decimals) if decimals is not None else xs
-    _, first, inverse, counts = np.unique(key, axis=0, return_index=True, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    uniq = xs[first]
-    z, coeff = _whiten(uniq, rank_rtol)
-    # Each original key as a query (q = k_i: decisive for keys on a sphere), mapped into
-    # whitened coordinates, is a cheap pre-filter.
-    needed = method == "auto" and z.shape[1] > 2 and len(uniq) > z.shape[1] + 1
-    queries = coeff @ uniq.T if needed else None
-    sel_unique = _decide_unique(z, method, tol, n_random, seed, queries)
-    sel_unique &= counts == 1
-    return ~sel_unique[inverse]
+    # Divide each coordinate by a power of two near its largest |value| (exact, and an invertible
+    # linear map, which leaves selectability unchanged): the criterion then holds coordinate-wise
+    # relative, as float rounding does, for keys whose coordinates span any range of scales.
+    _, e = np.frexp(np.abs(x).max(axis=0))
+    x = np.ldexp(x, -e)
+    if method == "lp":
+        sel = np.array([True] if n == 1 else [_lp_selectable(x, i) for i in range(n)])
+    else:
+        sel = _decide(x, tol, n_random, seed)
+    return ~sel
 
 
 def unselectable_fraction(keys: Any, **kwargs: Any) -> float:

@@ -9,7 +9,13 @@ LayerNorm as a composition (Riechers, arXiv:2405.04134, Eq. 6; Brody et al., arX
 
 With r = 1 ("sqrt_d") this is ``torch.nn.functional.layer_norm``; without (i) it is RMSNorm.
 ``decompose`` returns every intermediate of one call; the modules use it whenever a fused
-torch kernel does not cover the configuration, and for ``trace()``.
+torch kernel does not cover the configuration (or overflows, see below), and for ``trace()``.
+:func:`reference` is the one float64 reference of every norm kind used across normscope.
+
+**Range.** Squaring |x| ≳ 1.8e19 overflows float32 (and |x| ≳ 1.3e154 float64); torch's fused
+kernels then return NaN or zeros. ``decompose`` computes the statistics of each row on the row
+divided by a power of two near its largest entry (an exact rescaling), so every finite input
+works in every dtype; the modules fall back to it for the rows a fused kernel cannot handle.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
+
+from normscope.nn._checks import check_eps, check_float
 
 RADII = {"sqrt_d": "norm √d (RMS 1), as torch LayerNorm", "unit": "norm 1", "inv_sqrt_d": "norm 1/√d (Brody et al. code)"}
 
@@ -52,6 +61,40 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _pow2_scale(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Per row, s = 2^(e-1) with max|t| = m·2^e, m ∈ [½, 1): dividing by s is exact and puts
+    max|t/s| in [1, 2). Rows that are all zero or non-finite get s = 1."""
+    amax = t.abs().amax(dim=dims, keepdim=True)
+    _, e = torch.frexp(amax)
+    s = torch.pow(torch.tensor(2.0, dtype=t.dtype, device=t.device), (e - 1).to(t.dtype))
+    ok = torch.isfinite(amax) & (amax > 0) & (s > 0) & torch.isfinite(s)
+    return torch.where(ok, s, torch.ones_like(s))
+
+
+def safe_normalize(
+    x: torch.Tensor, dims: tuple[int, ...], eps: float, project: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(p, p/√(mean(p²)+ε), √(mean(p²)+ε)) with p = x − mean(x) (or x), for any finite x.
+
+    Computed on y = x/s, s a power of two near max|x| per row (exact): with p_y = y − mean(y)
+    and ρ = ε/s², p = s·p_y, p/√(mean(p²)+ε) = p_y/√(mean(p_y²)+ρ) and √(mean(p²)+ε) =
+    s·√(mean(p_y²)+ρ). No square overflows, none underflows into the subnormals. When ρ
+    overflows (s tiny, ε > 0), mean(p_y²) ≤ 16 is negligible against it and the exact results
+    are s·p_y/√ε and √ε.
+    """
+    s = _pow2_scale(x, dims)
+    y = x / s
+    py = y - y.mean(dim=dims, keepdim=True) if project else y
+    rho = torch.full_like(s, eps) / s / s  # tensor division: a scalar/tensor multiplies by 1/s, inf for subnormal s
+    root = torch.sqrt(py.square().mean(dim=dims, keepdim=True) + rho)
+    finite = torch.isfinite(rho)
+    p = py * s
+    root_eps = math.sqrt(eps)
+    xhat = torch.where(finite, py / root, p / root_eps if eps > 0 else p)
+    denom = torch.where(finite, s * root, torch.full_like(s, root_eps))
+    return p, xhat, denom
+
+
 def decompose(
     x: torch.Tensor,
     normalized_shape: tuple[int, ...],
@@ -76,19 +119,19 @@ def decompose(
     dims = tuple(range(-len(normalized_shape), 0))
     d = math.prod(normalized_shape)
     xc = x.to(_compute_dtype(x))
-    if project:
-        p = xc - xc.mean(dim=dims, keepdim=True)
-        if eq5:
-            flat = xc.flatten(-len(normalized_shape))
-            constant = (flat.amax(-1) == flat.amin(-1)).reshape(p.shape[: p.ndim - len(dims)] + (1,) * len(dims))
-            p = torch.where(constant, torch.zeros_like(p), p)
-    else:
-        p = xc
+    if project and eq5:
+        flat = xc.flatten(-len(normalized_shape))
+        constant = (flat.amax(-1) == flat.amin(-1)).reshape(xc.shape[: xc.ndim - len(dims)] + (1,) * len(dims))
+        xc = torch.where(constant, torch.zeros_like(xc), xc)  # p = 0 exactly (Eq. 5)
+    p, xhat, denom = safe_normalize(xc, dims, eps, project)
     if scale:
-        denom = torch.sqrt(p.square().mean(dim=dims, keepdim=True) + eps)
         if eq5:
-            denom = torch.where(denom == 0, torch.ones_like(denom), denom)
-        xhat = p * (radius_factor(radius, d) / denom)
+            zero = denom == 0
+            denom = torch.where(zero, torch.ones_like(denom), denom)
+            xhat = torch.where(zero, torch.zeros_like(xhat), xhat)
+        r = radius_factor(radius, d)
+        if r != 1.0:
+            xhat = xhat * r
     else:
         denom = torch.ones(p.shape[: p.ndim - len(dims)] + (1,) * len(dims), dtype=p.dtype, device=p.device)
         xhat = p
@@ -99,6 +142,32 @@ def decompose(
         z = z + bias.to(z.dtype)
     cast = lambda t: t.to(x.dtype)  # noqa: E731
     return NormTrace(x, cast(p), cast(denom), cast(xhat), cast(z))
+
+
+def rows_dynamic(x: torch.Tensor) -> torch.Tensor:
+    """x as (rows, C) with the rows marked dynamic for ``torch.compile``: one compiled graph
+    serves every batch size while the width stays static (a symbolic width makes inductor's
+    reductions several times slower, measured)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] > 1:
+        torch._dynamo.mark_dynamic(x2, 0)
+    return x2
+
+
+def stats_reliable(mean_square_plus_eps: torch.Tensor | None = None, *, rstd: torch.Tensor | None = None) -> bool:
+    """Whether a fused kernel's per-row statistics can be trusted: every mean(p²) + ε (or
+    1/rstd²) finite and at least tiny/eps of its dtype (2^-103 in float32), below which its
+    rounding is no longer relative. One ``aminmax`` over the rows (a few µs); when False the
+    modules recompute with :func:`safe_normalize`. NaN compares False, so it fails too."""
+    v = (rstd if rstd is not None else mean_square_plus_eps).detach()
+    if v.numel() == 0:
+        return True
+    fi = torch.finfo(v.dtype)
+    lo, hi = torch.aminmax(v)
+    lo, hi = float(lo), float(hi)
+    if rstd is not None:  # 1/rstd² >= tiny/eps  <=>  rstd <= √(eps/tiny); rstd = 0 means overflow
+        return lo > 0.0 and hi <= math.sqrt(fi.eps / fi.tiny)
+    return lo >= fi.tiny / fi.eps and math.isfinite(hi)
 
 
 def rms_norm(
@@ -113,7 +182,9 @@ def rms_norm(
     Same math as ``torch.nn.functional.rms_norm`` (``eps=None`` means the dtype's machine
     epsilon, as in torch). On CPU, torch 2.13's ``F.rms_norm`` makes several passes and is
     about 3× slower than ``F.layer_norm``; this kernel reads x once for the norm (one
-    ``vector_norm``), once to scale, and writes once. See ``benchmarks/bench_nn.py``.
+    ``vector_norm``), once to scale, and writes once. See ``benchmarks/bench_nn.py``. Rows whose
+    mean square overflows or underflows (|x| ≳ 1e19 or ≲ 1e-19 in float32) are recomputed with
+    the exact rescaling of :func:`decompose`, so the result never depends on the input's scale.
     """
     dims = tuple(range(-len(normalized_shape), 0))
     d = math.prod(normalized_shape)
@@ -121,22 +192,93 @@ def rms_norm(
     if eps is None:
         eps = torch.finfo(x.dtype).eps
     norm = torch.linalg.vector_norm(xc, dim=dims, keepdim=True)
-    inv = torch.rsqrt(norm.square() / d + eps)  # per row: cheap
+    ms = norm.square() / d + eps  # per row: cheap
+    if not stats_reliable(ms):
+        _, xhat, _ = safe_normalize(xc, dims, eps, project=False)
+        return _affine(xhat, weight, bias, x.dtype)
+    return _affine(xc, weight, bias, x.dtype, torch.rsqrt(ms))
+
+
+def _affine(
+    xc: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, dtype: torch.dtype,
+    inv: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """g ⊙ (x·inv) + b in as few passes as autograd allows, rounded once to ``dtype``."""
     w = weight.to(xc.dtype) if weight is not None else None
     b = bias.to(xc.dtype) if bias is not None else None
-    tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xc, w, b))
+    tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xc, w, b, inv))
     if tracked:  # out-of-place, so autograd keeps what it saved
-        z = xc * inv
+        z = xc * inv if inv is not None else xc
         if w is not None:
             z = torch.addcmul(b, z, w) if b is not None else z * w
         elif b is not None:
             z = z + b
     else:  # in place: one write of the output per pass
-        z = torch.mul(xc, inv)
+        z = torch.mul(xc, inv) if inv is not None else xc.clone()
         if w is not None and b is not None:
             torch.addcmul(b, z, w, out=z)
         elif w is not None:
             z.mul_(w)
         elif b is not None:
             z.add_(b)
-    return z if z.dtype == x.dtype else z.to(x.dtype)
+    return z if z.dtype == dtype else z.to(dtype)
+
+
+KINDS = ("layernorm", "rmsnorm", "rmsnorm_offset")
+
+
+def reference(
+    kind: str,
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float | None = 1e-5,
+    normalized_shape: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    r"""The float64 reference of every norm kind in normscope, written once.
+
+    With :math:`\mu = \operatorname{mean}(x)`, :math:`N` the number of normalized features:
+
+    - ``"layernorm"``: :math:`z = g\odot\dfrac{x-\mu\mathbb 1}{\sqrt{\tfrac1N\lVert x-\mu\mathbb 1\rVert^2+\varepsilon}} + b`
+      (Riechers, arXiv:2405.04134, Eq. 6; ``F.layer_norm``);
+    - ``"rmsnorm"``: :math:`z = g\odot\dfrac{x}{\sqrt{\tfrac1N\lVert x\rVert^2+\varepsilon}} + b`
+      (LayerNorm without the projection; Gupta et al., arXiv:2409.12951; ``F.rms_norm``);
+    - ``"rmsnorm_offset"``: as ``"rmsnorm"`` with gain :math:`1 + w` (Gemma's convention; the 1
+      is added in float64, so a bf16 w loses nothing).
+
+    Everything runs in float64 through ``torch.nn.functional`` (``F.layer_norm``/``F.rms_norm``),
+    so the result is the float64 rounding of the formula; the bias is added after ``F.rms_norm``.
+    Inputs must be finite with |x| ≲ 1e150 (float64 squares); for norm sites in any dtype this
+    is the number every faster path is compared with.
+
+    **Arguments:**
+
+    - ``kind``: one of ``"layernorm"``, ``"rmsnorm"``, ``"rmsnorm_offset"``.
+    - ``x``: floating-point tensor (..., *normalized_shape), any dtype and device.
+    - ``weight``, ``bias``: gain w and shift b of shape ``normalized_shape`` (``None``: 1 and 0;
+      for ``"rmsnorm_offset"`` a missing w means gain 1).
+    - ``eps``: ε ≥ 0, added to the mean square inside the root (torch's placement); ``None``
+      means the machine epsilon of ``x``'s own dtype (``torch.nn.RMSNorm``'s default).
+    - ``normalized_shape``: trailing dims to normalize over; default ``weight.shape`` or, without
+      a weight, the last dim.
+
+    **Returns:** a float64 tensor of ``x``'s shape on ``x``'s device.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_eps(eps)
+    check_float(x, "reference")
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    if normalized_shape is None:
+        normalized_shape = tuple(weight.shape) if weight is not None else (x.shape[-1],)
+    shape = tuple(normalized_shape)
+    xd = x.to(torch.float64)
+    w = weight.to(device=x.device, dtype=torch.float64) if weight is not None else None
+    b = bias.to(device=x.device, dtype=torch.float64) if bias is not None else None
+    if kind == "layernorm":
+        return F.layer_norm(xd, shape, w, b, float(eps))
+    if kind == "rmsnorm_offset":
+        w = 1.0 + w if w is not None else None
+    z = F.rms_norm(xd, shape, w, float(eps))
+    return z + b if b is not None else z

@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normscope.nn._checks import check_eps, check_input
-from normscope.nn.functional import NormTrace, decompose
+from normscope.nn._autotune import bucket, measure
+from normscope.nn._checks import check_eps, check_input, resolve_affine
+from normscope.nn.functional import NormTrace, decompose, rows_dynamic, stats_reliable
+
+
+_compiled = None
+_choice: dict[tuple, str] = {}  # bucket (see normscope.nn._autotune) -> fastest measured backend
+
+
+def _lng_kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, groups: int, eps: float):
+    xg = x.unflatten(-1, (groups, x.shape[-1] // groups))
+    xg = xg.float() if xg.dtype not in (torch.float32, torch.float64) else xg
+    mean = xg.mean(-1, keepdim=True)
+    p = xg - mean
+    ms = p.square().mean(-1, keepdim=True) + eps
+    z = (p * torch.rsqrt(ms)).flatten(-2)
+    if weight is not None:
+        z = z * weight
+    if bias is not None:
+        z = z + bias
+    return z.to(x.dtype), ms, mean
+
+
+def compiled_kernel():
+    """torch.compile'd LN-G (one fused pass for the statistics, one for output and affine),
+    built once per process; ``None`` where no compiler works (a warning says so once)."""
+    global _compiled
+    if _compiled is None:
+        try:
+            _compiled = torch.compile(_lng_kernel, dynamic=False)  # rows marked dynamic per call
+            _compiled(torch.ones(2, 4), torch.ones(4), torch.zeros(4), 2, 1e-5)
+        except Exception as err:  # no C++ compiler, unsupported platform, ...
+            warnings.warn(f"torch.compile is unavailable here ({type(err).__name__}); GroupLayerNorm uses the eager kernel")
+            _compiled = False
+    return _compiled or None
 
 
 class GroupLayerNorm(nn.Module):
@@ -23,8 +59,25 @@ class GroupLayerNorm(nn.Module):
     ``num_groups=1`` is LayerNorm. Smaller groups make the map more nonlinear; at group size 2
     each group's standardised pair is ±(1, −1) (for ε → 0), a sign function.
 
+    Output dtype = input dtype (torch's LayerNorm convention), for ``forward`` and ``trace``
+    alike; the affine step runs in float32 (float64 for float64 input) and is rounded once.
+    Rows whose group statistics overflow or underflow in the fused kernel are recomputed with
+    the exactly rescaled :meth:`trace` path.
+
+    **Backends** (``benchmarks/bench_nn.py`` measures both against ``F.layer_norm``): ``"eager"``
+    — one fused ``F.layer_norm`` over the (…, groups, C/g) view plus one in-place ``addcmul``
+    for the per-neuron affine; on CPU the short rows of the grouped view, not the affine, are
+    what costs against a full-width ``F.layer_norm`` (``F.group_norm`` on the same data is
+    slower still). ``"compile"`` — a ``torch.compile``'d kernel that fuses the affine into the
+    normalising pass (compiled once per process, ~20 s; eager with a warning where no compiler
+    works). ``"auto"`` — ``"eager"``, unless ``NORMSCOPE_COMPILE=1`` is set and a compiler works:
+    then the faster of the two, measured per (device, dtype, width, rows, threads, groups) bucket
+    on first sight and cached (``normscope.nn._autotune``; a library must not start a 20-s
+    compile, or need a C++ toolchain, unasked).
+
     **Arguments:** ``normalized_shape`` (C, an int), ``num_groups`` (divides C), ``eps`` ≥ 0,
-    ``affine`` (per-neuron ``weight`` and ``bias`` of shape (C,)).
+    ``elementwise_affine`` (alias ``affine``: per-neuron ``weight`` and ``bias`` of shape (C,)),
+    ``bias`` (default: with the affine step; ``bias=True`` without it raises), ``device``, ``dtype``.
     """
 
     def __init__(
@@ -32,12 +85,18 @@ class GroupLayerNorm(nn.Module):
         normalized_shape: int,
         num_groups: int,
         eps: float = 1e-5,
-        affine: bool = True,
+        affine: bool | None = None,
         *,
+        elementwise_affine: bool = True,
+        bias: bool | None = None,
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if backend not in ("auto", "eager", "compile"):
+            raise ValueError(f"backend must be one of ('auto', 'eager', 'compile'), got {backend!r}")
+        self.backend = backend
         if isinstance(normalized_shape, (tuple, list, torch.Size)):
             if len(normalized_shape) != 1:
                 raise ValueError(f"GroupLayerNorm normalizes one feature dim; got normalized_shape={normalized_shape!r}")
@@ -47,31 +106,67 @@ class GroupLayerNorm(nn.Module):
         if not isinstance(num_groups, int) or num_groups < 1 or normalized_shape % num_groups:
             raise ValueError(f"num_groups must be a positive divisor of {normalized_shape}, got {num_groups!r}")
         check_eps(eps)
+        affine, bias = resolve_affine(type(self).__name__, elementwise_affine, affine, bias, bias_default=True)
         self.normalized_shape = (normalized_shape,)
         self.num_groups, self.eps = num_groups, float(eps)
         self.group_size = normalized_shape // num_groups
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.ones(normalized_shape, **kw)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(normalized_shape, **kw)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(normalized_shape, **kw)) if bias else None
 
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.normalized_shape, type(self).__name__)
         return x.unflatten(-1, (self.num_groups, self.group_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = F.layer_norm(self._grouped(x), (self.group_size,), None, None, self.eps).flatten(-2)
-        if self.weight is None:
+        backend = self.backend
+        if backend == "auto":
+            key = bucket(x, self.normalized_shape[0], self.num_groups)
+            if key not in _choice:
+                compiles = os.environ.get("NORMSCOPE_COMPILE") == "1" and compiled_kernel() is not None
+                _choice[key] = measure(self, x, ["eager", "compile"]) if compiles else "eager"
+            backend = _choice[key]
+        kernel = compiled_kernel() if backend == "compile" else None
+        if kernel is not None:
+            check_input(x, self.normalized_shape, type(self).__name__)
+            w = self.weight.float() if self.weight is not None and x.dtype != torch.float64 else self.weight
+            b = self.bias.float() if self.bias is not None and x.dtype != torch.float64 else self.bias
+            z, ms, mean = kernel(rows_dynamic(x), w, b, self.num_groups, self.eps)
+            if not stats_reliable(ms) or not bool(torch.isfinite(mean).all()):
+                return self.trace(x).output
+            return z.reshape(x.shape)
+        xg = self._grouped(x)
+        z, mean, rstd = torch.native_layer_norm(xg, (self.group_size,), None, None, self.eps)
+        if not stats_reliable(rstd=rstd):
+            return self.trace(x).output
+        z = z.flatten(-2)
+        if self.weight is None and self.bias is None:
             return z
-        if torch.is_grad_enabled() and (z.requires_grad or self.weight.requires_grad or self.bias.requires_grad):
-            return torch.addcmul(self.bias, z, self.weight)
-        return torch.addcmul(self.bias, z, self.weight, out=z)  # in place: no second output buffer
+        return self._affine(z, x.dtype)
+
+    def _affine(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """g ⊙ z + b, computed in float32/float64 and rounded once to ``dtype``."""
+        cdt = torch.float64 if dtype == torch.float64 else torch.float32
+        zc = z.to(cdt)
+        w = self.weight.to(cdt) if self.weight is not None else None
+        b = self.bias.to(cdt) if self.bias is not None else None
+        tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (zc, w, b))
+        if w is None:
+            out = zc + b
+        elif b is None:
+            out = zc * w
+        elif tracked:
+            out = torch.addcmul(b, zc, w)
+        else:
+            out = torch.addcmul(b, zc, w, out=zc)  # zc is a fresh tensor of ours: in place
+        return out.to(dtype)
 
     def trace(self, x: torch.Tensor) -> NormTrace:
         """Step-by-step run; ``projected``/``normalized`` have the input's shape, ``denom`` is (..., num_groups)."""
         t = decompose(self._grouped(x), (self.group_size,), eps=self.eps)
         xhat = t.normalized.flatten(-2)
-        out = xhat if self.weight is None else torch.addcmul(self.bias.to(xhat.dtype), xhat, self.weight.to(xhat.dtype))
+        out = xhat if self.weight is None and self.bias is None else self._affine(xhat, x.dtype)
         return NormTrace(x, t.projected.flatten(-2), t.denom.squeeze(-1), xhat, out)
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape[0]}, num_groups={self.num_groups}, eps={self.eps:g}, affine={self.weight is not None}"
+        return f"{self.normalized_shape[0]}, num_groups={self.num_groups}, eps={self.eps:g}, affine={self.weight is not None}, bias={self.bias is not None}"

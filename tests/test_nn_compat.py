@@ -1,0 +1,331 @@
+"""normscope.nn as a drop-in for torch's modules: signatures, state dicts, dtypes, bad inputs,
+agreement of forward and trace at every scale, and the float64 reference against hand formulas.
+
+Tolerances are derived from rounding, stated per check: u = torch.finfo(dtype).eps is the
+spacing of the output dtype at 1; a fused kernel rounds its output once (≤ u·|z|/2) and its
+float32/float64 statistics (mean, mean square over N terms) carry at most N·u_c relative error
+(u_c: the compute dtype's eps, the worst-case bound of recursive summation), which moves x̂ by
+at most ~2·N·u_c·|x̂|. Hence tol(z) = (2·u + 4·N·u_c)·(max|g|·max|x̂| + max|b|).
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import normscope.nn as nsn
+from normscope.nn.functional import reference
+
+N = 64
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+
+def _u(dtype):
+    return torch.finfo(dtype).eps
+
+
+def _tol(dtype, n, ref, weight=None, bias=None):
+    """(2u + 4·N·u_c)·(max|z| + max|b|): output rounding plus worst-case summation error (see module doc)."""
+    uc = _u(torch.float64 if dtype == torch.float64 else torch.float32)
+    mag = ref.abs().max().item() + (bias.abs().max().item() if bias is not None else 0.0)
+    return (2 * _u(dtype) + 4 * n * uc) * max(mag, 1.0)
+
+
+def _oracle(kind, x, weight, bias, eps):
+    """float64 reference on each row divided by a power of two near its max (exact), with ε/s²."""
+    rows = x.double().reshape(-1, x.shape[-1])
+    out = []
+    for r in rows:
+        m = r.abs().max().item()
+        k = math.frexp(m)[1] if m > 0 else 0
+        rs = torch.ldexp(r, torch.tensor(-k, dtype=torch.float64))
+        rho = math.ldexp(eps, -2 * k) if eps == 0 or -2 * k < 1000 else math.inf
+        if rho > 1e300:  # mean(rs²) ≤ 4 vanishes against ε/s²: the exact result is x/√ε
+            p = r - r.mean() if kind == "layernorm" else r
+            z = p / math.sqrt(eps)
+            out.append((z * weight if weight is not None else z) + (bias if bias is not None else 0.0))
+        else:
+            out.append(reference(kind, rs, weight, bias, eps=rho))
+    return torch.stack(out).reshape(x.shape)
+
+
+def _magnitudes(dtype):
+    """Scales near the ends of the dtype's normal range (|x|² over- or underflows there)."""
+    fi = torch.finfo(dtype)
+    big = 2.0 ** math.floor(0.9 * math.log2(fi.max))
+    small = 2.0 ** math.ceil(0.9 * math.log2(fi.tiny))
+    return {"huge": big, "tiny": small, "one": 1.0, "1e30": 1e30 if fi.max > 1e31 else big,
+            "1e-30": 1e-30 if fi.tiny < 1e-31 else small}
+
+
+def _input(dtype, scale, mixed=False, rows=6, seed=0):
+    """Entries ±scale·[1, 2) (never subnormal); ``mixed``: each row has its own scale, one row mixes scales."""
+    g = torch.Generator().manual_seed(seed)
+    mag = 1.0 + torch.rand(rows, N, generator=g, dtype=torch.float64)
+    sign = torch.where(torch.rand(rows, N, generator=g) < 0.5, -1.0, 1.0).double()
+    x = mag * sign * scale
+    if mixed:
+        scales = _magnitudes(dtype)
+        x[0] *= scales["huge"] / scale
+        x[1] *= scales["tiny"] / scale
+        x[2, : N // 2] *= scales["huge"] ** 0.5 / scale  # one row with two scales
+    return x.to(dtype)
+
+
+def _module(kind, dtype, eps):
+    g = torch.Generator().manual_seed(1)
+    if kind == "layernorm":
+        m = nsn.LayerNorm(N, eps=eps)
+    elif kind == "rmsnorm":
+        m = nsn.RMSNorm(N, eps=eps, bias=True, backend="eager")
+    else:
+        m = nsn.LayerNorm(N, eps=eps, project=False)
+    with torch.no_grad():
+        m.weight.copy_(1.0 + 0.5 * torch.rand(N, generator=g, dtype=torch.float64))
+        m.bias.copy_(torch.randn(N, generator=g, dtype=torch.float64))
+    return m.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", ["huge", "tiny", "one", "1e30", "1e-30", "mixed"])
+@pytest.mark.parametrize("eps", [0.0, 1e-5])
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm", "ln_no_projection"])
+def test_forward_and_trace_agree_at_every_scale(kind, dtype, scale, eps):
+    mixed = scale == "mixed"
+    x = _input(dtype, _magnitudes(dtype)["one" if mixed else scale], mixed=mixed)
+    assert torch.isfinite(x).all()
+    m = _module(kind, dtype, eps)
+    ref_kind = "layernorm" if kind == "layernorm" else "rmsnorm"
+    ref = _oracle(ref_kind, x, m.weight.double(), m.bias.double(), eps)
+    tol = _tol(dtype, N, ref, bias=m.bias.double())
+    out, tr = m(x), m.trace(x).output
+    assert out.dtype == tr.dtype == dtype
+    assert torch.isfinite(out).all() and torch.isfinite(tr).all()
+    assert (out.double() - ref).abs().max().item() <= tol
+    assert (tr.double() - ref).abs().max().item() <= tol
+    assert (out.double() - tr.double()).abs().max().item() <= 2 * tol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", ["huge", "tiny", "one"])
+def test_group_layernorm_dtype_and_scale(dtype, scale):
+    x = _input(dtype, _magnitudes(dtype)[scale])
+    m = nsn.GroupLayerNorm(N, 8, eps=1e-5)
+    with torch.no_grad():
+        m.weight.uniform_(1.0, 1.5)
+        m.bias.normal_()
+    m = m.to(dtype)
+    out, tr = m(x), m.trace(x).output
+    assert out.dtype == tr.dtype == dtype  # torch's convention: output dtype = input dtype
+    groups = x.double().unflatten(-1, (8, N // 8))
+    ref = torch.cat([_oracle("layernorm", groups[:, k], None, None, 1e-5) for k in range(8)], -1)
+    ref = ref * m.weight.double() + m.bias.double()
+    tol = _tol(dtype, N // 8, ref, bias=m.bias.double()) + _u(dtype) * m.weight.double().abs().max().item() * 4
+    for z in (out, tr):  # + x̂ rounded to dtype before the affine: one more u·max|g|·max|x̂| (|x̂| ≤ √n)
+        assert (z.double() - ref).abs().max().item() <= tol * math.sqrt(N // 8)
+
+
+def test_torch_signatures_positional_and_keyword():
+    a = nsn.LayerNorm(768, 1e-6, False)  # torch's positional order: eps, elementwise_affine
+    assert a.weight is None and a.bias is None and a.eps == 1e-6 and not a.elementwise_affine
+    b = nsn.LayerNorm(768, elementwise_affine=True, bias=False, device="cpu", dtype=torch.float64)
+    assert b.weight.dtype == torch.float64 and b.bias is None
+    c = nsn.LayerNorm(8, 1e-5, True, False, "cpu", torch.float64)
+    assert c.bias is None and c.weight.dtype == torch.float64
+    r = nsn.RMSNorm(8, None, False, "cpu", torch.float64)  # torch.nn.RMSNorm's positional order
+    assert r.weight is None and r.eps is None and not r.elementwise_affine
+    assert nsn.RMSNorm(8, elementwise_affine=True, dtype=torch.float64).weight.dtype == torch.float64
+    assert nsn.GroupLayerNorm(8, 2, elementwise_affine=False).weight is None
+    assert nsn.LayerNorm(8, affine=False).bias is None  # normscope's alias keeps working
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nsn.LayerNorm(8, affine=False, bias=True),
+        lambda: nsn.LayerNorm(8, elementwise_affine=False, bias=True),
+        lambda: nsn.RMSNorm(8, affine=False, bias=True),
+        lambda: nsn.RMSNorm(8, elementwise_affine=False, bias=True),
+        lambda: nsn.GroupLayerNorm(8, 2, affine=False, bias=True),
+    ],
+)
+def test_bias_without_affine_raises_one_line(make):
+    with pytest.raises(ValueError, match=r"bias=True needs the affine step; pass .*bias=False") as e:
+        make()
+    assert "\n" not in str(e.value)
+
+
+def test_affine_alias_conflict_raises():
+    with pytest.raises(ValueError, match="disagree"):
+        nsn.LayerNorm(8, elementwise_affine=False, affine=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.uint8])
+@pytest.mark.parametrize("make", [lambda: nsn.LayerNorm(4), lambda: nsn.RMSNorm(4), lambda: nsn.GroupLayerNorm(4, 2)])
+def test_integer_inputs_raise_clear_error(make, dtype):
+    m = make()
+    x = torch.ones(2, 4, dtype=dtype)
+    for call in (m, m.trace):
+        with pytest.raises(TypeError, match=rf"needs a floating-point tensor, got {dtype}; cast with \.float\(\)"):
+            call(x)
+    with pytest.raises(TypeError, match="floating-point"):
+        reference("layernorm", x)
+
+
+def test_state_dicts_load_both_ways():
+    x = torch.randn(5, 16, dtype=torch.float64)
+    pairs = [
+        (torch.nn.LayerNorm(16, dtype=torch.float64), nsn.LayerNorm(16, dtype=torch.float64)),
+        (torch.nn.LayerNorm(16, bias=False, dtype=torch.float64), nsn.LayerNorm(16, bias=False, dtype=torch.float64)),
+        (torch.nn.LayerNorm(16, elementwise_affine=False), nsn.LayerNorm(16, elementwise_affine=False)),
+        (torch.nn.RMSNorm(16, eps=1e-6, dtype=torch.float64), nsn.RMSNorm(16, eps=1e-6, dtype=torch.float64)),
+        (torch.nn.RMSNorm(16, elementwise_affine=False), nsn.RMSNorm(16, elementwise_affine=False)),
+    ]
+    for theirs, ours in pairs:
+        with torch.no_grad():
+            for p in theirs.parameters():
+                p.normal_()
+        ours.load_state_dict(theirs.state_dict())  # torch -> ours
+        assert (ours(x) - theirs(x)).abs().max().item() <= 8 * 16 * _u(torch.float64) * 10
+        with torch.no_grad():
+            for p in ours.parameters():
+                p.normal_()
+        theirs.load_state_dict(ours.state_dict())  # ours -> torch
+        assert set(theirs.state_dict()) == set(ours.state_dict())
+        assert (ours(x) - theirs(x)).abs().max().item() <= 8 * 16 * _u(torch.float64) * 10
+
+
+def test_not_a_torch_subclass():
+    assert not isinstance(nsn.LayerNorm(4), torch.nn.LayerNorm)
+    assert not isinstance(nsn.RMSNorm(4), torch.nn.RMSNorm)
+
+
+# ---------- the float64 reference against hand-written formulas ----------
+
+def _hand(kind, x, w, b, eps):
+    n = x.shape[-1]
+    if kind == "layernorm":
+        p = x - x.sum(-1, keepdim=True) / n
+    else:
+        p = x
+    z = p / torch.sqrt((p * p).sum(-1, keepdim=True) / n + eps)
+    g = (1.0 + w) if kind == "rmsnorm_offset" else w
+    return z * g + b
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm", "rmsnorm_offset"])
+@pytest.mark.parametrize("eps", [0.0, 1e-6, 0.1])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_reference_matches_hand_formula(kind, eps, dtype):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 32, generator=g, dtype=torch.float64).to(dtype)
+    w = torch.randn(32, generator=g, dtype=torch.float64).to(dtype)
+    b = torch.randn(32, generator=g, dtype=torch.float64).to(dtype)
+    out = reference(kind, x, w, b, eps=eps)
+    assert out.dtype == torch.float64
+    hand = _hand(kind, x.double(), w.double(), b.double(), eps)
+    # both in float64 from the same (exactly converted) inputs: sums of 32 terms, a root and a
+    # division: ≤ (2·32 + 8)·u64 relative to the magnitude of the result.
+    tol = (2 * 32 + 8) * _u(torch.float64) * (hand.abs().max().item() + 1.0)
+    assert (out - hand).abs().max().item() <= tol
+
+
+def test_reference_offset_adds_one_in_float64():
+    w = torch.full((8,), 2.0**-9, dtype=torch.bfloat16)  # 1 + 2^-9 is not a bf16 number
+    x = torch.ones(1, 8, dtype=torch.float64)
+    x[0, 0] = -1.0
+    out = reference("rmsnorm_offset", x, w, eps=0.0)
+    assert torch.equal(out, x * (1.0 + 2.0**-9))  # |x| has RMS 1, so z = (1 + w)·x exactly
+
+
+def test_reference_defaults_and_errors():
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    assert torch.equal(reference("layernorm", x, eps=1e-5), F.layer_norm(x, (5,), eps=1e-5))
+    two = reference("rmsnorm", x, eps=1e-5, normalized_shape=(4, 5))
+    assert torch.equal(two, F.rms_norm(x, (4, 5), eps=1e-5))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        reference("batchnorm", x)
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        reference("layernorm", x, eps=-1.0)
+    assert nsn.check_eps is nsn._checks.check_eps
+    x32 = x.float()
+    assert torch.equal(reference("rmsnorm", x32, eps=None), F.rms_norm(x32.double(), (5,), eps=torch.finfo(torch.float32).eps))
+
+
+# ---------- RMSNorm backends ----------
+
+@pytest.mark.parametrize("scale", ["one", "1e30", "mixed"])
+def test_compiled_backend_agrees_at_every_scale(scale):
+    from normscope.nn import rms_norm as rms_mod
+
+    if rms_mod.compiled_kernel() is None:
+        pytest.skip("torch.compile does not work on this machine")
+    dtype = torch.float32
+    x = _input(dtype, _magnitudes(dtype)["one" if scale == "mixed" else scale], mixed=scale == "mixed")
+    m = _module("rmsnorm", dtype, 1e-5)
+    m.backend = "compile"
+    ref = _oracle("rmsnorm", x, m.weight.double(), m.bias.double(), 1e-5)
+    with torch.no_grad():
+        out = m(x)
+    assert out.dtype == dtype
+    assert (out.double() - ref).abs().max().item() <= _tol(dtype, N, ref, bias=m.bias.double())
+
+
+def test_auto_backend_measures_and_caches(monkeypatch):
+    from normscope.nn import rms_norm as rms_mod
+
+    monkeypatch.setattr(rms_mod, "_auto_candidates", lambda: ["eager", "torch"])
+    monkeypatch.setattr(rms_mod, "_choice", {})
+    calls = []
+    real = rms_mod.measure
+    monkeypatch.setattr(rms_mod, "measure", lambda *a: calls.append(1) or real(*a))
+    m = _module("rmsnorm", torch.float32, 1e-5)
+    m.backend = "auto"
+    x = torch.randn(33, N)
+    out = m(x)
+    m(torch.randn(40, N))  # same (device, dtype, width, rows) bucket: no second measurement
+    assert len(calls) == 1
+    (key, choice), = rms_mod.auto_choices().items()
+    assert key == ("cpu", torch.float32, N.bit_length(), 33 .bit_length() // 2, torch.get_num_threads())
+    assert choice in ("eager", "torch")
+    ref = reference("rmsnorm", x, m.weight, m.bias, eps=1e-5)
+    assert (out.double() - ref).abs().max().item() <= _tol(torch.float32, N, ref, bias=m.bias.double())
+    assert m.backend == "auto"  # the measurement restored it
+
+
+def test_auto_without_compile_opt_in_is_eager(monkeypatch):
+    from normscope.nn import group_layer_norm as lng
+    from normscope.nn import rms_norm as rms_mod
+
+    monkeypatch.delenv("NORMSCOPE_COMPILE", raising=False)
+    assert rms_mod._auto_candidates() == ["eager"]
+    monkeypatch.setattr(lng, "_choice", {})
+    nsn.GroupLayerNorm(N, 8)(torch.randn(3, N))
+    assert list(lng._choice.values()) == ["eager"]
+
+
+@pytest.mark.parametrize("scale", ["one", "1e30"])
+def test_group_layernorm_compiled_backend_agrees(scale):
+    from normscope.nn import group_layer_norm as lng
+
+    if lng.compiled_kernel() is None:
+        pytest.skip("torch.compile does not work on this machine")
+    x = _input(torch.float32, _magnitudes(torch.float32)[scale], rows=5)
+    eager = nsn.GroupLayerNorm(N, 8, backend="eager")
+    with torch.no_grad():
+        eager.weight.uniform_(1.0, 1.5)
+        eager.bias.normal_()
+    comp = nsn.GroupLayerNorm(N, 8, backend="compile")
+    comp.load_state_dict(eager.state_dict())
+    with torch.no_grad():
+        a, b = eager(x), comp(x)
+        b3 = comp(x.reshape(5, 1, N)).reshape(5, N)  # leading dims and another row count
+    ref = a.double()
+    tol = _tol(torch.float32, N // 8, ref, bias=eager.bias.double())
+    assert (b.double() - ref).abs().max().item() <= tol and torch.equal(b, b3)
+
+
+def test_group_layernorm_bad_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        nsn.GroupLayerNorm(8, 2, backend="triton")
