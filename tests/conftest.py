@@ -131,3 +131,20 @@ def one_thread():
     """Run the test with one torch thread (``single_thread``), restored afterwards."""
     with single_thread():
         yield
+
+
+# Test files whose assertions carry floating-point tolerances. scripts/test.sh reruns them under a
+# second OpenBLAS kernel (OPENBLAS_CORETYPE=Haswell), so a bound that only holds on one CPU's BLAS
+# kernel fails in CI instead of on a user's machine.
+NUMERICAL_FILES = {
+    "test_geometry.py", "test_geometry_property.py", "test_geometry_dtypes.py", "test_geometry_maps.py",
+    "test_site_geometry.py", "test_nn.py", "test_nn_compat.py", "test_attention_unselectable.py",
+    "test_attention_unselectable_props.py", "test_probe_metrics.py", "test_convert.py", "test_roles.py",
+    "test_fold.py", "test_verify.py", "test_riechers.py", "test_lnnet.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in NUMERICAL_FILES:
+            item.add_marker(pytest.mark.numerical)
