@@ -277,11 +277,27 @@ def model_verdict(model: dict) -> Verdict:
 
 
 def _names(gs: list[GroupVerdict]) -> str:
-    return ", ".join(g.label.split(" (")[0] for g in gs)
+    names = [g.label.split(" (")[0] for g in gs]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _tail_sentence(gs: list[GroupVerdict]) -> str:
+    """The tail of the first group that has one, in one sentence (empty when none has)."""
+    g = next((g for g in gs if g.stats == "tail" or g.tail_where), None)
+    if g is None:
+        return ""
+    what = (f"{pct(g.tail_frac, 2)} of the tokens carry more than 100/d of ‖x‖² along 𝟙" if finite(g.tail_frac)
+            else "single tokens carry")
+    return (f"The token average hides a tail: at the {g.label.split(' (')[0]}, {what} (up to {pct(g.tail_max)})"
+            + (f", {g.tail_where}" if g.tail_where else "") + ".")
 
 
 def headline(v: Verdict) -> str:
-    """One paragraph that answers the question and never contradicts the rest of the page."""
+    """One paragraph that answers the question and never contradicts the rest of the page.
+
+    The swap test decides for the groups it covers; the angle statistics (mean share against 4/d,
+    and the tail) speak for the others, and the headline says which is which.
+    """
     measured = [g for g in v.groups if g.stats is not None]
     if not measured:
         return "not measured (no norm sites with finite statistics)"
@@ -293,40 +309,50 @@ def headline(v: Verdict) -> str:
     else:
         g0 = measured[0]
         avg = f"removing the mean would discard {pct(g0.share)} of the squared norm of the {g0.label} ({base})"
-    can = [g for g in measured if g.removable]
-    cannot = [g for g in measured if g.removable is False]
-    contra = [g for g in measured if g.contradiction and g.swap is not None and not g.swap.harmless]
+    can = [g for g in measured if g.swap is not None and g.swap.harmless]
+    cannot = [g for g in measured if g.swap is not None and not g.swap.harmless]
+    unswapped = [g for g in measured if g.swap is None]
     all_harm = v.swap_all is not None and not v.swap_all.harmless
-    stats_yes = all(g.stats == "yes" for g in measured)
-    avg_pass = all(g.stats != "no" for g in measured)
-    if not cannot and not all_harm:
-        if stats_yes:
-            out = f"Yes, at inference: {avg}."
+    tail = _tail_sentence(cannot or measured)
+    if cannot or all_harm:
+        eff = cannot[0].swap.effect() if cannot else v.swap_all.effect()
+        who = _names(cannot) if cannot else "all norms together"
+        if all(g.stats != "no" for g in measured):
+            out = (f"No — the swap test contradicts the token-averaged angle statistics: {avg}, yet removing the "
+                   f"mean of the {who} ({eff}) breaks the model; the swap test decides.")
         else:
-            out = f"Yes by the swap test: {avg}; " + "; ".join(f"{g.label}: {g.answer}" for g in measured
-                                                                 if g.stats != "yes") + "."
+            bad = [g for g in measured if g.stats == "no"]
+            out = (f"No: mean removal removes a real component at the {_names(bad)} ({pct(bad[0].share)} of ‖x‖² "
+                   f"along 𝟙; {base}), and removing the mean of the {who} changes the model ({eff}).")
+        out += (" " + tail if tail else "")
+        out += f" Removable by the swap test: {_names(can) if can else 'none'}. Not removable: {who}."
+        if unswapped:
+            out += f" Not swapped: {_names(unswapped)} (angle statistics only)."
+        return out
+    if all(g.stats == "yes" for g in measured):
+        out = f"Yes, at inference: {avg}."
         if v.swap_all is not None:
             out += f" The naive swap of all norms agrees: {v.swap_all.effect()}."
         return out
-    if contra or (all_harm and avg_pass):
-        who = _names(contra) if contra else "all norms"
-        eff = contra[0].swap.effect() if contra else v.swap_all.effect()
-        tails = [g for g in (contra or measured) if g.stats == "tail" or g.tail_where]
-        tail = ""
-        if tails:
-            g = tails[0]
-            tail = (f" The token average hides a tail: at the {g.label}, "
-                    + (f"{pct(g.tail_frac, 2)} of tokens carry more than 100/d of ‖x‖² along 𝟙" if finite(g.tail_frac)
-                       else "the worst token carries") + f" (up to {pct(g.tail_max)})"
-                    + (f", {g.tail_where}" if g.tail_where else "") + ".")
-        out = (f"No — the swap test contradicts the angle statistics: {avg}, yet removing the mean of the {who} "
-               f"({eff}) breaks the model; the swap test decides.{tail}")
-    elif can:
-        out = f"Only for the {_names(can)}: " + "; ".join(f"{g.label} {g.answer}" for g in measured) + "."
-    else:
+    if can and all(g.stats == "yes" for g in unswapped):
+        out = f"Yes by the swap test: {avg}; swapping every role group leaves the loss unchanged. " + tail
+        return out.strip()
+    if all(g.stats == "no" for g in measured):
         g = max(measured, key=lambda x: x.worst_multiple if finite(x.worst_multiple) else -1)
-        out = (f"No: on average {pct(g.share)} of the squared norm of the {g.label} lies along 𝟙 (worst "
-               f"{pct(g.worst_share)} at {g.worst_site}; {base}); mean removal removes a real component here.")
-    if can and (contra or all_harm):
-        out += f" Removable: {_names(can)}. Not removable: {_names(cannot) or 'all norms together'}."
-    return out
+        return (f"No: on average {pct(g.share)} of the squared norm of the {g.label} lies along 𝟙 (worst "
+                f"{pct(g.worst_share)} at {g.worst_site}; {base}); mean removal removes a real component here.")
+    parts = [f"Mostly: {avg}."]
+    for key, text in (("yes", "Redundant by the angle statistics: the {}."),
+                      ("tail", "Redundant on average but not for the tail tokens: the {}."),
+                      ("mostly", "Redundant on average but not in every block: the {}."),
+                      ("no", "Not redundant: the {}.")):
+        gs = [g for g in measured if g.stats == key and g.swap is None]
+        if gs:
+            parts.append(text.format(_names(gs)))
+    if can:
+        parts.append(f"Removable by the swap test: the {_names(can)}.")
+    if tail:
+        parts.append(tail)
+    if unswapped:
+        parts.append("No role-grouped swap test decides for the rest (run with --swap-test role).")
+    return " ".join(parts)
