@@ -136,6 +136,8 @@ def build(
     figs = report_figures(clean, hist_layers)
     t_fig = time.perf_counter() - t
     stages: dict[str, float] = {"figures": t_fig}
+    if isinstance(clean.get("run"), dict):  # the page shows the figures stage too (write is in stats.json only)
+        clean["run"].setdefault("stages", {})["figures"] = t_fig
     t = time.perf_counter()
     doc = build_document(clean, figs, extra=extra_sections, title=title)
     (out / "figures").mkdir(exist_ok=True)

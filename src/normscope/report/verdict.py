@@ -55,6 +55,11 @@ class SwapEvidence:
     ppl_ratio: float | None
     harmless: bool
 
+    @property
+    def severe(self) -> bool:
+        """Δloss ≥ 1 nat/token (perplexity ×e) or 1 − cos ≥ 0.1 (embeddings ≥ 26° apart)."""
+        return self.delta_loss >= (1.0 if self.ppl_ratio is not None else 0.1)
+
     def effect(self) -> str:
         if self.ppl_ratio is not None and finite(self.ppl_ratio):
             return f"perplexity {factor(self.ppl_ratio)}"
@@ -318,8 +323,9 @@ def headline(v: Verdict) -> str:
         eff = cannot[0].swap.effect() if cannot else v.swap_all.effect()
         who = _names(cannot) if cannot else "all norms together"
         if all(g.stats != "no" for g in measured):
+            hurt = "breaks the model" if (cannot[0].swap if cannot else v.swap_all).severe else "changes the model"
             out = (f"No — the swap test contradicts the token-averaged angle statistics: {avg}, yet removing the "
-                   f"mean of the {who} ({eff}) breaks the model; the swap test decides.")
+                   f"mean of the {who} ({eff}) {hurt}; the swap test decides.")
         else:
             bad = [g for g in measured if g.stats == "no"]
             out = (f"No: mean removal removes a real component at the {_names(bad)} ({pct(bad[0].share)} of ‖x‖² "
