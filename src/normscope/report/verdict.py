@@ -330,7 +330,13 @@ def headline(v: Verdict) -> str:
             bad = [g for g in measured if g.stats == "no"]
             out = (f"No: mean removal removes a real component at the {_names(bad)} ({pct(bad[0].share)} of ‖x‖² "
                    f"along 𝟙; {base}), and removing the mean of the {who} changes the model ({eff}).")
-        out += (" " + tail if tail else "")
+        if tail:
+            out += " " + tail
+        elif cannot and finite(cannot[0].share) and finite(cannot[0].tail_max):
+            n = sum(g.n_sites for g in cannot)
+            out += (" No token carries more than 100/d of ‖x‖² along 𝟙, so no tail explains it; but mean removal "
+                    f"still moves each input by √(share) ≈ {pct(math.sqrt(cannot[0].share), 2)} of its length (RMS "
+                    f"over tokens), and the swap compounds that over {n} norm{'s' if n > 1 else ''}.")
         out += f" Removable by the swap test: {_names(can) if can else 'none'}. Not removable: {who}."
         if unswapped:
             out += f" Not swapped: {_names(unswapped)} (angle statistics only)."
