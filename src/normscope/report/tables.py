@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 
 from normscope.probe.schema import BLOCK_ROLES, POST_ROLES, PRE_ROLES, count_of, get_path, is_post_ln, ln_sites, num
 from normscope.probe.stats import hist_edges
-from normscope.report.format import DASH, pm as _pm, ratio as _ratio
+from normscope.report.format import DASH, fixed, pm as _pm, ratio as _ratio
 
 __all__ = ["Agg", "Table", "aggregate", "agg_path", "gupta_tables", "paper_tables", "mean_abs_deviation",
            "BLOCK_ROLES", "PRE_ROLES", "POST_ROLES", "ln_sites", "is_post_ln"]
@@ -50,7 +50,7 @@ class Agg:
 
     def fmt(self, digits: int = 2, *, sd: bool = True) -> str:
         if self.n_layers == 0 or math.isnan(self.mean):
-            return "–"
+            return DASH
         s = f"{self.mean:.{digits}f} ± {self.pm:.{digits}f}"
         if sd:
             s += f" (σ {self.sd:.{digits}f})"
@@ -209,17 +209,17 @@ def table3(stats: dict, *, paper: dict | None = None) -> Table:
             [
                 _label(m),
                 h.fmt(),
-                _num(h.max),
+                fixed(h.max),
                 p1.fmt(),
-                _num(p1.max),
+                fixed(p1.max),
                 p2.fmt(),
-                _num(p2.max),
-                "–" if math.isnan(ratio) else f"{_ratio(ratio)} (±); {_ratio(ratio_sd)} (σ)",
+                fixed(p2.max),
+                DASH if math.isnan(ratio) else f"{_ratio(ratio)} (±); {_ratio(ratio_sd)} (σ)",
             ]
         )
     for name, row in paper["table3_l2_norm"]["rows"].items():
         h, mh, p1, mp1, p2, mp2 = row
-        ratio = f"{_ratio(h[1] / p1[1])} (±)" if h and p1 else "–"
+        ratio = f"{_ratio(h[1] / p1[1])} (±)" if h and p1 else DASH
         t.paper_rows.add(len(t.rows))
         t.rows.append([name, _pm(h), _pm(mh), _pm(p1), _pm(mp1), _pm(p2), _pm(mp2), ratio])
     t.notes = [
@@ -295,7 +295,7 @@ def _mean_removal_rotation(entries: list[dict]) -> str:
             vals.append(v)
             ws.append(w if math.isfinite(w) and w > 0 else 1.0)
     if not vals:
-        return "–"
+        return DASH
     return f"{sum(v * w for v, w in zip(vals, ws)) / sum(ws):.2f}"
 
 
@@ -316,10 +316,6 @@ def paper_legend_table(paper: dict | None = None) -> Table:
         "(e.g. GPT-J 8.90/√28 = 1.68)."
     ]
     return t
-
-
-def _num(v: float) -> str:
-    return DASH if v is None or math.isnan(v) else f"{v:.2f}"
 
 
 def gupta_tables(stats: dict) -> list[Table]:
