@@ -270,14 +270,16 @@ def test_model_without_block_norms_still_reports(tmp_path, textfile):
     out = tmp_path / "o"
     with pytest.warns(UserWarning):
         rc = run_cli(["--model", folder, "--text", textfile, "--out", str(out), "--max-tokens", "128",
-                      "--seq-len", "32", "--swap-tokens", "64", "--quiet"])
+                      "--seq-len", "32", "--swap-tokens", "64", "--attention", "1", "--quiet"])
     assert rc == 0
     page = (out / "report.html").read_text()
     assert "not measured: the model has no residual-stream norm sites to swap" in page
+    assert "not measured: MptForCausalLM: no supported attention module" in page
     stats = json.loads((out / "stats.json").read_text())
     m = stats["models"][0]
     assert m["swap"] == {"status": "not measured", "reason": "the model has no residual-stream norm sites to swap"}
     assert m["tokens"] == 128 and "other norms" in page  # the verdict still speaks about the norms it has
+    assert m["attention"]["status"] == "not measured" and m["run"]["attention_seconds"] >= 0
     st = stats["run"]["stages"]
     assert set(st) == {"load", "probe", "swap", "attention", "figures", "write"} and st["probe"] > 0
 
