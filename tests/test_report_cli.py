@@ -315,3 +315,8 @@ def test_swap_by_role_and_stage_times(two_model_report):
         assert m["run"]["swap_seconds"] > 0 and "attention_seconds" not in m["run"]
     page = (two_model_report / "report.html").read_text()
     assert "time: swap test" in page and "pre-sublayer norms" in page
+    v = gpt["verdict"]  # recorded beside the statistics, and the same sentence as on the page
+    assert [g["group"] for g in v["groups"]] == ["pre", "final"] and v["groups"][0]["swap"]["variant"] == "pre-sublayer norms"
+    from normscope.report import markup
+
+    assert markup.inline(v["headline"]) in page

@@ -200,6 +200,10 @@ def run(args: argparse.Namespace) -> int:
         }
         _say(args, "writing report ...")
         try:
+            from normscope.report.verdict import model_verdict, verdict_record
+
+            for m in models_out:  # the verdict is recorded beside the statistics it was drawn from
+                m["verdict"] = verdict_record(model_verdict(m))
             build(stats, tmp, hist_layers=hist_layers)
         except Exception as e:  # noqa: BLE001 — the statistics survive a failed figure or page
             failures.append(_fail("report", e))

@@ -368,3 +368,17 @@ def headline(v: Verdict) -> str:
     if unswapped:
         parts.append("No role-grouped swap test decides for the rest (run with --swap-test role).")
     return " ".join(parts)
+
+
+def verdict_record(v: Verdict) -> dict[str, Any]:
+    """The verdict as a JSON-able record for ``stats.json`` (``MODEL["verdict"]`` in SCHEMA.md)."""
+    groups = []
+    for g in v.groups:
+        rec = {k: getattr(g, k) for k in ("group", "label", "n_sites", "share", "multiple", "worst_share",
+                                           "worst_multiple", "worst_site", "threshold", "tail_frac", "tail_max",
+                                           "tail_where", "stats", "removable", "contradiction", "answer")}
+        rec["swap"] = None if g.swap is None else {"variant": g.swap.variant, "delta_loss": g.swap.delta_loss,
+                                                   "ppl_ratio": g.swap.ppl_ratio, "harmless": g.swap.harmless}
+        groups.append(rec)
+    return {"headline": v.answer, "c_baseline": C_BASELINE, "c_tail": C_TAIL, "swap_tol_nats": SWAP_TOL_NATS,
+            "swap_tol_cos": SWAP_TOL_COS, "groups": groups}
