@@ -95,7 +95,7 @@ def test_tail_dominated_model_contradicted_by_the_swap():
     groups = {g.group: g for g in v.groups}
     assert groups["sandwich"].stats == "tail" and groups["sandwich"].removable is False
     assert groups["sandwich"].contradiction and groups["sandwich"].tail_frac == pytest.approx(0.002)
-    assert "position 0" in groups["sandwich"].tail_where
+    assert "position 0" in groups["sandwich"].tail_where and "worst tokens: '<bos>' at position 0 (97%)" in groups["sandwich"].tail_where
     assert groups["pre"].removable is True  # its swap is harmless despite the same tail
     assert v.answer.startswith("No — the swap test contradicts"), v.answer
     assert "sandwich" in v.answer and "×1.2e+07" in v.answer and "position 0" in v.answer
@@ -164,3 +164,16 @@ def test_role_groups_and_readers():
     assert ms.d == 64 and not ms.post_ln and ms.sites[0].layer == 0 and ms.sites[-1].layer is None
     assert ms.sites[0].tail.top[0].position == 0 and ms.sites[0].tail.by_position["0"] == 0.95
     assert Tail.from_dict(None) is None and ms.sites[-1].tail is None
+
+
+def test_light_tail_block_is_not_called_a_tail():
+    """The probe's tail block is always there; worst tokens below 100/d are no tail."""
+    light = {"top": [{"share": 0.02, "position": 7, "token": "the"}],
+             "by_position": {"0": 0.003, "1": 0.003, "2": 0.003, "3": 0.003, ">=4": 0.003},
+             "frac_above_10_over_d": 0.01, "frac_above_100_over_d": 0.0}
+    v = model_verdict(gemma_like(tail=light, swap=swap_result(BENIGN, 1.003)))
+    assert v.answer.startswith("Yes, at inference") and "tail" not in v.answer
+    assert not any(g.heavy_tail for g in v.groups)
+    swap = swap_result({"pre-sublayer norms": 1.3, "sandwich norms": 1.0, "final norm": 1.0}, 1.3)
+    v = model_verdict(gemma_like(tail=light, swap=swap))
+    assert "so no tail explains it" in v.answer and "hides a tail" not in v.answer

@@ -81,7 +81,8 @@ class GroupVerdict:
     threshold: float  # C_BASELINE / d
     tail_frac: float  # fraction of tokens above C_TAIL/d (NaN without tail data)
     tail_max: float  # largest single-token share
-    tail_where: str  # e.g. "mostly at position 0"
+    tail_where: str  # e.g. "at window position 0 (...); worst tokens: ..."
+    heavy_tail: bool  # some token's share exceeds 100/d
     stats: str | None
     swap: SwapEvidence | None
     removable: bool | None  # the swap decides when it exists
@@ -158,6 +159,8 @@ def _tail(sites: list[SiteStats], thresholds: list[float]) -> tuple[float, float
             if finite(v):
                 pos_share.setdefault(k, []).append(v)
     frac = sum(f * w for f, w in zip(fracs, ws)) / sum(ws) if ws and sum(ws) > 0 else math.nan
+    tops = sorted((t for s in sites if s.tail is not None for t in s.tail.top if finite(t.share)),
+                  key=lambda t: -t.share)
     where = ""
     if pos_share:
         means = {k: sum(v) / len(v) for k, v in pos_share.items()}
@@ -168,6 +171,18 @@ def _tail(sites: list[SiteStats], thresholds: list[float]) -> tuple[float, float
         if hot:
             where = "at window position" + ("s " if len(hot) > 1 else " ") + ", ".join(hot)
             where += f" (mean share {pct(max(means[k] for k in hot), 2)} there, {pct(bulk, 2)} from position 4 on)"
+    if tops:
+        seen, worst_tokens = set(), []
+        for t in tops:
+            key = (t.token, t.position)
+            if key not in seen:
+                seen.add(key)
+                label = repr(t.token) if t.token is not None else "a token"
+                worst_tokens.append(f"{label} at position {t.position if t.position is not None else '?'} "
+                                    f"({pct(t.share, 2)})")
+            if len(worst_tokens) == 3:
+                break
+        where += ("; " if where else "") + "worst tokens: " + ", ".join(worst_tokens)
     return frac, worst, where
 
 
@@ -178,7 +193,7 @@ def group_verdict(model: ModelStats, group: str, sites: list[SiteStats],
     label = GROUP_LABELS.get(group, group)
     if not rows:
         stats, share, mult, worst, wmult, wsite, thr = None, math.nan, math.nan, math.nan, math.nan, "–", math.nan
-        frac, tmax, where = math.nan, math.nan, ""
+        frac, tmax, where, heavy = math.nan, math.nan, "", False
     else:
         ws = [s.cos2_in.count if finite(s.cos2_in.count) and s.cos2_in.count > 0 else 1.0 for s, _ in rows]
         share = sum(w * s.cos2_in.mean for w, (s, _) in zip(ws, rows)) / sum(ws)
@@ -202,8 +217,8 @@ def group_verdict(model: ModelStats, group: str, sites: list[SiteStats],
     # the token average says one thing, the swap the other (a harmful swap despite a passing average is
     # what a tail of a few heavy tokens does)
     contradiction = swap is not None and stats is not None and (stats != "no") != swap.harmless
-    gv = GroupVerdict(group, label, len(sites), share, mult, worst, wmult, wsite, thr, frac, tmax, where, stats,
-                      swap, removable, contradiction, "")
+    gv = GroupVerdict(group, label, len(sites), share, mult, worst, wmult, wsite, thr, frac, tmax, where, heavy,
+                      stats, swap, removable, contradiction, "")
     return _with_answer(gv)
 
 
@@ -288,7 +303,7 @@ def _names(gs: list[GroupVerdict]) -> str:
 
 def _tail_sentence(gs: list[GroupVerdict]) -> str:
     """The tail of the first group that has one, in one sentence (empty when none has)."""
-    g = next((g for g in gs if g.stats == "tail" or g.tail_where), None)
+    g = next((g for g in gs if g.heavy_tail), None)
     if g is None:
         return ""
     what = (f"{pct(g.tail_frac, 2)} of the tokens carry more than 100/d of ‖x‖² along 𝟙" if finite(g.tail_frac)
@@ -376,7 +391,7 @@ def verdict_record(v: Verdict) -> dict[str, Any]:
     for g in v.groups:
         rec = {k: getattr(g, k) for k in ("group", "label", "n_sites", "share", "multiple", "worst_share",
                                            "worst_multiple", "worst_site", "threshold", "tail_frac", "tail_max",
-                                           "tail_where", "stats", "removable", "contradiction", "answer")}
+                                           "tail_where", "heavy_tail", "stats", "removable", "contradiction", "answer")}
         rec["swap"] = None if g.swap is None else {"variant": g.swap.variant, "delta_loss": g.swap.delta_loss,
                                                    "ppl_ratio": g.swap.ppl_ratio, "harmless": g.swap.harmless}
         groups.append(rec)
