@@ -82,8 +82,11 @@ def test_threshold_is_the_random_baseline_not_one_percent():
     assert model_verdict(m).answer.startswith("No:")
 
 
-TAIL = {"top": [{"share": 0.97, "position": 0, "token": "<bos>"}, {"share": 0.9, "position": 0, "token": "<bos>"}],
-        "by_position": {"0": 0.95, "1": 0.004, "2": 0.003, "3": 0.003, ">=4": 0.002},
+# the probe's tail block (SCHEMA.md TAIL): token = global index in the token stream
+TAIL = {"k": 8, "top": [{"share": 0.97, "position": 0, "window": 0, "batch": 0, "token": 0},
+                        {"share": 0.9, "position": 0, "window": 1, "batch": 0, "token": 256}],
+        "mean_share_by_position": {"0": 0.95, "1": 0.004, "2": 0.003, "3": 0.003, ">=4": 0.002},
+        "count_by_position": {"0": 4, "1": 4, "2": 4, "3": 4, ">=4": 984},
         "frac_above_10_over_d": 0.004, "frac_above_100_over_d": 0.002}
 
 
@@ -95,7 +98,7 @@ def test_tail_dominated_model_contradicted_by_the_swap():
     groups = {g.group: g for g in v.groups}
     assert groups["sandwich"].stats == "tail" and groups["sandwich"].removable is False
     assert groups["sandwich"].contradiction and groups["sandwich"].tail_frac == pytest.approx(0.002)
-    assert "position 0" in groups["sandwich"].tail_where and "worst tokens: '<bos>' at position 0 (97%)" in groups["sandwich"].tail_where
+    assert "position 0" in groups["sandwich"].tail_where and "worst tokens: token #0 at position 0 (97%), token #256 at position 0 (90%)" in groups["sandwich"].tail_where
     assert groups["pre"].removable is True  # its swap is harmless despite the same tail
     assert v.answer.startswith("No — the swap test contradicts"), v.answer
     assert "sandwich" in v.answer and "×1.2e+07" in v.answer and "position 0" in v.answer
@@ -168,7 +171,7 @@ def test_role_groups_and_readers():
 
 def test_light_tail_block_is_not_called_a_tail():
     """The probe's tail block is always there; worst tokens below 100/d are no tail."""
-    light = {"top": [{"share": 0.02, "position": 7, "token": "the"}],
+    light = {"top": [{"share": 0.02, "position": 7, "token": "the"}],  # a writer that stores the token text
              "by_position": {"0": 0.003, "1": 0.003, "2": 0.003, "3": 0.003, ">=4": 0.003},
              "frac_above_10_over_d": 0.01, "frac_above_100_over_d": 0.0}
     v = model_verdict(gemma_like(tail=light, swap=swap_result(BENIGN, 1.003)))

@@ -181,18 +181,25 @@ class MetricSummary:
 
 @dataclass(frozen=True)
 class TailToken:
-    """One of the worst tokens of a site: its share of ‖x‖² along 𝟙, window position and token text."""
+    """One of a site's worst tokens: its share of ‖x‖² along 𝟙, its position in the window, and the
+    token — the probe's global index in the stream (an int) or, from other writers, its text."""
 
     share: float
     position: int | None
-    token: str | None
+    token: int | str | None
+
+    def describe(self) -> str:
+        what = (f"token #{self.token}" if isinstance(self.token, int) else
+                repr(self.token) if self.token is not None else "a token")
+        return f"{what} at position {self.position if self.position is not None else '?'}"
 
 
 @dataclass(frozen=True)
 class Tail:
-    """The ``input.tail`` block: the tokens whose mean carries the largest share of ‖x‖².
+    """The ``input.tail`` block (``TAIL`` in SCHEMA.md): the tokens whose mean carries the largest share.
 
-    ``by_position`` maps "0", "1", "2", "3", ">=4" to the mean share at those window positions;
+    ``by_position`` maps "0", "1", "2", "3", ">=4" to the mean share at those window positions
+    (the probe's ``mean_share_by_position``; ``by_position`` is accepted too);
     ``frac_above_10_over_d`` / ``frac_above_100_over_d`` are the fractions of tokens whose share
     exceeds 10/d and 100/d (10 and 100 times the random-vector mean 1/d).
     """
@@ -206,13 +213,15 @@ class Tail:
     def from_dict(cls, d: Any) -> "Tail | None":
         if not isinstance(d, dict):
             return None
-        top = tuple(
-            TailToken(num(t, "share"), t.get("position") if isinstance(t.get("position"), int) else None,
-                      None if t.get("token") is None else str(t.get("token")))
-            for t in d.get("top") or () if isinstance(t, dict)
-        )
-        bp = d.get("by_position") if isinstance(d.get("by_position"), dict) else {}
-        return cls(top, {str(k): num(bp, k) for k in bp}, num(d, "frac_above_10_over_d"),
+        top = []
+        for t in d.get("top") or ():
+            if isinstance(t, dict):
+                pos, tok = t.get("position"), t.get("token")
+                top.append(TailToken(num(t, "share"), pos if isinstance(pos, int) else None,
+                                     tok if isinstance(tok, (int, str)) and not isinstance(tok, bool) else None))
+        bp = d.get("mean_share_by_position", d.get("by_position"))
+        bp = bp if isinstance(bp, dict) else {}
+        return cls(tuple(top), {str(k): num(bp, k) for k in bp}, num(d, "frac_above_10_over_d"),
                    num(d, "frac_above_100_over_d"))
 
 

@@ -177,9 +177,7 @@ def _tail(sites: list[SiteStats], thresholds: list[float]) -> tuple[float, float
             key = (t.token, t.position)
             if key not in seen:
                 seen.add(key)
-                label = repr(t.token) if t.token is not None else "a token"
-                worst_tokens.append(f"{label} at position {t.position if t.position is not None else '?'} "
-                                    f"({pct(t.share, 2)})")
+                worst_tokens.append(f"{t.describe()} ({pct(t.share, 2)})")
             if len(worst_tokens) == 3:
                 break
         where += ("; " if where else "") + "worst tokens: " + ", ".join(worst_tokens)
