@@ -134,8 +134,6 @@ def run(args: argparse.Namespace) -> int:
     # Refuse an existing --out before any slow work; the folder appears only when the run ends (with
     # stats.json of whatever was measured, even when a later stage failed).
     with output_dir(args.out, force=args.force) as tmp:
-        import torch
-
         from normscope import models as nm
         from normscope.models import text as nt
         from normscope.report.build import build, write_stats
@@ -180,24 +178,7 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(f"no model could be probed: {'; '.join(failures)}")
 
         stats: dict[str, Any] = {**meta, "models": models_out}
-        stats["run"] = {
-            "models": names,
-            "texts": [str(p) for p in args.text] if args.text else
-                     "CPython pydoc_data.topics (English documentation prose; normscope default)",
-            "seq_len": args.seq_len,
-            "max_tokens": args.max_tokens,
-            "batch_size": args.batch_size,
-            "skip_first": args.skip_first,
-            "swap_test": args.swap_test,
-            "dtype": "float32",
-            "torch": torch.__version__,
-            "transformers": _version("transformers"),
-            "threads": torch.get_num_threads(),
-            "started": started,
-            "stages": stages,
-            "failures": failures,
-            "seconds": time.perf_counter() - t0,  # everything before the report is drawn and written
-        }
+        stats["run"] = _run_block(args, names, started, stages, failures, t0)
         _say(args, "writing report ...")
         try:
             from normscope.report.verdict import model_verdict, verdict_record
@@ -225,6 +206,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {os.path.join(out, 'report.html')} (+ tables.md, stats.json, figures/) "
               f"in {time.perf_counter() - t0:.0f} s")
     return 1 if failures else 0
+
+
+def _run_block(args: argparse.Namespace, names: list[str], started: str, stages: dict[str, float],
+               failures: list[str], t0: float) -> dict[str, Any]:
+    """The top-level ``run`` block of stats.json (``RUN`` in probe/SCHEMA.md)."""
+    import torch
+
+    return {
+        "models": names,
+        "texts": [str(p) for p in args.text] if args.text else
+                 "CPython pydoc_data.topics (English documentation prose; normscope default)",
+        "seq_len": args.seq_len,
+        "max_tokens": args.max_tokens,
+        "batch_size": args.batch_size,
+        "skip_first": args.skip_first,
+        "swap_test": args.swap_test,
+        "dtype": "float32",
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "threads": torch.get_num_threads(),
+        "started": started,
+        "stages": stages,
+        "failures": failures,
+        "seconds": time.perf_counter() - t0,  # everything before the report is drawn and written
+    }
 
 
 def _fail(stage: str, e: BaseException) -> str:
