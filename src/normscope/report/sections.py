@@ -45,7 +45,8 @@ def _card(v: Verdict, model: dict) -> Card:
     if v.gap.n_layers and "layernorm" in v.kinds:
         rows.append(("naive LN→RMSNorm swap error", f"{100 * v.gap.mean:.3g}% of ‖z‖ (mean RMSNorm gap)"))
     for g in v.groups:
-        rows.append((g.label, g.answer))
+        rows.append((g.label.split(" (")[0], g.answer.split(";")[0].split(": ")[0] if g.swap else
+                     g.answer.split(":")[0]))
     if v.swap_all is not None:
         rows.append(("naive swap, all norms", v.swap_all.effect()))
     elif v.swap_status:
@@ -59,12 +60,31 @@ def _card(v: Verdict, model: dict) -> Card:
     return Card(v.model, v.answer, rows, tags=list(v.kinds), warn_tags=["post-LN"] if v.post_ln else [])
 
 
+def group_table(v: Verdict) -> Table:
+    """One row per role group: share along 𝟙 against 4/d, worst site, tail, naive swap, verdict."""
+    rows = []
+    for g in v.groups:
+        tail = (pct(g.tail_frac, 2) if g.tail_frac == g.tail_frac else "–") + f" (max {pct(g.tail_max, 2)})"
+        swap = g.swap.effect() if g.swap is not None else "–"
+        verdict = {True: "can go", False: "must stay", None: "–"}[g.removable]
+        if g.swap is None and g.removable is not None:
+            verdict += " (angle statistics only)"
+        if g.contradiction:
+            verdict += " (swap contradicts the average)"
+        rows.append([g.label.split(" (")[0], str(g.n_sites), pct(g.share), pct(g.threshold),
+                     f"{g.multiple:.2g}×" if g.multiple == g.multiple else "–",
+                     f"{pct(g.worst_share)} `{g.worst_site}`", tail, swap, verdict])
+    return Table(f"groups-{v.model}", f"{v.model}: per role group", [
+        "role group", "sites", "share of ‖x‖² along 𝟙", "threshold 4/d", "share × d", "worst site",
+        "tokens above 100/d", "naive swap", "mean removal"], rows, css="meta")
+
+
 def summary_section(stats: dict) -> Section:
     """The verdict per model: the headline, the per-role-group verdicts and the key numbers."""
-    cards = []
-    for m in stats["models"]:
-        cards.append(_card(model_verdict(m), m))
-    return Section("Is mean removal redundant in these models?", prose.SUMMARY_INTRO_MD, cards=cards, css="summary")
+    verdicts = [(model_verdict(m), m) for m in stats["models"]]
+    return Section("Is mean removal redundant in these models?", prose.SUMMARY_INTRO_MD,
+                   cards=[_card(v, m) for v, m in verdicts], tables=[group_table(v) for v, _ in verdicts],
+                   css="summary")
 
 
 def run_section(stats: dict) -> Section:
