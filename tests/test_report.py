@@ -209,7 +209,7 @@ def test_extra_section_images_and_html(stats, tmp_path):
     fig.savefig(png)
     fig2, ax2 = plt.subplots()
     ax2.plot([1, 0])
-    sec = Section("Attention", "<p id='att'>raw html</p>", figures=[("from a file", png), fig2])
+    sec = Section("Attention", "<p id='att'>raw html</p>", images=[("from a file", png), fig2])
     one = {"models": [fake_model("one", d=16, n_layers=2, tokens=50, post_ln=False, offset=0.0, seed=5)]}
     page = build(one, tmp_path / "r", extra_sections=[sec]).read_text()
     assert "<p id='att'>raw html</p>" in page and "from a file" in page

@@ -61,6 +61,8 @@ class Section:
     reason: str = ""
     after: str = ""
     css: str = ""
+    images: Sequence[Any] = ()  # the older name of ``figures``; shown after them
+
 
     @property
     def measured(self) -> bool:
@@ -68,7 +70,7 @@ class Section:
 
     def figure_list(self) -> list[Figure]:
         out = []
-        for i, f in enumerate(self.figures):
+        for i, f in enumerate([*self.figures, *self.images]):
             if isinstance(f, Figure):
                 out.append(f)
             elif isinstance(f, (tuple, list)) and len(f) == 2:
