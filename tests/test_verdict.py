@@ -136,7 +136,8 @@ def test_missing_and_not_measured_sections(tmp_path):
     m["layers"][0]["geometry"] = {"status": "not measured", "reason": "gain has a zero entry"}
     v = model_verdict(m)
     assert v.swap_all is None and v.swap_status.startswith("not measured: the model has no")
-    assert v.answer.startswith("Yes, at inference")  # the statistics alone, no swap
+    assert v.answer.startswith("Yes, at inference")  # the statistics alone, no swap, and it says so
+    assert "swap test, which decides whether the mean removal can actually go, was not measured: the model" in v.answer
     page = build({"models": [m]}, tmp_path).read_text()
     assert "not measured: the model has no residual-stream norm sites to swap" in page
     assert "not measured: no supported attention module" in page

@@ -358,6 +358,9 @@ def headline(v: Verdict) -> str:
         out = f"Yes, at inference: {avg}."
         if v.swap_all is not None:
             out += f" The naive swap of all norms agrees: {v.swap_all.effect()}."
+        elif not can:
+            out += (" This is the angle statistics' answer only: the naive swap test, which decides whether the "
+                    "mean removal can actually go, " + (f"was {v.swap_status}." if v.swap_status else "did not run."))
         return out
     if can and all(g.stats == "yes" for g in unswapped):
         out = f"Yes by the swap test: {avg}; swapping every role group leaves the loss unchanged. " + tail
