@@ -201,7 +201,10 @@ def group_verdict(model: ModelStats, group: str, sites: list[SiteStats],
         ds = sorted({d for _, d in rows})
         thr = C_BASELINE / ds[0]
         frac, tmax, where = _tail([s for s, _ in rows], [C_BASELINE / d for d in ds])
-        tail_cut = min(C_TAIL / ds[0], 0.5)
+        # Without the probe's tail block only the largest share is known; a random vector's largest
+        # share over n tokens is about 2 ln(n)/d (a χ²₁/d tail), so the cut never falls below twice that.
+        n = max(2.0, max((s.cos2_in.count for s, _ in rows if finite(s.cos2_in.count)), default=2.0))
+        tail_cut = min(C_TAIL / ds[0], max(0.5, 4 * math.log(n) / ds[0]))
         heavy = (finite(frac) and frac > 0) or (not finite(frac) and finite(tmax) and tmax > tail_cut)
         if mult > C_BASELINE:
             stats = "no"
@@ -304,9 +307,9 @@ def _tail_sentence(gs: list[GroupVerdict]) -> str:
     g = next((g for g in gs if g.heavy_tail), None)
     if g is None:
         return ""
-    what = (f"{pct(g.tail_frac, 2)} of the tokens carry more than 100/d of ‖x‖² along 𝟙" if finite(g.tail_frac)
-            else "single tokens carry")
-    return (f"The token average hides a tail: at the {g.label.split(' (')[0]}, {what} (up to {pct(g.tail_max)})"
+    what = (f"{pct(g.tail_frac, 2)} of the tokens carry more than 100/d of ‖x‖² along 𝟙 (up to {pct(g.tail_max)})"
+            if finite(g.tail_frac) else f"the worst token carries {pct(g.tail_max)} of ‖x‖² along 𝟙")
+    return (f"The token average hides a tail: at the {g.label.split(' (')[0]}, {what}"
             + (f", {g.tail_where}" if g.tail_where else "") + ".")
 
 
@@ -382,7 +385,8 @@ def headline(v: Verdict) -> str:
     if tail:
         parts.append(tail)
     if unswapped:
-        parts.append("No role-grouped swap test decides for the rest (run with --swap-test role).")
+        parts.append(f"No swap test decides for the {_names(unswapped)}"
+                     + ("" if can else " (run the report with --swap-test role)") + ".")
     return " ".join(parts)
 
 
