@@ -12,7 +12,8 @@ import pytest
 from normscope.report import Section, aggregate, build, gupta_tables, model_verdict, paper_tables
 from normscope.report import markup
 from normscope.report.build import sanitize
-from normscope.report.tables import ln_sites, mean_abs_deviation
+from normscope.probe.schema import ln_sites
+from normscope.report.tables import mean_abs_deviation
 
 
 def summarize(x: np.ndarray, lo: float | None = None, hi: float | None = None, bins: int = 60) -> dict:

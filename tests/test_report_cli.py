@@ -259,3 +259,66 @@ def test_cli_end_to_end_minilm(tmp_path):
     assert len(ln1) == 6 and all(80 < e["input"]["angle_deg"]["mean"] < 100 for e in ln1)
     page = (out / "report.html").read_text()
     assert "minilm" in page and "post-LN" in page
+
+
+def test_model_without_block_norms_still_reports(tmp_path, textfile):
+    """MPT (norm_1, norm_2, norm_f): every site is 'other' under the name registry, so the swap test has
+    nothing to swap. The report is written anyway, the swap section says 'not measured: <reason>'."""
+    from transformers import MptConfig, MptForCausalLM
+
+    torch.manual_seed(0)
+    folder = _save(MptForCausalLM(MptConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=2, max_seq_len=64)),
+                   tmp_path / "mpt")
+    out = tmp_path / "o"
+    with pytest.warns(UserWarning):
+        rc = run_cli(["--model", folder, "--text", textfile, "--out", str(out), "--max-tokens", "128",
+                      "--seq-len", "32", "--swap-tokens", "64", "--attention", "1", "--quiet"])
+    assert rc == 0
+    page = (out / "report.html").read_text()
+    assert "not measured: the model has no residual-stream norm sites to swap" in page
+    assert "not measured: MptForCausalLM: no supported attention module" in page
+    stats = json.loads((out / "stats.json").read_text())
+    m = stats["models"][0]
+    assert m["swap"] == {"status": "not measured", "reason": "the model has no residual-stream norm sites to swap"}
+    assert m["tokens"] == 128 and "other norms" in page  # the verdict still speaks about the norms it has
+    assert m["attention"]["status"] == "not measured" and m["run"]["attention_seconds"] >= 0
+    st = stats["run"]["stages"]
+    assert set(st) == {"load", "probe", "swap", "attention", "figures", "write"} and st["probe"] > 0
+
+
+def test_failed_figures_keep_the_statistics(monkeypatch, tiny, textfile, tmp_path, capsys):
+    """A stage after the probe raises: stats.json of what was measured is still written, the failure is one line."""
+    import importlib
+
+    build_mod = importlib.import_module("normscope.report.build")  # the module; the package exports the function
+
+    def broken(*a, **k):
+        raise RuntimeError("matplotlib exploded\nsecond line")
+
+    monkeypatch.setattr(build_mod, "report_figures", broken)
+    out = tmp_path / "o"
+    rc = run_cli(["--model", tiny["llama"], "--text", textfile, "--out", str(out), "--max-tokens", "64",
+                  "--seq-len", "32", "--swap-test", "off", "--quiet"])
+    assert rc == 1
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["models"][0]["tokens"] == 64 and stats["run"]["failures"] == [
+        "report failed: RuntimeError: matplotlib exploded"]
+    assert not (out / "report.html").exists()
+    err = capsys.readouterr().err
+    assert "error: report failed: RuntimeError: matplotlib exploded\n" in err and "second line" not in err
+
+
+def test_swap_by_role_and_stage_times(two_model_report):
+    stats = json.loads((two_model_report / "stats.json").read_text())
+    gpt = stats["models"][0]
+    assert gpt["swap"]["per"] == "role"
+    assert [r["variant"] for r in gpt["swap"]["rows"]][:3] == ["pre-sublayer norms", "final norm", "all"]
+    for m in stats["models"]:
+        assert m["run"]["swap_seconds"] > 0 and "attention_seconds" not in m["run"]
+    page = (two_model_report / "report.html").read_text()
+    assert "time: swap test" in page and "pre-sublayer norms" in page
+    v = gpt["verdict"]  # recorded beside the statistics, and the same sentence as on the page
+    assert [g["group"] for g in v["groups"]] == ["pre", "final"] and v["groups"][0]["swap"]["variant"] == "pre-sublayer norms"
+    from normscope.report import markup
+
+    assert markup.inline(v["headline"]) in page

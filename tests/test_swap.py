@@ -168,3 +168,32 @@ def test_replacement_types():
     site = find_norms(gpt2())[0]
     rep = _replacement(site)
     assert isinstance(rep, RMSNorm) and rep.bias is not None and rep.eps == site.eps
+
+
+def test_per_role_groups_and_all_row():
+    """per="role": one variant per role group (pre-sublayer, final for GPT-2), then all; "all" as per="all"."""
+    m, x = gpt2(), batches(1)
+    r = swap_test(m, x, progress=False, per="role", angles=False, exact=False)
+    assert [row["variant"] for row in r["rows"]] == ["pre-sublayer norms", "final norm", "all"]
+    pre = r["rows"][0]
+    assert pre["sites"] == ["transformer.h.0.ln_1", "transformer.h.0.ln_2", "transformer.h.1.ln_1",
+                            "transformer.h.1.ln_2"] and pre["role"] == "pre_attention+pre_mlp"
+    r_all = swap_test(m, x, progress=False, per="all", angles=False, exact=False)
+    assert r["rows"][-1]["loss"] == r_all["rows"][-1]["loss"]
+    assert "role group" in swap_test_section(r)[1]
+
+
+def test_per_role_sandwich_and_post_ln_groups():
+    from normscope.convert.swap import _groups
+    from normscope.models import find_norms
+
+    torch.manual_seed(0)
+    g3 = T.Gemma2ForCausalLM(T.Gemma2Config(num_hidden_layers=2, hidden_size=D, num_attention_heads=4,
+                                            num_key_value_heads=2, head_dim=8, intermediate_size=64,
+                                            vocab_size=V)).eval()
+    sites = [s for s in find_norms(g3) if s.role != "other"]
+    assert [label for label, _ in _groups(sites, "role")] == ["pre-sublayer norms", "sandwich norms", "final norm"]
+    bert = T.BertModel(T.BertConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4,
+                                    intermediate_size=64, vocab_size=V)).eval()
+    labels = [label for label, _ in _groups([s for s in find_norms(bert) if s.role != "other"], "role")]
+    assert labels == ["embedding norm", "post-LN norms"]

@@ -6,7 +6,7 @@ per-layer / per-head measurements of the vectors entering attention in real mode
   renders its result as Markdown for reports.
 """
 
-from normscope.attention.measure import AttentionLayer, attention_layers, attention_section, measure_attention
+from normscope.attention.measure import AttentionLayer, attention_layers, measure_attention
 from normscope.attention.unselectable import unselectable, unselectable_fraction
 
 __all__ = [
@@ -17,3 +17,14 @@ __all__ = [
     "unselectable",
     "unselectable_fraction",
 ]
+
+
+# Rendering lives in normscope.report.extras; these wrappers keep the names importable here without
+# loading the report package (matplotlib) until they are called.
+
+
+def attention_section(result: dict):
+    """See :func:`normscope.report.extras.attention_section`."""
+    from normscope.report.extras import attention_section as render
+
+    return render(result)

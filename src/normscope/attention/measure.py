@@ -35,7 +35,7 @@ from torch import nn
 
 from normscope.attention.unselectable import unselectable
 
-__all__ = ["AttentionLayer", "attention_layers", "measure_attention", "attention_section"]
+__all__ = ["AttentionLayer", "attention_layers", "measure_attention"]
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:h|layers?|blocks?)\.(\d+)\.")
 
@@ -306,40 +306,3 @@ def measure_attention(
         "notes": notes,
         "layers": out_layers,
     }
-
-
-def _fmt(x: float, nd: int = 1) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
-
-
-def attention_section(result: dict[str, Any]) -> tuple[str, str]:
-    """A Markdown section (title, body) for a :func:`measure_attention` result."""
-    title = f"Attention: unselectable keys and query angles ({result['model']})"
-    lines = [
-        f"{result['sequences']} sequences of {result['seq_len']} tokens, d = {result['hidden_size']}. "
-        "Unselectable = inside the convex hull of the other vectors of the same sequence "
-        "(can never get the strictly highest score; Brody et al. 2023). Percentages are means over sequences.",
-        "",
-        "| layer | norm site | kind | % unselectable before norm | % after norm | % of W_K·y per key head (mean [min, max]) "
-        "| query angle to 𝟙 (°) | angle of γ⊙q̃ to 𝟙 (°) | % duplicate inputs |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for L in result["layers"]:
-        keys = L["keys"]
-        if keys:
-            means = [k["mean"] for k in keys]
-            kcell = f"{_fmt(float(np.mean(means)))} [{_fmt(min(means))}, {_fmt(max(means))}]"
-        else:
-            kcell = "–"
-        ang = L["angle_ones"]
-        acell = _fmt(float(np.mean([a["mean"] for a in ang]))) if ang else "–"
-        an = L["angle_normalized"]
-        ncell = _fmt(float(np.mean([a["mean"] for a in an]))) if an else "–"
-        lines.append(
-            f"| {L['layer']} | `{L['site']}` | {L['kind']} | {_fmt(L['before']['mean'])} | {_fmt(L['after']['mean'])} "
-            f"| {kcell} | {acell} | {ncell} | {_fmt(L.get('duplicates', {}).get('mean', float('nan')))} |"
-        )
-    if result.get("notes"):
-        lines.append("")
-        lines.extend(f"- {n}" for n in result["notes"])
-    return title, "\n".join(lines) + "\n"

@@ -4,6 +4,12 @@ Loads every ``--model`` (all before probing, so a bad name fails fast), streams 
 the text through each, collects per-token statistics at every norm layer
 (:func:`normscope.probe.run`) and writes ``report.html`` (self-contained), ``tables.md``,
 ``stats.json`` and ``figures/`` into a fresh ``--out`` folder.
+
+Stages, each timed into ``stats["run"]["stages"]`` (and per model into ``model["run"]``): load,
+probe, swap (the naive swap test, by role group by default), attention (optional), figures,
+write. A swap test or attention measurement that cannot be computed is recorded as
+``{"status": "not measured", "reason"}`` and shown as such; the statistics already measured are
+always written (``stats.json`` even when drawing or rendering the page fails).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ DEFAULT_MODELS = ("minilm", "smollm2")
 DEFAULT_MAX_TOKENS = 8192
 DEFAULT_SEQ_LEN = 256
 DEFAULT_BATCH_SIZE = 8
+# Stages timed into stats["run"]["stages"] (figures and write are added by report.build).
+STAGES = ("load", "probe", "swap", "attention")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,9 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers-hist", nargs="+", default=None, metavar="SPEC",
                    help="blocks to histogram: 'N[,N...]' for every model or 'MODEL:N[,N...]' "
                         "(default: the block at ~75%% depth)")
-    p.add_argument("--swap-test", choices=["all", "layer", "site", "off"], default="all",
-                   help="naive LN<->RMSNorm swap test per model: swap all norms at once (default), "
-                        "each block, each site, or off")
+    p.add_argument("--swap-test", choices=["role", "all", "layer", "site", "off"], default="role",
+                   help="naive LN<->RMSNorm swap test per model: each role group of norms (pre-sublayer, sandwich, "
+                        "post-LN, QK, final, embedding) and all at once (default), all at once only, each block, "
+                        "each site, or off")
     p.add_argument("--swap-tokens", type=int, default=2048, metavar="N",
                    help="token positions for the swap test (default 2048)")
     p.add_argument("--attention", type=int, default=0, metavar="SEQS",
@@ -119,14 +128,15 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    # Refuse an existing --out before any slow work; the folder appears only when everything succeeded.
+    stages = dict.fromkeys(STAGES, 0.0)
+    failures: list[str] = []
+    rc = 0
+    # Refuse an existing --out before any slow work; the folder appears only when the run ends (with
+    # stats.json of whatever was measured, even when a later stage failed).
     with output_dir(args.out, force=args.force, inputs=[*names, *(args.text or [])]) as tmp:
-        import torch
-
         from normscope import models as nm
-        from normscope import probe
         from normscope.models import text as nt
-        from normscope.report import build
+        from normscope.report.build import build, write_stats
 
         texts = nt.read_texts(args.text) if args.text else nt.default_texts()
         if sum(len(t.split()) for t in texts) == 0:
@@ -138,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             t = time.perf_counter()
             lm = nm.load(name)
             load_s = time.perf_counter() - t
+            stages["load"] += load_s
             sites = nm.find_norms(lm.model)  # ValueError if the model has no norm layer
             ctx = nt.context_length(lm.model)
             if ctx is not None and args.seq_len > ctx:
@@ -148,43 +159,37 @@ def run(args: argparse.Namespace) -> int:
                 _check_blocks(name, sites, hist_layers[name])
             loaded.append((name, lm, sites, ctx, load_s))
 
-        models_out, sections, extras_seconds = [], [], 0.0
+        models_out: list[dict] = []
+        meta: dict[str, Any] = {}
         for i, (name, lm, sites, ctx, load_s) in enumerate(loaded):
-            batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.max_tokens,
-                                       batch_size=args.batch_size, context=ctx)
-            t = time.perf_counter()
-            res = probe.run(lm, batches, skip_first=args.skip_first, progress=not args.quiet, sites=sites,
-                            name=name, total=math.ceil(args.max_tokens / (args.seq_len * args.batch_size)))
-            probe_s = time.perf_counter() - t
-            extra, extra_s = _extra_sections(args, name, lm, texts, ctx)
-            sections.extend(extra)
-            extras_seconds += extra_s
-            for m in res["models"]:
-                m["run"] = {"load_seconds": load_s, "probe_seconds": probe_s, "source": str(getattr(lm, "source", "")),
-                            "context": ctx, "seq_len": args.seq_len}
+            try:
+                m, top = _probe_one(args, name, lm, sites, ctx, texts, stages, load_s)
+            except Exception as e:  # noqa: BLE001 — keep the models already measured
+                if not models_out and i == len(loaded) - 1:
+                    for f in failures:
+                        print(f"error: {f}", file=sys.stderr)
+                    raise
+                failures.append(_fail(f"probe of {name}", e))
+            else:
                 models_out.append(m)
+                meta = meta or top
             loaded[i] = lm = None  # free the weights before the next model
+        if not models_out:
+            raise RuntimeError(f"no model could be probed: {'; '.join(failures)}")
 
-        stats: dict[str, Any] = {k: v for k, v in res.items() if k != "models"}
-        stats["models"] = models_out
-        stats["run"] = {
-            "models": names,
-            "texts": [str(p) for p in args.text] if args.text else
-                     "CPython pydoc_data.topics (English documentation prose; normscope default)",
-            "seq_len": args.seq_len,
-            "max_tokens": args.max_tokens,
-            "batch_size": args.batch_size,
-            "skip_first": args.skip_first,
-            "dtype": "float32",
-            "torch": torch.__version__,
-            "transformers": _version("transformers"),
-            "threads": torch.get_num_threads(),
-            "started": started,
-        }
+        stats: dict[str, Any] = {**meta, "models": models_out}
+        stats["run"] = _run_block(args, names, started, stages, failures, t0)
         _say(args, "writing report ...")
-        stats["run"]["seconds"] = time.perf_counter() - t0  # probe + load time; report rendering follows
-        stats["run"]["extras_seconds"] = extras_seconds
-        build(stats, tmp, hist_layers=hist_layers, extra_sections=sections)
+        try:
+            from normscope.report.verdict import model_verdict, verdict_record
+
+            for m in models_out:  # the verdict is recorded beside the statistics it was drawn from
+                m["verdict"] = verdict_record(model_verdict(m))
+            build(stats, tmp, hist_layers=hist_layers)
+        except Exception as e:  # noqa: BLE001 — the statistics survive a failed figure or page
+            failures.append(_fail("report", e))
+            write_stats(stats, tmp)
+            rc = 1
     out = os.path.abspath(args.out)
     for m in models_out:
         nf = sum(int((e.get("nonfinite") or {}).get("input_tokens", 0)) + int((e.get("nonfinite") or {}).get("output_tokens", 0))
@@ -192,43 +197,115 @@ def run(args: argparse.Namespace) -> int:
         if nf:
             print(f"warning: {m['name']}: {nf} token-vectors with NaN/Inf were skipped (counted in the report)",
                   file=sys.stderr)
-    print(f"wrote {os.path.join(out, 'report.html')} (+ tables.md, stats.json, figures/) "
-          f"in {time.perf_counter() - t0:.0f} s")
-    return 0
+    for f in failures:
+        print(f"error: {f}", file=sys.stderr)
+    if rc:
+        print(f"wrote {os.path.join(out, 'stats.json')} only (the report itself failed, see above) "
+              f"in {time.perf_counter() - t0:.0f} s")
+    else:
+        print(f"wrote {os.path.join(out, 'report.html')} (+ tables.md, stats.json, figures/) "
+              f"in {time.perf_counter() - t0:.0f} s")
+    return 1 if failures else 0
 
 
-def _extra_sections(
-    args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None
-) -> tuple[list[tuple[str, str]], float]:
-    """The swap test and (optionally) the attention measurement for one model.
+def _run_block(args: argparse.Namespace, names: list[str], started: str, stages: dict[str, float],
+               failures: list[str], t0: float) -> dict[str, Any]:
+    """The top-level ``run`` block of stats.json (``RUN`` in probe/SCHEMA.md)."""
+    import torch
 
-    **Returns:** the report sections ``(title, markdown)`` and the seconds they took.
+    return {
+        "models": names,
+        "texts": [str(p) for p in args.text] if args.text else
+                 "CPython pydoc_data.topics (English documentation prose; normscope default)",
+        "seq_len": args.seq_len,
+        "max_tokens": args.max_tokens,
+        "batch_size": args.batch_size,
+        "skip_first": args.skip_first,
+        "swap_test": args.swap_test,
+        "dtype": "float32",
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "threads": torch.get_num_threads(),
+        "started": started,
+        "stages": stages,
+        "failures": failures,
+        "seconds": time.perf_counter() - t0,  # everything before the report is drawn and written
+    }
+
+
+def _fail(stage: str, e: BaseException) -> str:
+    """One line naming the stage that failed and why."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{stage} failed: {type(e).__name__}" + (f": {msg}" if msg else "")
+
+
+def _probe_one(args: argparse.Namespace, name: str, lm: Any, sites: list, ctx: int | None, texts: list[str],
+               stages: dict[str, float], load_s: float) -> tuple[dict, dict]:
+    """Probe one model, then its swap test and attention (each recorded, or 'not measured' with the reason).
+
+    **Returns:** the model's stats entry (with ``run``, ``swap``, ``attention``) and the top-level
+    keys of the probe's result (schema, version).
     """
+    from normscope import probe
     from normscope.models import text as nt
 
-    t0 = time.perf_counter()
-    out = []
-    if args.swap_test != "off":
-        from normscope.convert import swap_test, swap_test_section
+    batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.max_tokens,
+                               batch_size=args.batch_size, context=ctx)
+    t = time.perf_counter()
+    res = probe.run(lm, batches, skip_first=args.skip_first, progress=not args.quiet, sites=sites,
+                    name=name, total=math.ceil(args.max_tokens / (args.seq_len * args.batch_size)))
+    probe_s = time.perf_counter() - t
+    stages["probe"] += probe_s
+    m = res["models"][0]
+    m["run"] = {"load_seconds": load_s, "probe_seconds": probe_s, "source": str(getattr(lm, "source", "")),
+                "context": ctx, "seq_len": args.seq_len}
+    for key, step in (("swap", _swap), ("attention", _attention)):
+        t = time.perf_counter()
+        try:
+            m[key] = step(args, name, lm, texts, ctx)
+        except Exception as e:  # noqa: BLE001 — a section that cannot be computed is reported, not fatal
+            from normscope.probe.schema import not_measured
 
-        _say(args, f"swap test on {name} ({args.swap_test}) ...")
-        batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.swap_tokens,
-                                   batch_size=args.batch_size, context=ctx)
-        res = swap_test(lm, batches, per=args.swap_test, angles=True, progress=not args.quiet)
-        out.append(swap_test_section(res))
-    if args.attention:
-        from normscope.attention import attention_section, measure_attention
+            reason = str(e).strip() if isinstance(e, ValueError) else _fail(key, e).split(" failed: ", 1)[1]
+            m[key] = not_measured(reason)
+            print(f"warning: {name}: {key} not measured: {reason}", file=sys.stderr)
+        if m[key] is None:
+            del m[key]
+        else:
+            dt = time.perf_counter() - t
+            m["run"][f"{key}_seconds"] = dt
+            stages[key] += dt
+    return m, {k: v for k, v in res.items() if k != "models"}
 
-        d = int(lm.model.config.hidden_size)
-        seq_len = 1 << d.bit_length()  # the first power of two above d: fewer keys than d + 1 are all selectable
-        if ctx is not None:
-            seq_len = min(seq_len, ctx)
-        _say(args, f"attention on {name} ({args.attention} x {seq_len} tokens) ...")
-        batches = nt.token_batches(lm.tokenizer, texts, seq_len=seq_len, max_tokens=args.attention * seq_len,
-                                   batch_size=1, context=ctx)
-        res = measure_attention(lm.model, batches, name=name, max_sequences=args.attention, progress=not args.quiet)
-        out.append(attention_section(res))
-    return out, time.perf_counter() - t0
+
+def _swap(args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None) -> dict | None:
+    """The naive LN<->RMSNorm swap test of one model (None when --swap-test off)."""
+    if args.swap_test == "off":
+        return None
+    from normscope.convert import swap_test
+    from normscope.models import text as nt
+
+    _say(args, f"swap test on {name} ({args.swap_test}) ...")
+    batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.swap_tokens,
+                               batch_size=args.batch_size, context=ctx)
+    return swap_test(lm, batches, per=args.swap_test, angles=True, progress=not args.quiet)
+
+
+def _attention(args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None) -> dict | None:
+    """Unselectable keys and query angles (Brody et al.) of one model (None when --attention 0)."""
+    if not args.attention:
+        return None
+    from normscope.attention import measure_attention
+    from normscope.models import text as nt
+
+    d = int(lm.model.config.hidden_size)
+    seq_len = 1 << d.bit_length()  # the first power of two above d: fewer keys than d + 1 are all selectable
+    if ctx is not None:
+        seq_len = min(seq_len, ctx)
+    _say(args, f"attention on {name} ({args.attention} x {seq_len} tokens) ...")
+    batches = nt.token_batches(lm.tokenizer, texts, seq_len=seq_len, max_tokens=args.attention * seq_len,
+                               batch_size=1, context=ctx)
+    return measure_attention(lm.model, batches, name=name, max_sequences=args.attention, progress=not args.quiet)
 
 
 def _version(mod: str) -> str:

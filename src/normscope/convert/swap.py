@@ -149,6 +149,21 @@ class _Evaluator:
 
 
 def _groups(sites: Sequence[Any], per: str) -> list[tuple[str, list[Any]]]:
+    """The swap variants besides "original" and "all": ``(label, sites)`` per site, block or role group.
+
+    ``per="role"`` gives one variant per role group of :func:`normscope.probe.schema.role_group`
+    (pre-sublayer, sandwich, post-LN, QK, final, embedding), labelled by
+    :data:`normscope.probe.schema.GROUP_VARIANTS`, in that order.
+    """
+    if per == "role":
+        from normscope.probe.schema import GROUP_VARIANTS, ROLE_GROUPS, role_group
+
+        roles = {s.role for s in sites}
+        post_ln = not any(r.startswith("pre_") for r in roles) and bool(roles & {"post_attention", "post_mlp"})
+        by: dict[str, list[Any]] = {}
+        for s in sites:
+            by.setdefault(role_group(s.role, s.label, post_ln=post_ln), []).append(s)
+        return [(GROUP_VARIANTS[g], by[g]) for g in ROLE_GROUPS if g in by]
     if per == "site":
         return [(s.name, [s]) for s in sites]
     if per == "layer":
@@ -159,7 +174,7 @@ def _groups(sites: Sequence[Any], per: str) -> list[tuple[str, list[Any]]]:
         return list(out.items())
     if per == "all":
         return []
-    raise ValueError(f"per must be 'site', 'layer' or 'all', got {per!r}")
+    raise ValueError(f"per must be 'site', 'layer', 'role' or 'all', got {per!r}")
 
 
 def swap_test(
@@ -180,7 +195,8 @@ def swap_test(
     For LayerNorm sites the swap is LN(x) → γ ⊙ x/√(mean(x²)+ε) + β (RMSNorm); for RMSNorm
     sites RMS(x) → γ ⊙ (x − μ)/√(var(x)+ε) (LayerNorm, no bias). Only residual-stream sites
     are swapped (role ≠ "other"; per-head q/k norms are left alone). Variants: the original,
-    each site (``per="site"``) or each block (``per="layer"``) swapped alone, and all swapped;
+    each site (``per="site"``), each block (``per="layer"``) or each role group (``per="role"``:
+    pre-sublayer, sandwich, post-LN, QK, final, embedding) swapped alone, and all swapped;
     for LN decoders that :func:`normscope.convert.to_rmsnorm` supports, also the exact
     (writer-centred) conversion as a control.
 
@@ -210,7 +226,7 @@ def swap_test(
             raise ValueError("each batch must be a LongTensor of shape (batch, seq)")
     kind = _pick_loss(model, loss)
     all_sites = list(sites) if sites is not None else find_norms(model)
-    sites = [s for s in all_sites if s.role not in ("other", "query", "key")]  # q/k norms are left alone
+    sites = [s for s in all_sites if s.role != "other"]
     if not sites:
         raise ValueError("the model has no residual-stream norm sites to swap")
     kinds = sorted({s.kind for s in sites})
@@ -312,63 +328,3 @@ def _exact_row(model: nn.Module, ev: _Evaluator, base: dict, kind: str) -> dict 
     else:
         row.update(ppl=r["ppl"], ppl_ratio=r["ppl"] / base["ppl"])
     return row
-
-
-def _fmt(v: Any, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
-
-
-def swap_markdown(result: dict) -> str:
-    """The swap-test result as a Markdown table (one row per variant)."""
-    emb = result["loss_kind"] == "embedding"
-    lines = [
-        f"Model `{result['model']}`; swap: {result['swap']}; {result['tokens']} tokens; "
-        f"loss: {result['loss_note']}.",
-        "",
-        f"Baseline loss {result['baseline']['loss']:.4f}"
-        + ("" if emb else f", perplexity {result['baseline']['ppl']:.3f}") + ".",
-        "",
-    ]
-    if emb:
-        lines += ["| swapped | role | mean angle of input with 𝟙 (°) | Δloss (1−cos) | mean cos | min cos |",
-                  "|---|---|---|---|---|---|"]
-    else:
-        lines += ["| swapped | role | mean angle of input with 𝟙 (°) | loss | Δloss | perplexity | ppl ratio |",
-                  "|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        ang = r.get("angle_in_mean")
-        std = r.get("angle_in_std")
-        ang_s = "–" if ang is None else (f"{ang:.2f} ± {_fmt(std, '.2f')}" if "angle_in_std" in r else f"{ang:.2f} (avg)")
-        if emb:
-            lines.append(f"| {r['variant']} | {r['role']} | {ang_s} | {r['delta_loss']:.3e} | "
-                         f"{r['cos_mean']:.6f} | {r['cos_min']:.6f} |")
-        else:
-            lines.append(f"| {r['variant']} | {r['role']} | {ang_s} | {r['loss']:.4f} | {r['delta_loss']:+.2e} | "
-                         f"{_fmt(r['ppl'], '.3f')} | {_fmt(r['ppl_ratio'], '.5f')} |")
-    bad = [(r["variant"], r["nonfinite_tokens"]) for r in result["rows"] if r.get("nonfinite_tokens")]
-    if result["baseline"].get("nonfinite_tokens"):
-        bad.insert(0, ("original", result["baseline"]["nonfinite_tokens"]))
-    if bad:
-        lines += ["", "Token positions with NaN/Inf outputs (left out of the loss): "
-                  + "; ".join(f"{v}: {k}" for v, k in bad) + "."]
-    return "\n".join(lines) + "\n"
-
-
-_VARIANTS = {"site": "one site at a time and all at once", "layer": "one block at a time and all at once",
-             "all": "all at once"}
-
-
-def swap_test_section(result: dict) -> tuple[str, str]:
-    """(title, markdown) for the HTML report: the naive-swap table with a one-paragraph explanation."""
-    title = f"Naive norm swap: {result['model']}"
-    intro = (
-        "Each norm is replaced by the other kind **without centring the residual writers** "
-        f"({result['swap']}), {_VARIANTS.get(result.get('per'), 'one at a time and all at once')}, "
-        "and the loss is measured on the same text. "
-        "The mean angle between the norm's input and the all-ones vector 𝟙 (from the probe) is shown beside it: "
-        "LayerNorm removes exactly the component along 𝟙, so the closer the input is to 90°, the smaller the change. "
-        "Gupta et al. (arXiv:2409.12951) did not run this experiment; these are our measurements."
-    )
-    if any(r["variant"].startswith("exact") for r in result["rows"]):
-        intro += " The *exact* row is the writer-centred conversion (`normscope convert`), which must not change the loss."
-    return title, intro + "\n\n" + swap_markdown(result)

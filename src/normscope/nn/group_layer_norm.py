@@ -6,7 +6,6 @@ import os
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from normscope.nn._autotune import bucket, measure

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from normscope.nn._checks import Shape, as_shape, check_eps, check_input, resolve_affine

@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from normscope.probe.stats import hist_edges
-from normscope.report.tables import BLOCK_ROLES, get_path, layer_index, ln_sites, num
+from normscope.probe.schema import BLOCK_ROLES, get_path, layer_index, ln_sites, num
 
 # Colour per norm site role (colour-blind-safe Tableau palette).
 ROLE_COLORS = {

@@ -5,8 +5,8 @@ aggregate per-token metrics over all blocks of a model. Each of our cells is the
 mean of the per-layer token means, followed by two spreads:
 
 - **paper-style ±** = mean over layers of the per-layer token SD, divided by √L
-  (L = number of blocks). This is how the paper's "±" behaves (reference
-  ``lm-hidden-geometry.md`` §4.2: legend SD / √L); the paper never states it.
+  (L = number of blocks). This is how the paper's "±" behaves (its legend
+  SD / √L, checked against Tables 2 and the histogram legends); the paper never states it.
 - **σ** = the true pooled token SD over all layers,
   σ² = Σ_l n_l (s_l² + (m_l − m̄)²) / Σ_l n_l (exact from per-layer mean m_l, SD s_l, count n_l).
 
@@ -20,84 +20,18 @@ part of these tables (the paper studies neither), but are in the per-layer plots
 
 from __future__ import annotations
 
-import html
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Iterable, Sequence
 
+from normscope.probe.schema import BLOCK_ROLES, POST_ROLES, PRE_ROLES, count_of, get_path, is_post_ln, ln_sites, num
 from normscope.probe.stats import hist_edges
+from normscope.report.format import DASH, fixed, pm as _pm, ratio as _ratio
 
-PRE_ROLES = ("pre_attention", "pre_mlp")
-POST_ROLES = ("post_attention", "post_mlp")
-BLOCK_ROLES = PRE_ROLES + POST_ROLES
-
-
-# ----------------------------------------------------------------------------- stats access
-
-
-def num(summary: Any, key: str) -> float:
-    """``summary[key]`` as float, NaN when missing or null."""
-    if not isinstance(summary, dict):
-        return math.nan
-    v = summary.get(key)
-    if v is None:
-        return math.nan
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def count_of(summary: Any) -> float:
-    """Number of values behind a summary (``count`` or ``n``), NaN if unknown."""
-    for key in ("count", "n"):
-        v = num(summary, key)
-        if not math.isnan(v):
-            return v
-    return math.nan
-
-
-def layer_index(entry: dict) -> int | None:
-    """Block index of a layer entry: its ``layer`` field, else the first integer in its name."""
-    v = entry.get("layer")
-    if isinstance(v, int):
-        return v
-    m = re.search(r"\.(\d+)\.", "." + str(entry.get("name", "")) + ".")
-    return int(m.group(1)) if m else None
-
-
-def is_post_ln(model: dict) -> bool:
-    """True when the model has block norms and none of them sits before a sublayer."""
-    roles = {e.get("role") for e in model.get("layers", [])}
-    return not (roles & set(PRE_ROLES)) and bool(roles & set(POST_ROLES))
-
-
-def ln_sites(model: dict) -> tuple[list[dict], list[dict], str, str]:
-    """The block norms playing the paper's LN1 and LN2 roles, plus their roles' names.
-
-    LN1 = ``pre_attention`` norms (or ``post_attention`` for post-LN models),
-    LN2 = ``pre_mlp`` norms (or ``post_mlp``). Sorted by block index.
-    """
-    layers = model.get("layers", [])
-    post = is_post_ln(model)
-    r1, r2 = ("post_attention", "post_mlp") if post else ("pre_attention", "pre_mlp")
-    key = lambda e: (layer_index(e) if layer_index(e) is not None else -1)
-    ln1 = sorted((e for e in layers if e.get("role") == r1), key=key)
-    ln2 = sorted((e for e in layers if e.get("role") == r2), key=key)
-    return ln1, ln2, r1, r2
-
-
-def get_path(entry: dict, path: str) -> Any:
-    """``get_path(e, "input.angle_deg")`` -> e["input"]["angle_deg"] (None if missing)."""
-    cur: Any = entry
-    for part in path.split("."):
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(part)
-    return cur
+__all__ = ["Agg", "Table", "aggregate", "agg_path", "gupta_tables", "paper_tables", "mean_abs_deviation",
+           "BLOCK_ROLES", "PRE_ROLES", "POST_ROLES", "ln_sites", "is_post_ln"]
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -116,7 +50,7 @@ class Agg:
 
     def fmt(self, digits: int = 2, *, sd: bool = True) -> str:
         if self.n_layers == 0 or math.isnan(self.mean):
-            return "–"
+            return DASH
         s = f"{self.mean:.{digits}f} ± {self.pm:.{digits}f}"
         if sd:
             s += f" (σ {self.sd:.{digits}f})"
@@ -168,20 +102,16 @@ def paper_tables() -> dict:
     return json.loads(text)
 
 
-def _pm(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, list):
-        return f"{v[0]:.2f} ± {v[1]:.2f}"
-    return f"{v:.2f}"
-
-
 # ----------------------------------------------------------------------------- tables
 
 
 @dataclass
 class Table:
-    """A rendered-agnostic table: header, rows (label + cells), which rows are the paper's, notes."""
+    """A renderer-agnostic table: header, rows (label + cells), which rows are the paper's, notes.
+
+    Rendered by :func:`normscope.report.render_md.table_md` and
+    :func:`normscope.report.render_html.table_html`.
+    """
 
     key: str
     title: str
@@ -190,42 +120,18 @@ class Table:
     paper_rows: set[int] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
 
+    css: str = "gupta"
+    collapsed: str | None = None  # HTML: shown inside <details> with this summary line
+
     def to_markdown(self) -> str:
-        out = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
-        for i, r in enumerate(self.rows):
-            cells = list(r)
-            if i in self.paper_rows:
-                cells[0] = f"{cells[0]} *(paper)*"
-            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        out.append("")
-        out += [f"- {n}" for n in self.notes]
-        return "\n".join(out) + "\n"
+        from normscope.report.render_md import table_md
+
+        return table_md(self)
 
     def to_html(self) -> str:
-        h = ['<div class="table-wrap"><table class="gupta">', "<thead><tr>"]
-        h += [f"<th>{html.escape(c)}</th>" for c in self.header]
-        h.append("</tr></thead><tbody>")
-        first_paper = min(self.paper_rows) if self.paper_rows else None
-        for i, r in enumerate(self.rows):
-            cls = "paper" if i in self.paper_rows else "ours"
-            if i == first_paper:
-                h.append(
-                    f'<tr class="sep"><td colspan="{len(self.header)}">'
-                    "Published numbers of Gupta et al. (2025), their models and data — for reference</td></tr>"
-                )
-            tds = [f'<td class="label">{html.escape(r[0])}</td>'] + [f"<td>{_cell_html(c)}</td>" for c in r[1:]]
-            h.append(f'<tr class="{cls}">' + "".join(tds) + "</tr>")
-        h.append("</tbody></table></div>")
-        if self.notes:
-            h.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in self.notes) + "</ul>")
-        return "".join(h)
+        from normscope.report.render_html import table_html
 
-
-def _cell_html(c: str) -> str:
-    m = re.match(r"^(.*?) \(σ (.*)\)$", c)
-    if m:
-        return f'{html.escape(m.group(1))} <span class="sd">σ {html.escape(m.group(2))}</span>'
-    return html.escape(c)
+        return table_html(self)
 
 
 def _label(model: dict) -> str:
@@ -303,17 +209,17 @@ def table3(stats: dict, *, paper: dict | None = None) -> Table:
             [
                 _label(m),
                 h.fmt(),
-                _num(h.max),
+                fixed(h.max),
                 p1.fmt(),
-                _num(p1.max),
+                fixed(p1.max),
                 p2.fmt(),
-                _num(p2.max),
-                "–" if math.isnan(ratio) else f"{_ratio(ratio)} (±); {_ratio(ratio_sd)} (σ)",
+                fixed(p2.max),
+                DASH if math.isnan(ratio) else f"{_ratio(ratio)} (±); {_ratio(ratio_sd)} (σ)",
             ]
         )
     for name, row in paper["table3_l2_norm"]["rows"].items():
         h, mh, p1, mp1, p2, mp2 = row
-        ratio = f"{_ratio(h[1] / p1[1])} (±)" if h and p1 else "–"
+        ratio = f"{_ratio(h[1] / p1[1])} (±)" if h and p1 else DASH
         t.paper_rows.add(len(t.rows))
         t.rows.append([name, _pm(h), _pm(mh), _pm(p1), _pm(mp1), _pm(p2), _pm(mp2), ratio])
     t.notes = [
@@ -352,7 +258,7 @@ def table4(stats: dict, *, paper: dict | None = None) -> Table:
     t.notes = [
         PM_NOTE,
         "The paper labels the LN2 column 'Hidden & Post-LN2'; we read 'Hidden' there as the LN2 input (the more "
-        "plausible reading, reference §5.1).",
+        "plausible reading).",
         "'mean-removal part' = mean over tokens of |90° − θ(x, 𝟙)|, the rotation that removing the mean alone "
         "would cause (our decomposition, not in the paper; from the 0.09°-bin angle histograms, error ≤ 0.05°). "
         "RMSNorm's standardisation rotates nothing, so the rest of the rotation comes from the gain γ (and bias β).",
@@ -364,7 +270,7 @@ def mean_abs_deviation(summary: Any, center: float = 90.0) -> float:
     """E|θ − center| over tokens, from a summary's histogram (bin centres; error ≤ half a bin).
 
     With ``center`` = 90° this is the mean rotation that removing the mean alone causes,
-    angle(x, x⊥) = |90° − θ(x, 𝟙)| (lm-hidden-geometry.md §1.7). NaN without a histogram.
+    angle(x, x⊥) = |90° − θ(x, 𝟙)| (Gupta et al. §3). NaN without a histogram.
     """
     h = summary.get("hist") if isinstance(summary, dict) else None
     if not isinstance(h, dict) or h.get("scale", "linear") != "linear":
@@ -389,7 +295,7 @@ def _mean_removal_rotation(entries: list[dict]) -> str:
             vals.append(v)
             ws.append(w if math.isfinite(w) and w > 0 else 1.0)
     if not vals:
-        return "–"
+        return DASH
     return f"{sum(v * w for v, w in zip(vals, ws)) / sum(ws):.2f}"
 
 
@@ -410,14 +316,6 @@ def paper_legend_table(paper: dict | None = None) -> Table:
         "(e.g. GPT-J 8.90/√28 = 1.68)."
     ]
     return t
-
-
-def _ratio(r: float) -> str:
-    return "–" if not math.isfinite(r) else (f"{r:.1f}×" if r < 10 else f"{r:.0f}×")
-
-
-def _num(v: float) -> str:
-    return "–" if v is None or math.isnan(v) else f"{v:.2f}"
 
 
 def gupta_tables(stats: dict) -> list[Table]:
