@@ -258,7 +258,7 @@ def test_two_runs_with_the_same_out(tmp_path):
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted"),
                                             (signal.SIGKILL, -9, None)])
 def test_signal_mid_run_cleans_up(models, tmp_path, sig, code, word):
-    p = _cli("report", "--model", str(models["ok"]), "--out", "rep", "--seq-len", "16", "--max-tokens", "64",
+    p = _cli("report", "--model", str(models["ok"]), "--out", "rep", "--seq-len", "16", "--max-tokens", "4096", "--batch-size", "1",
              "--swap-test", "off", "--quiet", cwd=tmp_path)
     deadline = time.monotonic() + 60
     while not any(n.startswith(".rep.tmp-") for n in os.listdir(tmp_path)):  # the run is under way

@@ -261,26 +261,40 @@ def test_cli_end_to_end_minilm(tmp_path):
     assert "minilm" in page and "post-LN" in page
 
 
-def test_model_without_block_norms_still_reports(tmp_path, textfile):
-    """MPT (norm_1, norm_2, norm_f): every site is 'other' under the name registry, so the swap test has
-    nothing to swap. The report is written anyway, the swap section says 'not measured: <reason>'."""
+def test_model_without_block_norms_still_reports(tmp_path, textfile, monkeypatch):
+    """MPT (norm_1, norm_2, norm_f) gets its roles from the architecture description / the traced graph.
+    When a section cannot be computed (here: the swap test finds no norm it may swap, forced by
+    treating every site as 'other'; attention on MPT's unsupported module) the report is written
+    anyway and the section says 'not measured: <reason>'."""
     from transformers import MptConfig, MptForCausalLM
+
+    import normscope.convert
+    from normscope.models import find_norms
 
     torch.manual_seed(0)
     folder = _save(MptForCausalLM(MptConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=2, max_seq_len=64)),
                    tmp_path / "mpt")
+    real = normscope.convert.swap_test
+
+    def all_other(lm, batches, **kw):
+        sites = find_norms(lm.model)
+        for s in sites:
+            s.role = "other"
+        return real(lm, batches, sites=sites, **kw)
+
+    monkeypatch.setattr(normscope.convert, "swap_test", all_other)
     out = tmp_path / "o"
-    with pytest.warns(UserWarning):
-        rc = run_cli(["--model", folder, "--text", textfile, "--out", str(out), "--max-tokens", "128",
-                      "--seq-len", "32", "--swap-tokens", "64", "--attention", "1", "--quiet"])
+    rc = run_cli(["--model", folder, "--text", textfile, "--out", str(out), "--max-tokens", "128",
+                  "--seq-len", "32", "--swap-tokens", "64", "--attention", "1", "--quiet"])
     assert rc == 0
     page = (out / "report.html").read_text()
     assert "not measured: the model has no residual-stream norm sites to swap" in page
     assert "not measured: MptForCausalLM: no supported attention module" in page
     stats = json.loads((out / "stats.json").read_text())
     m = stats["models"][0]
+    assert {s["role"] for s in m["layers"]} == {"pre_attention", "pre_mlp", "final"}  # roles, not 'other'
     assert m["swap"] == {"status": "not measured", "reason": "the model has no residual-stream norm sites to swap"}
-    assert m["tokens"] == 128 and "other norms" in page  # the verdict still speaks about the norms it has
+    assert m["tokens"] == 128 and "pre-sublayer norms" in page  # the verdict still speaks about the norms it has
     assert m["attention"]["status"] == "not measured" and m["run"]["attention_seconds"] >= 0
     st = stats["run"]["stages"]
     assert set(st) == {"load", "probe", "swap", "attention", "figures", "write"} and st["probe"] > 0
