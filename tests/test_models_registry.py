@@ -85,16 +85,16 @@ EXPECTED_BLOCK = {
     "llama": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "pre_mlp")],
     "mistral": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "pre_mlp")],
     "qwen2": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "pre_mlp")],
-    "qwen3": [("q_norm", "other"), ("k_norm", "other"), ("input_layernorm", "pre_attention"),
+    "qwen3": [("q_norm", "query"), ("k_norm", "key"), ("input_layernorm", "pre_attention"),
               ("post_attention_layernorm", "pre_mlp")],
     "phi3": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "pre_mlp")],
     "gemma": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "pre_mlp")],
-    "gemma2": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "post_attention"),
-               ("pre_feedforward_layernorm", "pre_mlp"), ("post_feedforward_layernorm", "post_mlp")],
-    "gemma3": [("q_norm", "other"), ("k_norm", "other"), ("input_layernorm", "pre_attention"),
-               ("post_attention_layernorm", "post_attention"), ("pre_feedforward_layernorm", "pre_mlp"),
-               ("post_feedforward_layernorm", "post_mlp")],
-    "phi": [("q_layernorm", "other"), ("k_layernorm", "other"), ("input_layernorm", "pre_attention")],
+    "gemma2": [("input_layernorm", "pre_attention"), ("post_attention_layernorm", "attention_output"),
+               ("pre_feedforward_layernorm", "pre_mlp"), ("post_feedforward_layernorm", "mlp_output")],
+    "gemma3": [("q_norm", "query"), ("k_norm", "key"), ("input_layernorm", "pre_attention"),
+               ("post_attention_layernorm", "attention_output"), ("pre_feedforward_layernorm", "pre_mlp"),
+               ("post_feedforward_layernorm", "mlp_output")],
+    "phi": [("q_layernorm", "query"), ("k_layernorm", "key"), ("input_layernorm", "pre_attention")],
 }
 KIND = {"llama": "rmsnorm", "mistral": "rmsnorm", "qwen2": "rmsnorm", "qwen3": "rmsnorm", "phi3": "rmsnorm",
         "gemma": "rmsnorm_offset", "gemma2": "rmsnorm_offset", "gemma3": "rmsnorm_offset"}
@@ -212,7 +212,7 @@ def test_custom_norm_class_classified_numerically():
 
 
 def test_no_norm_raises():
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no normalisation layer"):
+    with pytest.raises(ValueError, match="no normalisation layer"):
         find_norms(nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
 
 

@@ -1,118 +1,28 @@
 """Where each supported architecture writes to and reads from its residual stream.
 
-The exact LN → RMSNorm conversion (``lm-hidden-geometry.md`` §6) needs, per family, every
+The exact LN → RMSNorm conversion (writer centring, arXiv:2305.14858) needs, per family, every
 module that *writes* the residual stream (token and position embeddings, attention and MLP
-output projections) and every LayerNorm that *reads* it. Paths are relative to the HF base
-model (``model.base_model``: ``transformer``, ``gpt_neox``, ``model``, ...), so both
-``*ForCausalLM`` and bare base models resolve. Anything we cannot prove exact is refused
-with the reason.
+output projections) and every LayerNorm that *reads* it. Both come from the one architecture
+description, :mod:`normscope.models.architectures` (``convertible=True`` entries). Anything we
+cannot prove exact is refused with the reason.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-SUPPORTED = (
-    "gpt2", "gpt_neo", "gpt_bigcode", "gpt_neox", "gptj", "codegen", "opt", "phi", "bloom", "falcon", "stablelm",
-)  # fmt: skip
+from normscope.models.architectures import architecture, convertible_families, post_ln_families
 
+SUPPORTED = convertible_families()
 # Post-LN encoders: the residual stream *is* an LN output, and sublayers read it un-normed.
-POST_LN = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet", "camembert", "deberta")
+POST_LN = post_ln_families()
 
 
 class NotConvertibleError(ValueError):
     """The model is not a pre-LN LayerNorm transformer we can convert exactly."""
-
-
-@dataclass(frozen=True)
-class FamilySpec:
-    """Residual-stream writers and readers of one architecture.
-
-    ``embeddings``: writers before the first block (or a function of the config giving them).
-    ``layers``: path of the block ModuleList. ``writers``: per-block output projections.
-    ``norms``: per-block LayerNorms that read the residual stream (absent names are skipped;
-    at least one must exist). ``final``: the final LayerNorm. ``inner_norms``: per-block
-    LayerNorms that read something else (per-head q/k norms) and stay as they are.
-    ``embedding_norm``: an LN applied to the token embeddings alone before the stream (BLOOM);
-    it is folded into the embedding table. ``refuse``: config → reason string or None.
-    """
-
-    embeddings: tuple[str, ...] | Callable[[object], tuple[str, ...]]
-    layers: str
-    writers: tuple[str, ...]
-    norms: tuple[str, ...]
-    final: str
-    inner_norms: tuple[str, ...] = ()
-    embedding_norm: str | None = None
-    refuse: Callable[[object], str | None] = field(default=lambda cfg: None)
-
-
-def _opt_embeddings(cfg) -> tuple[str, ...]:
-    # With word_embed_proj_dim != hidden_size, the stream's first writer is project_in, not the table.
-    proj = getattr(cfg, "word_embed_proj_dim", cfg.hidden_size) != cfg.hidden_size
-    return ("decoder.project_in" if proj else "decoder.embed_tokens", "decoder.embed_positions")
-
-
-def _opt_refuse(cfg) -> str | None:
-    if not getattr(cfg, "do_layer_norm_before", True):
-        return (
-            "this OPT checkpoint is post-LN (do_layer_norm_before=False, as OPT-350m): the residual stream is an LN "
-            "output and is read un-normed, so writer centring is not an identity"
-        )
-    if getattr(cfg, "_remove_final_layer_norm", False):
-        return "this OPT checkpoint has no final LayerNorm, so the unembedding reads the residual stream un-normed"
-    return None
-
-
-def _gpt2_refuse(cfg) -> str | None:
-    if getattr(cfg, "add_cross_attention", False):
-        return "GPT-2 with cross-attention writes encoder states into the residual stream; not supported"
-    return None
-
-
-def _bloom_refuse(cfg) -> str | None:
-    if getattr(cfg, "apply_residual_connection_post_layernorm", False):
-        return "BLOOM with apply_residual_connection_post_layernorm=True adds LN outputs to the residual stream (post-LN)"
-    return None
-
-
-FAMILIES: dict[str, FamilySpec] = {
-    "gpt2": FamilySpec(("wte", "wpe"), "h", ("attn.c_proj", "mlp.c_proj"), ("ln_1", "ln_2"), "ln_f", refuse=_gpt2_refuse),
-    "gpt_neo": FamilySpec(("wte", "wpe"), "h", ("attn.attention.out_proj", "mlp.c_proj"), ("ln_1", "ln_2"), "ln_f"),
-    "gpt_bigcode": FamilySpec(("wte", "wpe"), "h", ("attn.c_proj", "mlp.c_proj"), ("ln_1", "ln_2"), "ln_f"),
-    "gpt_neox": FamilySpec(
-        ("embed_in",), "layers", ("attention.dense", "mlp.dense_4h_to_h"),
-        ("input_layernorm", "post_attention_layernorm"), "final_layer_norm",
-    ),
-    "gptj": FamilySpec(("wte",), "h", ("attn.out_proj", "mlp.fc_out"), ("ln_1",), "ln_f"),
-    "codegen": FamilySpec(("wte",), "h", ("attn.out_proj", "mlp.fc_out"), ("ln_1",), "ln_f"),
-    "opt": FamilySpec(
-        _opt_embeddings, "decoder.layers", ("self_attn.out_proj", "fc2"),
-        ("self_attn_layer_norm", "final_layer_norm"), "decoder.final_layer_norm", refuse=_opt_refuse,
-    ),
-    "phi": FamilySpec(
-        ("embed_tokens",), "layers", ("self_attn.dense", "mlp.fc2"), ("input_layernorm",), "final_layernorm",
-        inner_norms=("self_attn.q_layernorm", "self_attn.k_layernorm"),
-    ),
-    "bloom": FamilySpec(
-        ("word_embeddings",), "h", ("self_attention.dense", "mlp.dense_4h_to_h"),
-        ("input_layernorm", "post_attention_layernorm"), "ln_f",
-        embedding_norm="word_embeddings_layernorm", refuse=_bloom_refuse,
-    ),
-    "falcon": FamilySpec(
-        ("word_embeddings",), "h", ("self_attention.dense", "mlp.dense_4h_to_h"),
-        ("input_layernorm", "post_attention_layernorm", "ln_attn", "ln_mlp"), "ln_f",
-    ),
-    "stablelm": FamilySpec(
-        ("embed_tokens",), "layers", ("self_attn.o_proj", "mlp.down_proj"),
-        ("input_layernorm", "post_attention_layernorm"), "norm",
-        inner_norms=("self_attn.q_layernorm", "self_attn.k_layernorm"),
-    ),
-}
 
 
 @dataclass
@@ -143,16 +53,17 @@ def plan(model: nn.Module) -> Plan:
     """Resolve the conversion plan for ``model`` or raise :class:`NotConvertibleError` saying why."""
     mtype = model_type(model)
     modules = dict(model.named_modules())
-    if mtype in POST_LN:
+    spec = architecture(model)
+    if spec is not None and spec.post_ln and not spec.convertible:
         raise NotConvertibleError(
             f"{mtype} is a post-LN encoder: LayerNorm sits after each residual add, so the residual stream is an LN "
             "output read un-normed by the next sublayer; writer centring is not an identity there "
-            "(lm-hidden-geometry.md §3, §6.3.5). Use `normscope swap-test` for the naive swap instead."
+            "(docs/architectures.md). Use `normscope swap-test` for the naive swap instead."
         )
-    if mtype not in FAMILIES:
+    if spec is None or not spec.convertible:
         has_rms = any(_is_rmsnorm(m) for m in modules.values())
         has_ln = any(is_layernorm(m) for m in modules.values())
-        if has_rms and not has_ln:
+        if (spec is not None and spec.kind != "layernorm") or (has_rms and not has_ln):
             raise NotConvertibleError(
                 f"{mtype or type(model).__name__} already uses RMSNorm: there is no mean subtraction to remove"
             )
@@ -160,7 +71,6 @@ def plan(model: nn.Module) -> Plan:
             f"model type {mtype!r} ({type(model).__name__}) is not supported; supported pre-LN families: "
             + ", ".join(SUPPORTED)
         )
-    spec = FAMILIES[mtype]
     reason = spec.refuse(model.config)
     if reason:
         raise NotConvertibleError(reason)
@@ -191,11 +101,12 @@ def plan(model: nn.Module) -> Plan:
             if not (isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"):
                 raise NotConvertibleError(f"{mtype}: writer {lp}.{w} is {type(m).__name__}, expected Linear or Conv1D")
             writers.append(f"{lp}.{w}")
-        found = [f"{lp}.{n}" for n in spec.norms if f"{lp}.{n}" in modules]
-        if not found:
-            raise NotConvertibleError(f"{mtype}: block {lp} has none of the expected norms {spec.norms}")
-        norms += found
-        inner += [f"{lp}.{n}" for n in spec.inner_norms if f"{lp}.{n}" in modules]
+        for n in spec.stream_norms:
+            need(f"{lp}.{n.path}")
+            norms.append(f"{lp}.{n.path}")
+        inner += [f"{lp}.{n.path}" for n in spec.inner_norms if f"{lp}.{n.path}" in modules]
+    if spec.final is None:
+        raise NotConvertibleError(f"{mtype}: no final norm, so the unembedding reads the residual stream un-normed")
     final = full(spec.final)
     need(final)
     norms.append(final)
@@ -213,7 +124,8 @@ def plan(model: nn.Module) -> Plan:
             raise NotConvertibleError(f"{n} normalises over {tuple(m.normalized_shape)}; only the last axis is supported")
     # Every LayerNorm must be accounted for; an unknown one could read the stream un-normed.
     known = set(norms) | set(inner) | ({emb_norm} if emb_norm else set())
-    inside_inner = lambda name: any(name.startswith(f"{i}.") for i in inner)  # noqa: E731
+    # ... a container of inner norms (StableLM's per-head LayerNorm list) counts as inner too
+    inside_inner = lambda name: any(name.startswith(f"{i}.") or i.startswith(f"{name}.") for i in inner)  # noqa: E731
     unknown = [name for name, m in modules.items() if is_layernorm(m) and name not in known and not inside_inner(name)]
     if unknown:
         raise NotConvertibleError(

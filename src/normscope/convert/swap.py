@@ -191,7 +191,7 @@ def swap_test(
             raise ValueError("each batch must be a LongTensor of shape (batch, seq)")
     kind = _pick_loss(model, loss)
     all_sites = list(sites) if sites is not None else find_norms(model)
-    sites = [s for s in all_sites if s.role != "other"]
+    sites = [s for s in all_sites if s.role not in ("other", "query", "key")]  # q/k norms are left alone
     if not sites:
         raise ValueError("the model has no residual-stream norm sites to swap")
     kinds = sorted({s.kind for s in sites})

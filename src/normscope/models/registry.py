@@ -1,24 +1,12 @@
-"""Norm-site registry: every normalisation module of a model, with its role and kind.
+"""Norm sites: every normalisation module of a model, with its role, kind and eps.
 
-Known families (``config.model_type``) get roles from a table of module names, checked against
-the installed transformers (lm-hidden-geometry.md §3, §8.1):
-
-| family | per block | final |
-|---|---|---|
-| gpt2, gpt_neo | ``ln_1`` pre_attention, ``ln_2`` pre_mlp | ``ln_f`` |
-| gptj | ``ln_1`` only (attention and MLP run in parallel on its output) | ``ln_f`` |
-| gpt_neox (Pythia) | ``input_layernorm`` pre_attention, ``post_attention_layernorm`` pre_mlp; with ``use_parallel_residual`` both read the same vector (``reads_same_as``) | ``final_layer_norm`` |
-| opt | ``self_attn_layer_norm``, ``final_layer_norm``: pre_* if ``do_layer_norm_before`` else post_* | ``decoder.final_layer_norm`` |
-| bert, roberta (post-LN) | ``embeddings.LayerNorm`` embedding, ``attention.output.LayerNorm`` post_attention, ``output.LayerNorm`` post_mlp | — |
-| llama, mistral, qwen2, qwen3, phi3, smollm3, gemma | ``input_layernorm`` pre_attention, ``post_attention_layernorm`` pre_mlp (HF's name notwithstanding) | ``norm`` |
-| gemma2, gemma3 | ``input_layernorm`` pre_attention, ``post_attention_layernorm`` post_attention (on the attention output, before the residual add), ``pre_feedforward_layernorm`` pre_mlp, ``post_feedforward_layernorm`` post_mlp, ``q_norm``/``k_norm`` other (per head) | ``norm`` |
-| phi | ``input_layernorm`` only (parallel block), optional ``q_layernorm``/``k_layernorm`` other | ``final_layernorm`` |
-
-Kinds: ``layernorm`` (mean removal + variance), ``rmsnorm`` (``x/sqrt(mean(x²)+eps)·g``),
-``rmsnorm_offset`` (Gemma: gain stored as ``w``, applied as ``1+w``). Custom norm classes are
-classified numerically (their output on a test vector is compared with the three formulas), so a
-kind is never guessed from a name alone. Unknown families fall back to detection by module type
-and class name, with a warning; their roles come from common module names or are ``"other"``.
+A norm module is any ``nn.LayerNorm`` / ``nn.RMSNorm`` or a leaf class named ``*LayerNorm`` /
+``*RMSNorm``. Its *kind* (:data:`KINDS`: ``layernorm`` = mean removal + variance, ``rmsnorm`` =
+``x/sqrt(mean(x²)+eps)·g``, ``rmsnorm_offset`` = Gemma's ``1 + w`` gain) is checked numerically
+on a test vector, so it is never guessed from a name. Its *role* (:data:`ROLES`) comes from the
+one architecture description (:mod:`normscope.models.architectures`) for known families and is
+cross-checked against the roles inferred from a traced forward (:mod:`normscope.models.roles`),
+which also serves every other model.
 """
 
 from __future__ import annotations
@@ -29,24 +17,25 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NormSite", "find_norms", "ROLES", "KINDS"]
+from .architectures import KINDS, ROLE_GROUPS, ROLES, Architecture, architecture
 
-ROLES = ("embedding", "pre_attention", "pre_mlp", "post_attention", "post_mlp", "final", "other")
-KINDS = ("layernorm", "rmsnorm", "rmsnorm_offset")
+__all__ = ["NormSite", "find_norms", "ROLES", "ROLE_GROUPS", "KINDS", "is_norm_module", "sites_by_name"]
 
 
 @dataclass(eq=False)
 class NormSite:
-    """One normalisation module.
+    """One normalisation module (build it with keywords).
 
-    Fields: ``name`` (dotted module path), ``module``, ``layer`` (block index or None),
-    ``role`` (one of :data:`ROLES`), ``kind`` (one of :data:`KINDS`), ``affine``, ``eps``;
-    extras: ``label`` (the module's attribute name, e.g. ``ln_1``), ``d`` (normalised width),
-    ``reads_same_as`` (name of another site fed the identical vector: parallel residual),
-    ``seq_dim`` (axis of token positions in the module's input; 1 for (batch, seq, d), other
-    values for per-head q/k norms), ``note``.
+    **Fields:** ``name`` (dotted module path), ``module``, ``layer`` (block index or None),
+    ``role`` (:data:`ROLES`), ``kind`` (:data:`KINDS`), ``affine``, ``eps``, ``label`` (the
+    module's attribute name, e.g. ``ln_1``), ``d`` (normalised width), ``reads_same_as`` (name of
+    another site fed the identical vector: parallel residual), ``seq_dim`` (axis of token
+    positions in the module's input: 1 for ``(batch, seq, d)``, 0 for ``(tokens, d)``, 2 for
+    per-head ``(batch, heads, seq, head_dim)``; None when the input has no token axis), ``note``,
+    ``stack`` (``"encoder"``/``"decoder"`` in encoder-decoder models, else ``""``).
     """
 
     name: str
@@ -59,8 +48,14 @@ class NormSite:
     label: str = ""
     d: int = 0
     reads_same_as: str | None = None
-    seq_dim: int = 1
+    seq_dim: int | None = 1
     note: str = ""
+    stack: str = ""
+
+    @property
+    def group(self) -> str:
+        """Role group: ``pre``, ``sandwich``, ``post``, ``qk``, ``final``, ``embedding`` or ``other``."""
+        return ROLE_GROUPS.get(self.role, "other")
 
     def gain(self) -> torch.Tensor:
         """Effective gain g (``1 + w`` for Gemma's offset RMSNorm; ones without affine).
@@ -82,42 +77,37 @@ class NormSite:
         b = b.detach()
         return b.to(torch.promote_types(b.dtype, torch.float32)).clone()
 
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """This norm's output on ``x`` computed in float64 from the recorded kind, eps, gain and bias.
 
-# leaf attribute name -> role, for the pre-LN decoders
-_PRE_LN_LEAVES = {
-    "ln_1": "pre_attention",
-    "ln_2": "pre_mlp",
-    "input_layernorm": "pre_attention",
-    "post_attention_layernorm": "pre_mlp",
-    "self_attn_layer_norm": "pre_attention",
-    "final_layer_norm": "pre_mlp",
-    "pre_feedforward_layernorm": "pre_mlp",
-    "ln_attn": "pre_attention",
-    "ln_mlp": "pre_mlp",
-}
-_FINAL_LEAVES = {"ln_f", "norm", "final_layer_norm", "final_layernorm", "final_norm"}
-_SANDWICH = {  # gemma2/gemma3/olmo2
-    "input_layernorm": "pre_attention",
-    "post_attention_layernorm": "post_attention",
-    "pre_feedforward_layernorm": "pre_mlp",
-    "post_feedforward_layernorm": "post_mlp",
-}
-_KNOWN = {
-    "gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "bert", "roberta", "llama", "mistral", "qwen2",
-    "qwen3", "phi3", "smollm3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi", "olmo2",
-    "falcon", "bloom",
-}
-_HEAD_LEAVES = {"q_norm": "query", "k_norm": "key", "q_layernorm": "query", "k_layernorm": "key"}
-_LAYER_RE = re.compile(r"(?:^|\.)(?:h|layers?|blocks?)\.(\d+)\.(.+)$")
+        ``layernorm``: z = g ⊙ (x − x̄)/√(mean((x − x̄)²) + ε) + b (arXiv:1607.06450);
+        ``rmsnorm`` / ``rmsnorm_offset``: z = g ⊙ x/√(mean(x²) + ε) + b (arXiv:1910.07467), with
+        g = 1 + w for the offset kind. Normalises over the last axis.
+
+        **Arguments:** ``x`` — input of any shape ``(..., d)``. **Returns:** float64 tensor of ``x``'s shape.
+        """
+        return _reference(self.kind, x, self.gain(), self.bias(), self.eps)
 
 
-def _is_norm_module(m: nn.Module) -> bool:
+def _reference(kind: str, x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    # TODO: switch to normscope.nn.functional.reference(kind, x, weight, bias, eps) once it lands.
+    x = x.to(torch.float64)
+    g = gain.to(x.device, torch.float64)
+    b = None if bias is None else bias.to(x.device, torch.float64)
+    shape = (x.shape[-1],)
+    if kind == "layernorm":
+        return F.layer_norm(x, shape, g, b, eps)
+    z = F.rms_norm(x, shape, g, eps)
+    return z if b is None else z + b
+
+
+def is_norm_module(m: nn.Module) -> bool:
+    """True for ``nn.LayerNorm``/``nn.RMSNorm`` and leaf modules whose class ends in LayerNorm/RMSNorm."""
     if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
         return True
-    cls = type(m).__name__
-    if not re.search(r"(LayerNorm|RMSNorm|RmsNorm)$", cls):
+    if not re.search(r"(LayerNorm|RMSNorm|RmsNorm)$", type(m).__name__):
         return False
-    return not any(_is_norm_module(c) for c in m.children())
+    return not any(is_norm_module(c) for c in m.children())
 
 
 def _eps_of(m: nn.Module) -> float | None:
@@ -125,6 +115,9 @@ def _eps_of(m: nn.Module) -> float | None:
         v = getattr(m, attr, None)
         if isinstance(v, (int, float)):
             return float(v)
+    if isinstance(m, nn.RMSNorm):  # eps=None: torch uses the machine epsilon of the input dtype
+        w = getattr(m, "weight", None)
+        return float(torch.finfo(w.dtype if w is not None else torch.float32).eps)
     return None
 
 
@@ -140,7 +133,7 @@ def _width(m: nn.Module) -> int:
         v = getattr(m, attr, None)
         if isinstance(v, int):
             return v
-    raise ValueError(f"cannot tell the normalised width of {type(m).__name__}")
+    raise ValueError(f"cannot tell the normalised width of {type(m).__name__}; give it a normalized_shape or weight")
 
 
 @torch.no_grad()
@@ -158,14 +151,12 @@ def _classify_numerically(m: nn.Module, d: int, eps: float) -> str | None:
         y = m(x.to(device)).to(torch.float64).cpu()
     except Exception:  # noqa: BLE001 - unusual forward signature: cannot check
         return None
-    xd = x.to(torch.float64)
     wd = w.detach().to(torch.float64).cpu() if isinstance(w, torch.Tensor) else torch.ones(d, dtype=torch.float64)
-    bd = b.detach().to(torch.float64).cpu() if isinstance(b, torch.Tensor) else torch.zeros(d, dtype=torch.float64)
-    c = xd - xd.mean(-1, keepdim=True)
+    bd = b.detach().to(torch.float64).cpu() if isinstance(b, torch.Tensor) else None
     cands = {
-        "layernorm": c / torch.sqrt((c * c).mean(-1, keepdim=True) + eps) * wd + bd,
-        "rmsnorm": xd / torch.sqrt((xd * xd).mean(-1, keepdim=True) + eps) * wd + bd,
-        "rmsnorm_offset": xd / torch.sqrt((xd * xd).mean(-1, keepdim=True) + eps) * (1 + wd) + bd,
+        "layernorm": _reference("layernorm", x, wd, bd, eps),
+        "rmsnorm": _reference("rmsnorm", x, wd, bd, eps),
+        "rmsnorm_offset": _reference("rmsnorm", x, 1.0 + wd, bd, eps),
     }
     errs = {k: float((v - y).norm() / max(float(y.norm()), 1e-30)) for k, v in cands.items()}
     best = min(errs, key=errs.get)
@@ -180,91 +171,113 @@ def _kind_of(m: nn.Module, d: int, eps: float) -> str | None:
     return _classify_numerically(m, d, eps)
 
 
-def find_norms(model: nn.Module) -> list[NormSite]:
-    """Every normalisation module of ``model``, in module order, with role and kind.
+def table_roles(model: nn.Module, arch: Architecture) -> dict[str, tuple[str, str, int, str | None]]:
+    """``{module name: (role, note, seq_dim, reads_same_as)}`` for every norm the description names."""
+    base = getattr(model, "base_model", model)
+    prefix = next((n for n, m in model.named_modules() if m is base), "")
+    full = (lambda p: f"{prefix}.{p}") if prefix else (lambda p: p)
+    modules = dict(model.named_modules())
+    out: dict[str, tuple[str, str, int, str | None]] = {}
+    layers = modules.get(full(arch.layers))
+    for i in range(len(layers) if isinstance(layers, nn.ModuleList) else 0):
+        first = None
+        for n in arch.norms + arch.inner_norms:
+            path = f"{full(arch.layers)}.{i}.{n.path}"
+            same = first if arch.parallel and n.role == "pre_mlp" else None
+            note = n.note or (f"parallel residual: reads the same vector as {first.rsplit('.', 1)[-1]}" if same else "")
+            out[path] = (n.role, note, n.seq_dim, same)
+            first = first or (path if n.role == "pre_attention" else None)
+    if arch.final:
+        out[full(arch.final)] = ("final", "", 1, None)
+    if arch.embedding_norm:
+        out[full(arch.embedding_norm)] = ("embedding", "", 1, None)
+    return out
 
-    **Arguments:** ``model``: an HF model (or any ``nn.Module``).
 
-    **Returns:** a list of :class:`NormSite`. Raises ``ValueError`` if the model has no norm
-    layer. Warns when the family is not in the registry (roles then come from name heuristics).
+# Name heuristics for models with neither a table entry nor a traceable forward.
+_GUESS_LEAVES = {
+    "ln_1": "pre_attention", "ln_2": "pre_mlp", "norm1": "pre_attention", "norm2": "pre_mlp",
+    "norm_1": "pre_attention", "norm_2": "pre_mlp", "input_layernorm": "pre_attention",
+    "ln_attn": "pre_attention", "ln_mlp": "pre_mlp", "q_norm": "query", "k_norm": "key",
+}  # fmt: skip
+_FINAL_LEAVES = {"ln_f", "norm", "norm_f", "final_layer_norm", "final_layernorm", "final_norm"}
+
+
+def _guess_role(name: str, in_block: bool) -> str:
+    leaf = name.rsplit(".", 1)[-1]
+    if in_block:
+        return _GUESS_LEAVES.get(leaf, "other")
+    if leaf in _FINAL_LEAVES or "final" in leaf:
+        return "final"
+    return "embedding" if "emb" in name else "other"
+
+
+_LAYER_RE = re.compile(r"(?:^|\.)(?:h|layers?|blocks?|albert_layers)\.(\d+)\.")
+
+
+def find_norms(model: nn.Module, *, infer: bool = True) -> list[NormSite]:
+    """Every normalisation module of ``model``, in module order, with role, kind and eps.
+
+    Roles come from one traced forward (:func:`normscope.models.roles.infer_roles`) when
+    ``infer`` is true and the model accepts a dummy input, cross-checked against the
+    architecture description (:mod:`normscope.models.architectures`); a disagreement warns and
+    the traced role wins. Without a trace, known families use the description and other models
+    get role ``"other"`` with a warning.
+
+    **Arguments:** ``model`` — an HF model or any ``nn.Module``; ``infer`` — trace a forward.
+
+    **Returns:** a list of :class:`NormSite`. Raises ``ValueError`` if the model has no norm layer.
     """
     config = getattr(model, "config", None)
     mtype = getattr(config, "model_type", None)
-    if mtype is None or mtype not in _KNOWN:
-        warnings.warn(
-            f"architecture {mtype or type(model).__name__!r} is not in normscope's registry; "
-            "norm layers detected by module type/class name and roles guessed from module names",
-            stacklevel=2,
-        )
-    post_ln_opt = mtype == "opt" and not getattr(config, "do_layer_norm_before", True)
-    parallel_neox = mtype == "gpt_neox" and getattr(config, "use_parallel_residual", False)
-    sandwich = mtype in {"gemma2", "gemma3", "gemma3_text", "olmo2"}
-    single_norm = mtype in {"gptj", "phi"}
-
-    sites: list[NormSite] = []
-    for name, m in model.named_modules():
-        if not _is_norm_module(m):
-            continue
-        d = _width(m)
-        eps = _eps_of(m)
-        if eps is None:
-            if isinstance(m, nn.RMSNorm):  # torch default: machine epsilon of the input dtype
-                w = getattr(m, "weight", None)
-                eps = float(torch.finfo(w.dtype if w is not None else torch.float32).eps)
-            else:
-                warnings.warn(f"{name}: no eps attribute found; assuming eps=0", stacklevel=2)
-                eps = 0.0
-        kind = _kind_of(m, d, eps)
-        if kind is None:
-            cls = type(m).__name__
-            kind = "rmsnorm" if "RMS" in cls.upper() else "layernorm"
-            warnings.warn(f"{name} ({cls}): could not verify its formula numerically; assuming {kind}", stacklevel=2)
-        affine = getattr(m, "weight", None) is not None
-        match = _LAYER_RE.search(name)
-        layer = int(match.group(1)) if match else None
-        leaf = name.rsplit(".", 1)[-1]
-        role, note, seq_dim = "other", "", 1
-        if leaf in _HEAD_LEAVES:
-            note = f"per-head {_HEAD_LEAVES[leaf]} norm"
-            if d != getattr(config, "hidden_size", d):
-                # gemma3 normalises (batch, heads, seq, head_dim); qwen3 (batch, seq, heads, head_dim)
-                seq_dim = 2 if mtype in {"gemma3", "gemma3_text", "gemma2"} else 1
-        elif mtype in {"bert", "roberta"}:
-            if name.endswith("embeddings.LayerNorm"):
-                role = "embedding"
-            elif name.endswith("attention.output.LayerNorm"):
-                role = "post_attention"
-            elif layer is not None and name.endswith("output.LayerNorm"):
-                role = "post_mlp"
-            else:
-                note = "prediction head"
-        elif layer is None:
-            if leaf in _FINAL_LEAVES or "final" in leaf:
-                role = "final"
-            elif "emb" in name:
-                role = "embedding"
-        elif sandwich and leaf in _SANDWICH:
-            role = _SANDWICH[leaf]
-        elif leaf in _PRE_LN_LEAVES:
-            role = _PRE_LN_LEAVES[leaf]
-            if post_ln_opt:
-                role = role.replace("pre_", "post_")
-                note = "post-LN (do_layer_norm_before=False)"
-        if single_norm and role == "pre_attention":
-            note = "parallel block: attention and MLP both read this norm's output"
-        sites.append(NormSite(name, m, layer, role, kind, affine, float(eps), leaf, d, None, seq_dim, note))
-
-    if not sites:
+    arch = architecture(model) if config is not None else None
+    named = [(n, m) for n, m in model.named_modules() if is_norm_module(m)]
+    if not named:
         raise ValueError(
             f"{type(model).__name__} has no normalisation layer (no nn.LayerNorm / nn.RMSNorm or "
             "*LayerNorm / *RMSNorm module); nothing to probe"
         )
-    if parallel_neox:
-        by_layer = {(s.layer, s.label): s for s in sites}
-        for s in sites:
-            if s.label == "post_attention_layernorm" and (s.layer, "input_layernorm") in by_layer:
-                s.reads_same_as = by_layer[(s.layer, "input_layernorm")].name
-                s.note = "parallel residual: reads the same vector as input_layernorm"
+    table = table_roles(model, arch) if arch is not None else {}
+    graph = None  # graph inference: normscope.models.roles (next commit)
+    if graph is None and arch is None:
+        warnings.warn(
+            f"architecture {mtype or type(model).__name__!r} is not in normscope's registry and no forward could be "
+            "traced; roles are 'other' (pass sites= or a model whose forward takes input_ids)",
+            stacklevel=2,
+        )
+    sites: list[NormSite] = []
+    for name, m in named:
+        d = _width(m)
+        traced = graph.get(m) if graph is not None else None
+        eps = _eps_of(m)
+        if eps is None and traced is not None and traced.eps is not None:
+            eps = traced.eps
+        if eps is None and arch is not None and arch.eps is not None:
+            eps = arch.eps
+        if eps is None:
+            warnings.warn(f"{name}: no eps attribute and none seen in its forward; assuming eps=0", stacklevel=2)
+            eps = 0.0
+        kind = _kind_of(m, d, eps)
+        if kind is None:
+            kind = "rmsnorm" if "RMS" in type(m).__name__.upper() else "layernorm"
+            warnings.warn(f"{name} ({type(m).__name__}): could not verify its formula numerically; assuming {kind}",
+                          stacklevel=2)
+        match = _LAYER_RE.search(name)
+        guess = (_guess_role(name, match is not None), "role guessed from the module name", 1, None)
+        role, note, seq_dim, reads_same_as = table.get(name) or (guess if arch is None else ("other", "", 1, None))
+        stack = ""
+        if traced is not None:
+            if name in table and traced.role != role and traced.role != "unused":
+                warnings.warn(f"{name}: the architecture table says {role!r}, the traced forward says "
+                              f"{traced.role!r}; using the traced role", stacklevel=2)
+            if traced.role != "unused":
+                role, note = traced.role, traced.note or (note if traced.role == role else "")
+                seq_dim, reads_same_as, stack = traced.seq_dim, traced.reads_same_as, traced.stack
+        sites.append(NormSite(
+            name=name, module=m, layer=int(match.group(1)) if match else None, role=role, kind=kind,
+            affine=getattr(m, "weight", None) is not None, eps=float(eps), label=name.rsplit(".", 1)[-1], d=d,
+            reads_same_as=reads_same_as, seq_dim=seq_dim, note=note, stack=stack,
+        ))
     return sites
 
 
