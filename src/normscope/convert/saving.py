@@ -119,7 +119,7 @@ def load(folder: str | Path) -> nn.Module:
     conv, fold = _records(config)
     record = fold or conv
     if record is None:
-        raise ValueError(f"{folder}/config.json has no normscope record; not written by normscope convert or fold")
+        raise ValueError(f"{folder}/config.json has no normscope record (normscope_conversion or normscope_fold); write it with normscope convert or fold")
     cls = getattr(transformers, record["architecture"], None)
     if cls is None:
         raise ValueError(f"transformers has no class {record['architecture']!r} (saved by a different version?)")
