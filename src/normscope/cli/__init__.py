@@ -13,7 +13,7 @@ import sys
 from normscope import __version__
 
 # Module names under normscope.cli, in the order shown by --help.
-COMMANDS = ["report", "convert", "swap_test", "train_tiny", "reproduce", "shatter"]
+COMMANDS = ["report", "convert", "swap_test", "train_tiny", "reproduce", "shatter", "fold", "verify"]
 
 
 def build_parser() -> argparse.ArgumentParser:

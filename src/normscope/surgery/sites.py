@@ -100,7 +100,9 @@ def _has_bias(m: nn.Module) -> bool:
 
 def _nonzero_bias(norm: nn.Module) -> bool:
     b = getattr(norm, "bias", None)
-    return isinstance(b, torch.Tensor) and bool(b.detach().ne(0).any())
+    if not isinstance(b, torch.Tensor):
+        return False
+    return b.is_meta or bool(b.detach().ne(0).any())  # shapes only: assume a bias is there to fold
 
 
 def _tied_to_input(model: nn.Module, reader: nn.Module) -> bool:
