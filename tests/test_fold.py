@@ -175,3 +175,33 @@ def test_stock_reload(name, tmp_path):
     assert compare(m, stock, x)["max_abs_dlogits"] <= 1e-4
     ours = load(tmp_path)
     assert compare(r.model, ours, x)["max_abs_dlogits"] <= 1e-5
+
+
+@pytest.mark.real_weights
+def test_smollm2_fold_cli(tmp_path, capsys):
+    """`normscope fold smollm2 OUT`: a stock Llama with all norm weights 1, verified, same greedy text."""
+    pytest.importorskip("gguf")
+    from normscope.cli import main
+    from normscope.models import load as load_model
+    from normscope.surgery import verify
+
+    try:
+        lm = load_model("smollm2")
+    except ValueError as e:
+        pytest.skip(str(e))
+    out = tmp_path / "smol"
+    assert main(["fold", "smollm2", str(out), "--no-fp64", "--seq-len", "32", "--max-tokens", "64"]) == 0
+    stock, info = T.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert type(stock).__name__ == "LlamaForCausalLM"
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    norms = [m for m in stock.modules() if type(m).__name__ == "LlamaRMSNorm"]
+    assert len(norms) == 61 and all(bool((m.weight == 1).all()) for m in norms)
+    x = lm.tokenizer("The residual stream of a transformer", return_tensors="pt")["input_ids"]
+    r = verify(lm.model, stock.eval(), x)
+    print(f"smollm2 float32: {r.summary()}")
+    # float32, d = 576, 30 blocks: rounding ~ u·√d·L ≈ 1e-7·24·30 ≈ 1e-4 relative worst case; seen ~3e-6
+    assert r.max_abs_dlogits <= 1e-4 * r.max_abs_logit and r.kl_max < 1e-8 and r.first_divergence is None
+    with torch.no_grad():
+        a = lm.model.generate(x, max_new_tokens=20, do_sample=False)
+        b = stock.generate(x, max_new_tokens=20, do_sample=False)
+    assert torch.equal(a, b), (lm.tokenizer.decode(a[0]), lm.tokenizer.decode(b[0]))
