@@ -44,6 +44,9 @@ def _configs() -> dict[str, T.PretrainedConfig]:
         "falcon": T.FalconConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, **SMALL),
         "stablelm": T.StableLmConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, num_key_value_heads=4,
                                      intermediate_size=64, **SMALL),
+        "stablelm_parallel": T.StableLmConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4,
+                                              num_key_value_heads=4, intermediate_size=64, use_parallel_residual=True,
+                                              **SMALL),
         "llama": T.LlamaConfig(**LLAMA),
         "llama_tied": T.LlamaConfig(**LLAMA, tie_word_embeddings=True),
         "mistral": T.MistralConfig(**LLAMA),
@@ -98,7 +101,7 @@ def _float64_norms(monkeypatch) -> None:
         monkeypatch.setattr(getattr(mod, cls), "forward", forward)
 
 
-FOLDABLE = sorted(n for n in CONFIGS if n != "stablelm")
+FOLDABLE = sorted(n for n in CONFIGS if n != "stablelm_parallel")
 
 
 @pytest.mark.parametrize("name", FOLDABLE)
@@ -152,7 +155,10 @@ def test_foldability_reasons():
     assert "final-norm bias" in {s.name: s.reason for s in foldability(make("gpt2")).kept}["transformer.ln_f"]
     assert "has no bias" in foldability(make("gptj")).kept[0].reason
     with pytest.raises(NotFoldableError, match="no norm can be folded"):
-        fold(make("stablelm"))  # every reader of a biased LN lacks a bias and StableLM cannot add one
+        fold(make("stablelm_parallel"))  # its one LN feeds gate/up too, which have no bias and no flag for one
+    r = fold(make("stablelm"))  # sequential: input LN folds into q/k/v with use_qkv_bias=True
+    assert r.record["created_biases"] == ["use_qkv_bias"] and r.model.config.use_qkv_bias
+    assert [s.role for s in r.map.folded] == ["pre_attention", "pre_attention"]
     bert = T.BertModel(T.BertConfig(num_hidden_layers=1, hidden_size=D, num_attention_heads=4, intermediate_size=64,
                                     vocab_size=V))
     with pytest.raises(NotFoldableError, match="post-LN"):

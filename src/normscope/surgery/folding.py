@@ -78,11 +78,13 @@ def _untie(model: nn.Module, reader: nn.Module) -> int:
     return reader.weight.numel() * reader.weight.element_size()
 
 
-def _add_zero_biases(model: nn.Module, layers: nn.Module) -> None:
-    """Give every Linear in the blocks a zero bias (what the stock class builds with ``config.bias=True``)."""
-    for m in layers.modules():
-        if isinstance(m, nn.Linear) and m.bias is None:
-            m.bias = nn.Parameter(torch.zeros(m.out_features, dtype=m.weight.dtype, device=m.weight.device))
+def _add_zero_biases(layers: nn.ModuleList, which: tuple[str, ...] | None) -> None:
+    """Give the block Linears ``which`` (None: all) a zero bias, as the stock class builds them with the flag set."""
+    for block in layers:
+        mods = block.modules() if which is None else (block.get_submodule(w) for w in which)
+        for m in mods:
+            if isinstance(m, nn.Linear) and m.bias is None:
+                m.bias = nn.Parameter(torch.zeros(m.out_features, dtype=m.weight.dtype, device=m.weight.device))
 
 
 def effective_gain(norm: nn.Module, kind: str) -> torch.Tensor:
@@ -129,12 +131,12 @@ def fold(model: nn.Module) -> FoldResult:
     untied = 0
     flags = {s.create_bias for s in fmap.folded if s.create_bias}
     for flag in flags:  # e.g. Falcon: config.bias=True gives every block Linear a (zero) bias
-        setattr(new.config, flag, True)
         from normscope.models.architectures import architecture
+        from normscope.surgery.sites import BIAS_FLAGS
 
-        arch = architecture(new)
+        setattr(new.config, flag, True)
         base = getattr(new, "base_model", new)
-        _add_zero_biases(new, base.get_submodule(arch.layers))
+        _add_zero_biases(base.get_submodule(architecture(new).layers), BIAS_FLAGS[fmap.family][1])
     for s in fmap.folded:
         norm = modules[s.name]
         readers = [new.get_submodule(r) for r in s.readers]

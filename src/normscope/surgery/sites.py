@@ -30,8 +30,12 @@ REASONS = {
     "other": "not a pre-sublayer or final norm",
 }  # fmt: skip
 
-# Families whose config can give every block Linear a bias (stock class, so the output stays loadable).
-BIAS_FLAGS: dict[str, str] = {"falcon": "bias"}
+# Families whose config can give block Linears a bias in the stock class (so the output stays loadable):
+# model_type -> (config flag, the block-relative Linears that flag gives a bias; None: every block Linear).
+BIAS_FLAGS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "falcon": ("bias", None),
+    "stablelm": ("use_qkv_bias", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+}
 
 
 class NotFoldableError(ValueError):
@@ -151,10 +155,13 @@ def foldability(model: nn.Module) -> FoldMap:
             if lacking and final:
                 site.reason = REASONS["final_bias"]
                 return site
-            if lacking and not flag:
-                site.reason = REASONS["no_bias"].format(reader=lacking[0], cls=cls)
+            covered = flag is not None and (flag[1] is None or all(p.endswith(tuple(f".{m}" for m in flag[1]))
+                                                                  for p in lacking))
+            if lacking and not covered:
+                bad = [p for p in lacking if flag is None or flag[1] is None or not p.endswith(tuple(flag[1]))]
+                site.reason = REASONS["no_bias"].format(reader=bad[0], cls=cls)
                 return site
-            site.create_bias = flag if lacking else None
+            site.create_bias = flag[0] if lacking else None
         site.untie = any(_tied_to_input(model, r) for r in readers)
         site.foldable = True
         return site
