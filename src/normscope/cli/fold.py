@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "saves the per-site foldability map (foldability.json), verifies on sample text (float32 and float64 max "
             "|Δlogits|, KL), writes safetensors (sharded with --max-shard-size) that stock "
             "transformers.AutoModelForCausalLM loads, and re-checks that stock reload. --streaming folds a "
-            "safetensors folder shard by shard without loading the model (RMSNorm families)."
+            "safetensors folder tensor by tensor without loading the model (then verifies one model at a time)."
         ),
     )
     p.add_argument("model", help="HF folder, hub name (cached), packaged name (smollm2) or .gguf")
@@ -160,7 +160,14 @@ def _stock_reload(folder: Path, folded, batches, tol: float) -> dict:
 
 
 def _run_streaming(args: argparse.Namespace, out: Path) -> int:
+    """Fold shard by shard, then verify holding one model at a time (reference logits kept, model freed)."""
+    import gc
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
     from normscope._io import atomic_write_json, output_dir
+    from normscope.models.loading import _quiet_transformers
     from normscope.surgery import fold_checkpoint
 
     src = Path(args.model)
@@ -168,8 +175,42 @@ def _run_streaming(args: argparse.Namespace, out: Path) -> int:
         raise ValueError(f"--streaming needs a safetensors checkpoint folder, got {args.model!r}")
     with output_dir(out, force=args.force) as tmp:
         rep = fold_checkpoint(src, tmp, max_shard_size=args.max_shard_size)
+        print(rep.map.table())
+        lm = load_for_surgery(str(src), torch.float32)
+        batches, text = _batches(lm, args, lm.model)
+        with torch.no_grad():
+            ref = [lm.model(input_ids=b).logits.double() for b in batches]
+        del lm
+        gc.collect()
+        with _quiet_transformers():
+            stock, info = AutoModelForCausalLM.from_pretrained(tmp, output_loading_info=True, dtype=torch.float32)
+        if info["missing_keys"] or info["unexpected_keys"]:
+            raise ValueError(f"stock reload mismatch (missing {sorted(info['missing_keys'])[:5]}, unexpected "
+                             f"{sorted(info['unexpected_keys'])[:5]}); please report this family")
+        with torch.no_grad():
+            new = [stock.eval()(input_ids=b).logits.double() for b in batches]
+        check = _logit_check(ref, new)
+        _check("float32 (streamed, stock reload)", check, args.tol)
+        manifest = dict(rep.to_json(), verification={"text": text, "float32": check, "tolerance": args.tol})
         atomic_write_json(tmp / "foldability.json", rep.map.to_json())
-        atomic_write_json(tmp / "manifest.json", rep.to_json())
-    print(rep.map.table())
-    print(f"wrote {out} shard by shard ({len(rep.files)} file(s)); verify it with `normscope verify {args.model} {out}`")
+        atomic_write_json(tmp / "manifest.json", manifest)
+    print(f"  float32 (stock reload): max |Δlogits| {check['max_abs_dlogits']:.3e} (max |logit| "
+          f"{check['max_abs_logit']:.2f}), KL mean {check['kl_mean']:.3e} max {check['kl_max']:.3e} nats")
+    if rep.untied_bytes:
+        print(f"untied the unembedding: +{rep.untied_bytes / 2**20:.1f} MiB stored")
+    print(f"wrote {out} shard by shard ({len(rep.files)} weight file(s)); it loads with stock transformers")
     return 0
+
+
+def _logit_check(ref: list, new: list) -> dict:
+    import torch.nn.functional as F
+
+    mx = big = kl_max = kl_sum = 0.0
+    n = 0
+    for a, b in zip(ref, new):
+        mx = max(mx, float((a - b).abs().max()))
+        big = max(big, float(a.abs().max()))
+        la, lb = F.log_softmax(a, -1), F.log_softmax(b, -1)
+        kl = (la.exp() * (la - lb)).sum(-1).clamp_min(0.0)
+        kl_max, kl_sum, n = max(kl_max, float(kl.max())), kl_sum + float(kl.sum()), n + kl.numel()
+    return {"tokens": n, "max_abs_dlogits": mx, "max_abs_logit": big, "kl_mean": kl_sum / max(n, 1), "kl_max": kl_max}

@@ -4,9 +4,10 @@ The model is built on the ``meta`` device (shapes only) to get the foldability m
 gains (one vector per site) are read first; then every stored tensor is read, transformed if
 it is a reader (``W ← W diag g``, float64 in row chunks, cast back) or a folded norm (set to
 the identity gain), and written straight into its output shard (:mod:`normscope.surgery.tensors`).
-Peak memory is about the largest tensor plus a float64 chunk, instead of the two model copies
-an in-memory fold holds. RMSNorm families only: LayerNorm folding needs writer centring and
-bias folding across tensors, which the in-memory :func:`normscope.surgery.fold` does.
+LayerNorm families are centred on the way (each residual writer's weight and bias made
+zero-mean over d_model, as :func:`normscope.convert.to_rmsnorm` does) and their biases folded as
+``b ← b + W β`` (the reader's weight is read again for it). Peak memory is about the largest
+tensor plus a float64 chunk, instead of the two model copies an in-memory fold holds.
 """
 
 from __future__ import annotations
@@ -39,12 +40,41 @@ class StreamReport:
         return {"fold": self.record, "files": self.files, "foldability": self.map.to_json()}
 
 
-def _fold_rows_(t: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-    """``t ← t · gain`` over the input (last) axis of a Linear weight, float64 in row chunks, in place."""
-    rows = max(1, _CHUNK_BYTES // (8 * max(1, t.shape[-1])))
-    for i in range(0, t.shape[0], rows):
-        t[i : i + rows] = (t[i : i + rows].to(torch.float64) * gain).to(t.dtype)
+def _rows(t: torch.Tensor) -> int:
+    return max(1, _CHUNK_BYTES // (8 * max(1, t[0].numel() if t.dim() > 1 else 1)))
+
+
+def _scale_(t: torch.Tensor, gain: torch.Tensor, axis: int) -> torch.Tensor:
+    """``t ← t · gain`` along ``axis`` (1: Linear input columns; 0: HF Conv1D input rows), float64 row chunks."""
+    step = _rows(t)
+    for i in range(0, t.shape[0], step):
+        g = gain if axis == 1 else gain[i : i + step, None]
+        t[i : i + step] = (t[i : i + step].to(torch.float64) * g).to(t.dtype)
     return t
+
+
+def _centre_(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """Subtract the mean over ``axis`` (-1: per row, in chunks; 0: per column) in float64, in place."""
+    if t.dim() == 1 or axis == 0:
+        w = t.to(torch.float64)
+        t.copy_((w - w.mean(dim=0 if t.dim() > 1 else -1, keepdim=True)).to(t.dtype))
+        return t
+    step = _rows(t)
+    for i in range(0, t.shape[0], step):
+        w = t[i : i + step].to(torch.float64)
+        t[i : i + step] = (w - w.mean(-1, keepdim=True)).to(t.dtype)
+    return t
+
+
+def _materialise_norms(meta: torch.nn.Module, infos: dict) -> None:
+    """Give every norm module of the meta model its stored weight/bias (small), so biases can be judged."""
+    for name, m in meta.named_modules():
+        if "norm" not in type(m).__name__.lower():
+            continue
+        for attr in ("weight", "bias"):
+            key = f"{name}.{attr}" if name else attr
+            if isinstance(getattr(m, attr, None), torch.Tensor) and key in infos:
+                setattr(m, attr, torch.nn.Parameter(read_tensor(infos[key]), requires_grad=False))
 
 
 def fold_checkpoint(src: str | Path, dst: str | Path, *, max_shard_size: str | int | None = None) -> StreamReport:
@@ -54,8 +84,7 @@ def fold_checkpoint(src: str | Path, dst: str | Path, *, max_shard_size: str | i
     sharded); ``dst`` — output folder (written in place; wrap it in ``normscope._io.output_dir``);
     ``max_shard_size`` — e.g. ``"2GB"``.
 
-    **Returns:** :class:`StreamReport`. Raises :class:`NotFoldableError` for LayerNorm families
-    or when nothing can be folded.
+    **Returns:** :class:`StreamReport`. Raises :class:`NotFoldableError` when nothing can be folded.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -63,62 +92,133 @@ def fold_checkpoint(src: str | Path, dst: str | Path, *, max_shard_size: str | i
     config = AutoConfig.from_pretrained(src)
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(config)
+    infos = read_infos(src)
+    _materialise_norms(meta, infos)
     fmap = foldability(meta)
-    if fmap.kind == "layernorm":
-        raise NotFoldableError(f"{fmap.family}: streaming folds RMSNorm families only; LayerNorm models need writer "
-                               "centring across tensors — run `normscope fold` without --streaming")
     if not fmap.folded:
         raise NotFoldableError(f"{fmap.family}: no norm can be folded ({'; '.join(sorted({s.reason for s in fmap.kept}))})")
-    infos = read_infos(src)
+    modules = dict(meta.named_modules())
+    emb = meta.get_input_embeddings()
+    emb_name = next(n for n, m in modules.items() if m is emb)
+    tied = getattr(config, "tie_word_embeddings", False)
+    source: dict[str, str] = {}  # output key -> stored key it starts from (untying copies the table)
+    steps: dict[str, list] = {}  # output key -> transformations, in order
+
+    def step(key: str, fn) -> None:
+        steps.setdefault(key, []).append(fn)
+
     offset = fmap.kind == "rmsnorm_offset"
-    gains: dict[str, torch.Tensor] = {}  # reader weight key -> gain
-    norms: set[str] = set()
+    conversion = None
+    if fmap.kind == "layernorm":
+        from normscope.convert.families import plan, writer_axis
+
+        p = plan(meta)
+        writers = [w for w in p.writers if not (p.embedding_norm and modules[w] is emb)]
+        for w in writers:
+            m = modules[w]
+            step(f"{w}.weight", lambda t, ax=writer_axis(m): _centre_(t, ax))
+            if isinstance(getattr(m, "bias", None), torch.Tensor) and not isinstance(m, torch.nn.Embedding):
+                step(f"{w}.bias", lambda t: _centre_(t, -1))
+        head = f"{p.unembedding}.weight" if p.unembedding else None
+        if tied and head and head not in infos and any(modules[w] is emb for w in writers):
+            source[head] = f"{emb_name}.weight"  # the unembedding keeps the uncentred table
+        conversion = {"format": 1, "family": p.family, "norms": p.norms, "embedding_norm_centred": p.embedding_norm,
+                      "untied_unembedding": False, "norm_module": "normscope.nn.RMSNorm(bias=True)"}
+    created = _plan_created_biases(fmap, meta, infos)
     for s in fmap.folded:
-        key = f"{s.name}.weight"
-        if key not in infos:
-            raise ValueError(f"{src}: tensor {key} is missing; the checkpoint does not match its config.json")
-        w = read_tensor(infos[key]).to(torch.float64)
-        g = 1.0 + w if offset else w
-        norms.add(key)
+        norm = modules[s.name]
+        gain = norm.weight.detach().to(torch.float64)
+        gain = 1.0 + gain if offset else gain
+        beta = norm.bias.detach().to(torch.float64) if isinstance(getattr(norm, "bias", None), torch.Tensor) else None
+        step(f"{s.name}.weight", lambda t: t.fill_(0.0 if offset else 1.0))
+        if beta is not None:
+            step(f"{s.name}.bias", lambda t: t.zero_())
         for r in s.readers:
-            gains[f"{r}.weight"] = g
-    emb_key = next((f"{n}.weight" for n, m in meta.named_modules() if m is meta.get_input_embeddings()), None)
-    synth: dict[str, str] = {}  # output key -> input key it is copied from (untying)
-    for k in gains:
-        if k not in infos:
-            if emb_key in infos and getattr(config, "tie_word_embeddings", False):
-                synth[k] = emb_key
-            else:
-                raise ValueError(f"{src}: reader tensor {k} is missing; the checkpoint does not match its config.json")
+            wkey, axis = f"{r}.weight", 0 if type(modules[r]).__name__ == "Conv1D" else 1
+            if wkey not in infos:
+                if not (tied and f"{emb_name}.weight" in infos):
+                    raise ValueError(f"{src}: reader tensor {wkey} is missing; the checkpoint does not match its config")
+                source[wkey] = f"{emb_name}.weight"
+            if beta is not None and beta.ne(0).any():
+                step(f"{r}.bias", lambda t, w=source.get(wkey, wkey), ax=axis, b=beta: _add_wb_(t, infos[w], b, ax))
+            step(wkey, lambda t, g=gain, ax=axis: _scale_(t, g, ax))
+    if conversion is not None and source:
+        conversion["untied_unembedding"] = True
     order = sorted(infos.values(), key=lambda i: (str(i.file), i.start))
     specs = [Spec(i.key, i.dtype, i.shape) for i in order]
-    specs += [Spec(k, infos[v].dtype, infos[v].shape) for k, v in synth.items()]
-    untied = sum(s.nbytes for s in specs if s.key in synth)
+    specs += [Spec(k, infos[v].dtype, infos[v].shape) for k, v in source.items()]
+    specs += [Spec(k, dt, (n,)) for k, (dt, n) in created.items()]
+    untied = sum(s.nbytes for s in specs if s.key in source)
 
     def produce(key: str) -> torch.Tensor:
-        t = read_tensor(infos[synth.get(key, key)])
-        if key in norms:
-            return t.fill_(0.0 if offset else 1.0)
-        if key in gains:
-            return _fold_rows_(t, gains[key])
+        if key in created:
+            dt, n = created[key]
+            t = torch.zeros(n, dtype=dt)
+        else:
+            t = read_tensor(infos[source.get(key, key)])
+        for fn in steps.get(key, ()):
+            t = fn(t)
         return t
 
     files = write_shards(dst, specs, produce, max_shard_size=max_shard_size, metadata={"normscope": "fold"})
+    arch_name = (getattr(config, "architectures", None) or [type(meta).__name__])[0]
+    dtype = str(next(i.dtype for i in order if i.dtype.is_floating_point)).removeprefix("torch.")
     record = {
         "format": 1, "family": fmap.family, "kind": fmap.kind, "folded": [s.name for s in fmap.folded],
-        "kept": {s.name: s.reason for s in fmap.kept}, "untied_unembedding_bytes": untied, "created_biases": [],
-        "norm_module": "normscope.nn.RMSNorm" if not offset else "stock", "centred": False, "streamed": True,
-        "dtype": str(order[0].dtype).removeprefix("torch."),
-        "architecture": (getattr(config, "architectures", None) or [type(meta).__name__])[0],
+        "kept": {s.name: s.reason for s in fmap.kept}, "untied_unembedding_bytes": untied,
+        "created_biases": sorted({s.create_bias for s in fmap.folded if s.create_bias}),
+        "norm_module": "normscope.nn.RMSNorm" if not offset else "stock", "centred": conversion is not None,
+        "streamed": True, "dtype": dtype, "architecture": arch_name,
     }  # fmt: skip
     config.normscope_fold = record
-    if synth:
+    if conversion is not None:
+        config.normscope_conversion = dict(conversion, dtype=dtype, architecture=arch_name)
+    for flag in record["created_biases"]:
+        setattr(config, flag, True)
+    if source:
         config.tie_word_embeddings = False
         if hasattr(config, "get_text_config"):
             config.get_text_config().tie_word_embeddings = False
     config.save_pretrained(dst)
     _copy_side_files(src, dst)
     return StreamReport(fmap, files, untied, record)
+
+
+def _add_wb_(bias: torch.Tensor, w_info, beta: torch.Tensor, axis: int) -> torch.Tensor:
+    """``bias ← bias + W β`` in float64 (W read again from disk; Conv1D: ``β W``)."""
+    w = read_tensor(w_info)
+    acc = torch.zeros(bias.shape, dtype=torch.float64)
+    step = _rows(w)
+    for i in range(0, w.shape[0], step):
+        chunk = w[i : i + step].to(torch.float64)
+        if axis == 1:
+            acc[i : i + step] = chunk @ beta
+        else:
+            acc += beta[i : i + step] @ chunk
+    bias.copy_((bias.to(torch.float64) + acc).to(bias.dtype))
+    return bias
+
+
+def _plan_created_biases(fmap: FoldMap, meta: torch.nn.Module, infos: dict) -> dict[str, tuple[torch.dtype, int]]:
+    """Bias tensors the stock class gains from a config flag (Falcon ``bias``): key -> (dtype, length)."""
+    from normscope.models.architectures import architecture
+    from normscope.surgery.sites import BIAS_FLAGS
+
+    if not any(s.create_bias for s in fmap.folded):
+        return {}
+    which = BIAS_FLAGS[fmap.family][1]
+    base = getattr(meta, "base_model", meta)
+    prefix = next((n for n, m in meta.named_modules() if m is base), "")
+    layers = f"{prefix}.{architecture(meta).layers}" if prefix else architecture(meta).layers
+    out = {}
+    for i, block in enumerate(meta.get_submodule(layers)):
+        names = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)] if which is None else which
+        for n in names:
+            key = f"{layers}.{i}.{n}.bias"
+            w = infos.get(f"{layers}.{i}.{n}.weight")
+            if key not in infos and w is not None:
+                out[key] = (w.dtype, w.shape[0])
+    return out
 
 
 def _copy_side_files(src: Path, dst: Path) -> None:
