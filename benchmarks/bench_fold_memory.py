@@ -144,8 +144,13 @@ def main() -> None:
             print(f"{m:<12}{r['peak_rss_mb']:>14.0f}{r['peak_rss_mb'] - res['baseline']['peak_rss_mb']:>16.0f}"
                   f"{r['seconds']:>10.1f}")
         ok = res["streaming"]["peak_rss_mb"] <= target  # absolute peak, interpreter included
-        print(f"target: streaming peak ≤ 1.3 × (largest shard + one layer) = {target:.0f} MiB: {'met' if ok else 'MISSED'}; "
-              f"in-memory / streaming = {res['in_memory']['peak_rss_mb'] / res['streaming']['peak_rss_mb']:.2f}x")
+        above = res["streaming"]["peak_rss_mb"] - res["baseline"]["peak_rss_mb"]
+        ok_above = above <= target
+        print(f"target: streaming peak ≤ 1.3 × (largest shard + one layer) = {target:.0f} MiB: "
+              f"absolute {'met' if ok else 'MISSED'}, above the interpreter baseline {'met' if ok_above else 'MISSED'}"
+              + (" (quick/medium: the ~0.4 GB interpreter dominates; the full run decides)" if shape is not FULL else ""))
+        print(f"in-memory / streaming peak RSS above baseline: "
+              f"{(res['in_memory']['peak_rss_mb'] - res['baseline']['peak_rss_mb']) / max(above, 1):.1f}x")
         equal = same_tensors(tmp / "streaming", tmp / "in_memory")
         print(f"streaming and in-memory outputs bitwise equal: {equal}")
         for k, v in sizes.items():
@@ -155,6 +160,7 @@ def main() -> None:
             b.record(f"{m}_seconds", r["seconds"])
         b.record("target_mb", target)
         b.record("target_met", ok)
+        b.record("target_met_above_baseline", ok_above)
         b.record("outputs_equal", equal)
     if not (args.quick or args.medium):
         b.save()
