@@ -211,3 +211,20 @@ def test_smollm2_fold_cli(tmp_path, capsys):
         a = lm.model.generate(x, max_new_tokens=20, do_sample=False)
         b = stock.generate(x, max_new_tokens=20, do_sample=False)
     assert torch.equal(a, b), (lm.tokenizer.decode(a[0]), lm.tokenizer.decode(b[0]))
+
+
+def test_gemma_gain_formed_in_float64():
+    """bfloat16 Gemma with small w: 1 + w is formed in float64 (in bfloat16 it would round to 1)."""
+    from normscope.surgery import fold
+
+    m = make("gemma").to(torch.bfloat16)
+    norm = m.model.layers[0].input_layernorm
+    with torch.no_grad():
+        norm.weight.fill_(3e-3)  # bf16(1 + 3e-3) == 1 (half an ulp of 1 is 2^-8): the bf16 sum drops the gain
+    assert torch.all((1 + norm.weight) == 1)
+    r = fold(m)
+    q0, q1 = m.model.layers[0].self_attn.q_proj.weight, r.model.model.layers[0].self_attn.q_proj.weight
+    expect = (q0.double() * (1.0 + norm.weight.double())).to(torch.bfloat16)
+    assert torch.equal(q1, expect) and not torch.equal(q1, q0)
+    assert torch.all(r.model.model.layers[0].input_layernorm.weight == 0)
+    assert all(p.dtype == torch.bfloat16 for p in r.model.parameters())
