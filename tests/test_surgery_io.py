@@ -75,8 +75,18 @@ def test_sharded_fold_stock_reload(tmp_path):
     assert compare(r.model, ours, x)["max_abs_dlogits"] <= 1e-5
 
 
+@pytest.fixture(params=["whole", "chunked"])
+def chunking(request, monkeypatch):
+    """Run streaming tests twice: tensors whole, and big ones in row chunks (chunk shrunk to 2 KB)."""
+    from normscope.surgery import stream
+
+    if request.param == "chunked":
+        monkeypatch.setattr(stream, "_CHUNK_BYTES", 2048)
+    return request.param
+
+
 @pytest.mark.parametrize("name", ["llama_tied", "gemma2", "phi3"])
-def test_streaming_matches_in_memory(name, tmp_path):
+def test_streaming_matches_in_memory(name, tmp_path, chunking):
     from normscope.surgery import fold, fold_checkpoint
 
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -96,7 +106,7 @@ def test_streaming_matches_in_memory(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bloom", "falcon", "phi", "opt", "stablelm"])
-def test_streaming_layernorm_families(name, tmp_path):
+def test_streaming_layernorm_families(name, tmp_path, chunking):
     """Writer centring + gain/bias folding tensor by tensor equals the in-memory fold, and loads in the stock class."""
     from normscope.surgery import fold, fold_checkpoint, load
 

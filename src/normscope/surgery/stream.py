@@ -24,7 +24,7 @@ from normscope.surgery.tensors import INDEX, WEIGHTS, Spec, read_infos, read_ten
 
 __all__ = ["StreamReport", "fold_checkpoint"]
 
-_CHUNK_BYTES = 64 * 2**20
+_CHUNK_BYTES = 64 * 2**20  # float64 working chunk; tests shrink it to exercise the chunked path
 
 
 @dataclass
@@ -66,6 +66,46 @@ def _centre_(t: torch.Tensor, axis: int) -> torch.Tensor:
     return t
 
 
+def _apply(t: torch.Tensor, ops) -> torch.Tensor:
+    """Apply the operations to a whole tensor: centre, scale (fold a gain), fill, add W β."""
+    for op in ops:
+        if op[0] == "centre":
+            t = _centre_(t, op[1])
+        elif op[0] == "scale":
+            t = _scale_(t, op[1], op[2])
+        elif op[0] == "fill":
+            t = t.fill_(op[1])
+        elif op[0] == "add_wb":
+            t = _add_wb_(t, *op[1:])
+    return t
+
+
+def _row_chunks(info, ops):
+    """Yield a big matrix in row chunks with its row-wise operations applied (column means precomputed)."""
+    from normscope.surgery.tensors import read_rows
+
+    n = info.shape[0]
+    step = max(1, _CHUNK_BYTES // (8 * max(1, info.nbytes // n // info.dtype.itemsize)))
+    col_mean = None
+    if any(op[0] == "centre" and op[1] == 0 for op in ops):  # Linear writer: mean over the output axis
+        acc = torch.zeros(info.shape[1:], dtype=torch.float64)
+        for i in range(0, n, step):
+            acc += read_rows(info, i, i + step).to(torch.float64).sum(0)
+        col_mean = acc / n
+    for i in range(0, n, step):
+        t = read_rows(info, i, i + step)
+        for op in ops:
+            w = t.to(torch.float64)
+            if op[0] == "centre":
+                w = w - (col_mean if op[1] == 0 else w.mean(-1, keepdim=True))
+            elif op[0] == "scale":
+                w = w * (op[1] if op[2] == 1 else op[1][i : i + step, None])
+            else:
+                raise ValueError(f"{info.key}: operation {op[0]} cannot run on row chunks")
+            t = w.to(t.dtype)
+        yield t
+
+
 def _materialise_norms(meta: torch.nn.Module, infos: dict) -> None:
     """Give every norm module of the meta model its stored weight/bias (small), so biases can be judged."""
     for name, m in meta.named_modules():
@@ -102,10 +142,10 @@ def fold_checkpoint(src: str | Path, dst: str | Path, *, max_shard_size: str | i
     emb_name = next(n for n, m in modules.items() if m is emb)
     tied = getattr(config, "tie_word_embeddings", False)
     source: dict[str, str] = {}  # output key -> stored key it starts from (untying copies the table)
-    steps: dict[str, list] = {}  # output key -> transformations, in order
+    steps: dict[str, list[tuple]] = {}  # output key -> operations, in order (see _apply)
 
-    def step(key: str, fn) -> None:
-        steps.setdefault(key, []).append(fn)
+    def step(key: str, op: tuple) -> None:
+        steps.setdefault(key, []).append(op)
 
     offset = fmap.kind == "rmsnorm_offset"
     conversion = None
@@ -116,9 +156,9 @@ def fold_checkpoint(src: str | Path, dst: str | Path, *, max_shard_size: str | i
         writers = [w for w in p.writers if not (p.embedding_norm and modules[w] is emb)]
         for w in writers:
             m = modules[w]
-            step(f"{w}.weight", lambda t, ax=writer_axis(m): _centre_(t, ax))
+            step(f"{w}.weight", ("centre", writer_axis(m)))
             if isinstance(getattr(m, "bias", None), torch.Tensor) and not isinstance(m, torch.nn.Embedding):
-                step(f"{w}.bias", lambda t: _centre_(t, -1))
+                step(f"{w}.bias", ("centre", -1))
         head = f"{p.unembedding}.weight" if p.unembedding else None
         if tied and head and head not in infos and any(modules[w] is emb for w in writers):
             source[head] = f"{emb_name}.weight"  # the unembedding keeps the uncentred table
@@ -130,9 +170,9 @@ def fold_checkpoint(src: str | Path, dst: str | Path, *, max_shard_size: str | i
         gain = norm.weight.detach().to(torch.float64)
         gain = 1.0 + gain if offset else gain
         beta = norm.bias.detach().to(torch.float64) if isinstance(getattr(norm, "bias", None), torch.Tensor) else None
-        step(f"{s.name}.weight", lambda t: t.fill_(0.0 if offset else 1.0))
+        step(f"{s.name}.weight", ("fill", 0.0 if offset else 1.0))
         if beta is not None:
-            step(f"{s.name}.bias", lambda t: t.zero_())
+            step(f"{s.name}.bias", ("fill", 0.0))
         for r in s.readers:
             wkey, axis = f"{r}.weight", 0 if type(modules[r]).__name__ == "Conv1D" else 1
             if wkey not in infos:
@@ -140,8 +180,8 @@ def fold_checkpoint(src: str | Path, dst: str | Path, *, max_shard_size: str | i
                     raise ValueError(f"{src}: reader tensor {wkey} is missing; the checkpoint does not match its config")
                 source[wkey] = f"{emb_name}.weight"
             if beta is not None and beta.ne(0).any():
-                step(f"{r}.bias", lambda t, w=source.get(wkey, wkey), ax=axis, b=beta: _add_wb_(t, infos[w], b, ax))
-            step(wkey, lambda t, g=gain, ax=axis: _scale_(t, g, ax))
+                step(f"{r}.bias", ("add_wb", infos[source.get(wkey, wkey)], beta, axis))
+            step(wkey, ("scale", gain, axis))
     if conversion is not None and source:
         conversion["untied_unembedding"] = True
     order = sorted(infos.values(), key=lambda i: (str(i.file), i.start))
@@ -150,15 +190,15 @@ def fold_checkpoint(src: str | Path, dst: str | Path, *, max_shard_size: str | i
     specs += [Spec(k, dt, (n,)) for k, (dt, n) in created.items()]
     untied = sum(s.nbytes for s in specs if s.key in source)
 
-    def produce(key: str) -> torch.Tensor:
+    def produce(key: str):
+        ops = steps.get(key, ())
         if key in created:
             dt, n = created[key]
-            t = torch.zeros(n, dtype=dt)
-        else:
-            t = read_tensor(infos[source.get(key, key)])
-        for fn in steps.get(key, ()):
-            t = fn(t)
-        return t
+            return _apply(torch.zeros(n, dtype=dt), ops)
+        info = infos[source.get(key, key)]
+        if len(info.shape) < 2 or info.nbytes <= _CHUNK_BYTES:
+            return _apply(read_tensor(info), ops)
+        return _row_chunks(info, ops)  # big matrices never sit in memory whole
 
     files = write_shards(dst, specs, produce, max_shard_size=max_shard_size, metadata={"normscope": "fold"})
     arch_name = (getattr(config, "architectures", None) or [type(meta).__name__])[0]

@@ -22,7 +22,9 @@ from typing import Callable, Iterable
 
 import torch
 
-__all__ = ["TensorInfo", "Spec", "WEIGHTS", "INDEX", "parse_size", "read_infos", "read_tensor", "write_shards"]
+__all__ = [
+    "TensorInfo", "Spec", "WEIGHTS", "INDEX", "parse_size", "read_infos", "read_tensor", "read_rows", "write_shards",
+]  # fmt: skip
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -117,6 +119,18 @@ def read_tensor(info: TensorInfo) -> torch.Tensor:
     return t
 
 
+def read_rows(info: TensorInfo, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` (first axis) of a stored tensor, read alone from disk."""
+    stop = min(stop, info.shape[0])
+    row = info.nbytes // info.shape[0]
+    t = torch.empty((stop - start, *info.shape[1:]), dtype=info.dtype)
+    with open(info.file, "rb") as f:
+        f.seek(info.start + start * row)
+        if t.numel() and f.readinto(t.view(-1).view(torch.uint8).numpy()) != (stop - start) * row:
+            raise ValueError(f"{info.file}: tensor {info.key} is truncated; the checkpoint is damaged")
+    return t
+
+
 def _plan_shards(specs: list[Spec], max_bytes: int | None) -> list[list[Spec]]:
     shards: list[list[Spec]] = [[]]
     size = 0
@@ -140,7 +154,8 @@ def write_shards(
     """Write tensors into ``folder`` as ``model.safetensors`` or shards plus ``model.safetensors.index.json``.
 
     **Arguments:** ``specs`` — names, dtypes and shapes in output order; ``produce(key)`` — the
-    tensor (called once per key, in that order; it must match its spec); ``max_shard_size`` —
+    tensor, or an iterable of its first-axis chunks in order (called once per key, in that order;
+    it must match its spec); ``max_shard_size`` —
     e.g. ``"2GB"`` (a tensor larger than it gets a shard of its own); ``metadata`` — stored in
     every header (``{"format": "pt"}`` is added).
 
@@ -165,12 +180,20 @@ def write_shards(
         with open(folder / name, "wb") as f:
             f.write(struct.pack("<Q", len(raw)) + raw)
             for s in shard:
-                t = produce(s.key)
-                if t.dtype != s.dtype or tuple(t.shape) != s.shape:
-                    raise ValueError(f"{s.key}: produced {t.dtype} {tuple(t.shape)}, planned {s.dtype} {s.shape}")
-                if t.numel():
-                    f.write(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
-                del t
+                out = produce(s.key)
+                if isinstance(out, torch.Tensor) and (out.dtype != s.dtype or tuple(out.shape) != s.shape):
+                    raise ValueError(f"{s.key}: produced {out.dtype} {tuple(out.shape)}, planned {s.dtype} {s.shape}")
+                written = 0
+                for t in [out] if isinstance(out, torch.Tensor) else out:  # a tensor, or its row chunks in order
+                    if t.dtype != s.dtype:
+                        raise ValueError(f"{s.key}: produced a {t.dtype} chunk, planned {s.dtype}")
+                    if t.numel():
+                        f.write(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+                    written += t.numel() * t.element_size()
+                    del t
+                if written != s.nbytes:
+                    raise ValueError(f"{s.key}: produced {written} bytes, planned {s.nbytes}")
+                del out
     if n > 1:
         total = sum(s.nbytes for s in specs)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
