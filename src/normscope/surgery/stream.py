@@ -1,4 +1,4 @@
-"""Fold a safetensors checkpoint shard by shard, one tensor in memory at a time.
+"""Fold a safetensors checkpoint shard by shard, one tensor (or row chunk) in memory at a time.
 
 The model is built on the ``meta`` device (shapes only) to get the foldability map; the norm
 gains (one vector per site) are read first; then every stored tensor is read, transformed if
@@ -6,8 +6,9 @@ it is a reader (``W ← W diag g``, float64 in row chunks, cast back) or a folde
 the identity gain), and written straight into its output shard (:mod:`normscope.surgery.tensors`).
 LayerNorm families are centred on the way (each residual writer's weight and bias made
 zero-mean over d_model, as :func:`normscope.convert.to_rmsnorm` does) and their biases folded as
-``b ← b + W β`` (the reader's weight is read again for it). Peak memory is about the largest
-tensor plus a float64 chunk, instead of the two model copies an in-memory fold holds.
+``b ← b + W β`` (the reader's weight is read again for it). Matrices larger than the 64 MB
+working chunk are read, transformed and written in row chunks, so peak memory is a few chunks
+whatever the checkpoint size, instead of the two model copies an in-memory fold holds.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ header length, a JSON header ``{name: {"dtype", "shape", "data_offsets": [start,
 to 8 bytes, then the raw bytes. Reading a tensor with ``seek`` + ``readinto`` (not ``mmap``)
 keeps only that tensor resident; writing a shard's header first (all shapes are known before
 any data) lets each tensor go to disk as soon as it is produced. Hence peak memory is about
-one tensor (plus its float64 working copy), whatever the checkpoint size. Sharded folders use
+one tensor (or one row chunk of it, see :func:`read_rows`), whatever the checkpoint size. Sharded folders use
 Hugging Face's ``model.safetensors.index.json`` (``weight_map``: tensor name → file).
 """
 
