@@ -161,12 +161,21 @@ def test_conv1d_layout_and_untie_matter(monkeypatch):
     assert compare(m, to_rmsnorm(m), x)["max_abs_dlogits"] > 1e-3
 
 
-def test_bloom_embedding_norm_folded():
+def test_bloom_embedding_norm_kept_centred(tmp_path):
+    """BLOOM's embedding LN stays (same keys, output centred), so the stock class reloads it with no MISSING key."""
+    from normscope.convert.exact import CentredLayerNorm
+
     m = make("bloom").double()
     c = to_rmsnorm(m)
-    assert isinstance(c.transformer.word_embeddings_layernorm, nn.Identity)
-    assert c.config.normscope_conversion["embedding_norm_folded"] == "transformer.word_embeddings_layernorm"
+    assert type(c.transformer.word_embeddings_layernorm) is CentredLayerNorm
+    assert c.config.normscope_conversion["embedding_norm_centred"] == "transformer.word_embeddings_layernorm"
     assert torch.equal(c.lm_head.weight, m.lm_head.weight)
+    assert c.config.normscope_conversion["untied_unembedding"] is False  # the table is untouched
+    c32 = to_rmsnorm(make("bloom"))
+    write(c32, tmp_path)
+    stock, info = T.AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert compare(make("bloom"), stock.eval(), [ids(6)])["max_abs_dlogits"] <= 1e-4
 
 
 def test_inner_qk_norms_untouched():

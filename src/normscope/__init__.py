@@ -32,7 +32,7 @@ _LAZY = {
     "unselectable": ("normscope.attention", "unselectable"),
     "construct": ("normscope.lnnet", "construct"),
 }
-_SUBPACKAGES = {"models", "probe", "report", "convert", "attention", "lnnet", "experiments", "cli"}
+_SUBPACKAGES = {"models", "probe", "report", "convert", "attention", "lnnet", "experiments", "cli", "surgery"}
 
 __all__ = ["LayerNorm", "RMSNorm", "GroupLayerNorm", "NormTrace", "LayerNormGeometry", *_LAZY]
 

@@ -22,7 +22,7 @@ import traceback
 from normscope import __version__
 
 # Module names under normscope.cli, in the order shown by --help.
-COMMANDS = ["report", "convert", "swap_test", "train_tiny", "reproduce", "shatter"]
+COMMANDS = ["report", "convert", "swap_test", "train_tiny", "reproduce", "shatter", "fold", "verify"]
 
 
 class _Parser(argparse.ArgumentParser):

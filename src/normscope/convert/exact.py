@@ -65,18 +65,36 @@ def _untie(model: nn.Module, p: Plan) -> bool:
     return True
 
 
-def _fold_embedding_norm(model: nn.Module, emb_path: str, norm_path: str) -> None:
-    """Replace E by LN(E) row by row (float64) and the embedding LN by Identity (BLOOM).
+class CentredLayerNorm(nn.LayerNorm):
+    """LayerNorm whose output is made zero-mean: ``LN(x) − mean(LN(x))·𝟙`` (BLOOM's embedding LN).
 
-    Exact because that LN reads only the token embedding, which takes one of ``vocab`` values.
+    Same parameters and state-dict keys as ``nn.LayerNorm``, so a checkpoint holding it loads in
+    the stock class. There the plain LN leaves a per-token offset along 𝟙 in the residual stream,
+    which every later (stock) LayerNorm removes, so both classes compute the same function; in
+    normscope's converted model the stream is exactly centred and RMSNorm equals LayerNorm.
     """
-    emb, ln = model.get_submodule(emb_path), model.get_submodule(norm_path)
-    with torch.no_grad():
-        w = ln.weight.double() if ln.weight is not None else None
-        b = ln.bias.double() if ln.bias is not None else None
-        table = F.layer_norm(emb.weight.double(), tuple(ln.normalized_shape), w, b, ln.eps)
-        emb.weight.copy_(table.to(emb.weight.dtype))
-    _set(model, norm_path, nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y - y.mean(-1, keepdim=True)
+
+    @classmethod
+    def like(cls, ln: nn.LayerNorm) -> "CentredLayerNorm":
+        w = ln.weight
+        new = cls(tuple(ln.normalized_shape), eps=ln.eps, elementwise_affine=w is not None,
+                  bias=ln.bias is not None, device=w.device if w is not None else None,
+                  dtype=w.dtype if w is not None else None)
+        new.load_state_dict(ln.state_dict())
+        return new
+
+
+def _centre_embedding_norm(model: nn.Module, norm_path: str) -> None:
+    """Replace the embedding LN (BLOOM) by :class:`CentredLayerNorm` with the same γ, β.
+
+    The token table stays as it is (it is read only through that LN, and may be tied to the
+    unembedding), and the state-dict keys stay those of the stock class.
+    """
+    _set(model, norm_path, CentredLayerNorm.like(model.get_submodule(norm_path)))
 
 
 def to_rmsnorm(model: nn.Module) -> nn.Module:
@@ -86,7 +104,7 @@ def to_rmsnorm(model: nn.Module) -> nn.Module:
     and MLP output projections, layout-aware for HF ``Conv1D``) and its bias b:
     W ← W − mean_dmodel(W), b ← b − mean(b), computed in float64 and cast back. A tied
     unembedding is untied first so it keeps the original matrix. BLOOM's embedding LN is
-    folded into the embedding table. Each residual-reading LayerNorm (γ, β, ε) becomes
+    kept as a :class:`CentredLayerNorm` (same keys; the table is untouched). Each residual-reading LayerNorm (γ, β, ε) becomes
     ``normscope.nn.RMSNorm(d, eps=ε, bias=True)`` with the same γ, β. The input is not modified.
     The conversion record is stored in ``config.normscope_conversion``.
 
@@ -99,19 +117,20 @@ def to_rmsnorm(model: nn.Module) -> nn.Module:
     new = copy.deepcopy(model)
     modules = dict(new.named_modules())
     emb = new.get_input_embeddings() if hasattr(new, "get_input_embeddings") else None
-    touches_table = p.embedding_norm is not None or any(modules[w] is emb for w in p.writers)
+    # behind an embedding LN the table's row means do not reach the stream: centre the LN's output instead
+    writers = [w for w in p.writers if not (p.embedding_norm and modules[w] is emb)]
+    touches_table = any(modules[w] is emb for w in writers)
     untied = _untie(new, p) if touches_table else False
     if p.embedding_norm:
-        emb_path = next(w for w in p.writers if modules[w] is emb)
-        _fold_embedding_norm(new, emb_path, p.embedding_norm)
-    removed = {w: centre_(modules[w]) for w in p.writers}
+        _centre_embedding_norm(new, p.embedding_norm)
+    removed = {w: centre_(modules[w]) for w in writers}
     for n in p.norms:
         _set(new, n, rmsnorm_like(modules[n]))
     record = {
         "format": FORMAT,
         "family": p.family,
         "norms": p.norms,
-        "embedding_norm_folded": p.embedding_norm,
+        "embedding_norm_centred": p.embedding_norm,
         "untied_unembedding": untied,
         "norm_module": "normscope.nn.RMSNorm(bias=True)",
     }
@@ -123,14 +142,16 @@ def to_rmsnorm(model: nn.Module) -> nn.Module:
 def apply_structure(model: nn.Module, record: dict) -> nn.Module:
     """Rebuild a conversion's module structure on a freshly built original model (for loading).
 
-    Replaces the recorded norms by RMSNorm and a folded embedding LN by Identity; the
-    weights come from the saved state dict afterwards.
+    Replaces the recorded norms by RMSNorm and a centred embedding LN by
+    :class:`CentredLayerNorm`; the weights come from the saved state dict afterwards.
     """
     if record.get("format") != FORMAT:
         raise ValueError(f"unknown normscope conversion format {record.get('format')!r} (expected {FORMAT})")
     for n in record["norms"]:
         _set(model, n, rmsnorm_like(model.get_submodule(n)))
-    if record.get("embedding_norm_folded"):
+    if record.get("embedding_norm_centred"):
+        _centre_embedding_norm(model, record["embedding_norm_centred"])
+    if record.get("embedding_norm_folded"):  # folders written before the embedding LN was kept
         _set(model, record["embedding_norm_folded"], nn.Identity())
     model.config.normscope_conversion = record
     return model
