@@ -152,11 +152,19 @@ def run(args: argparse.Namespace) -> int:
         for i, (name, lm, sites, ctx, load_s) in enumerate(loaded):
             batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.max_tokens,
                                        batch_size=args.batch_size, context=ctx)
+            collector = None
+            if args.swap_test != "off":  # the swap test's baseline loss comes from the probe's forward
+                from normscope.convert.swap import BaselineCollector
+
+                collector = BaselineCollector(lm, nt.token_batches(
+                    lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.swap_tokens,
+                    batch_size=args.batch_size, context=ctx))
             t = time.perf_counter()
             res = probe.run(lm, batches, skip_first=args.skip_first, progress=not args.quiet, sites=sites,
-                            name=name, total=math.ceil(args.max_tokens / (args.seq_len * args.batch_size)))
+                            name=name, total=math.ceil(args.max_tokens / (args.seq_len * args.batch_size)),
+                            on_output=collector.on_output if collector else None)
             probe_s = time.perf_counter() - t
-            extra, extra_s = _extra_sections(args, name, lm, texts, ctx)
+            extra, extra_s = _extra_sections(args, name, lm, texts, ctx, res["models"][0], collector)
             sections.extend(extra)
             extras_seconds += extra_s
             for m in res["models"]:
@@ -198,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _extra_sections(
-    args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None
+    args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None,
+    probed: dict | None = None, baseline: Any = None,
 ) -> tuple[list[tuple[str, str]], float]:
     """The swap test and (optionally) the attention measurement for one model.
 
@@ -212,9 +221,12 @@ def _extra_sections(
         from normscope.convert import swap_test, swap_test_section
 
         _say(args, f"swap test on {name} ({args.swap_test}) ...")
-        batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.swap_tokens,
-                                   batch_size=args.batch_size, context=ctx)
-        res = swap_test(lm, batches, per=args.swap_test, angles=True, progress=not args.quiet)
+        batches = baseline.batches if baseline is not None else nt.token_batches(
+            lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.swap_tokens, batch_size=args.batch_size,
+            context=ctx)
+        # angles from the report's own probe (no second probe pass); baseline from its forward
+        res = swap_test(lm, batches, per=args.swap_test, angles=probed if probed is not None else True,
+                        progress=not args.quiet, baseline=baseline)
         out.append(swap_test_section(res))
     if args.attention:
         from normscope.attention import attention_section, measure_attention

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,8 +88,91 @@ def _mlm_inputs(ids: torch.Tensor, tokenizer_info: dict, seed: int) -> tuple[tor
     return torch.where(pick, torch.full_like(ids, tokenizer_info["mask_id"]), ids), labels
 
 
+# elements of one float64 logits chunk (tokens × vocabulary): 2**22 → 32 MB
+_CHUNK_ELEMENTS = 1 << 22
+
+
+class LossSum(NamedTuple):
+    """Summed cross-entropy over scored positions; non-finite per-token losses are counted, not added."""
+
+    total: float
+    count: int
+    nonfinite: int
+
+
+def _ce_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy −log softmax(logits)[target] in float64 (logits of any dtype)."""
+    lg = logits.double()
+    return torch.logsumexp(lg, dim=-1) - lg.gather(-1, targets[:, None]).squeeze(-1)
+
+
+def _sum_ce(losses: torch.Tensor) -> LossSum:
+    fin = torch.isfinite(losses)
+    return LossSum(float(losses[fin].sum()), int(losses.numel()), int((~fin).sum()))
+
+
+def _head(model: nn.Module) -> tuple[nn.Module, float | None] | None:
+    """The LM head (``get_output_embeddings()``) and the logit soft-cap, when logits = cap(head(h))."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, nn.Module) or not hasattr(head, "weight"):
+        return None
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):  # Cohere-style scaling: not modelled here
+        return None
+    return head, getattr(cfg, "final_logit_softcapping", None)
+
+
+def lm_loss_from_hidden(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor) -> LossSum:
+    """Next-token cross-entropy from the last hidden state, in chunks of tokens.
+
+    Logits ℓ = head(h) (``model.get_output_embeddings()``, in the model's dtype, exactly as the
+    model computes them; soft-capped as ``cap·tanh(ℓ/cap)`` when the config says so) are built for
+    ⌊2²²/V⌋ tokens at a time and turned into −log softmax(ℓ)[next token] in float64, so no
+    full-vocabulary (tokens × V) float64 tensor exists. Position t scores token t + 1.
+
+    **Arguments:** ``model`` (an HF causal LM), ``hidden`` (batch, seq, d) final hidden states,
+    ``ids`` (batch, seq) token ids.
+
+    **Returns:** :class:`LossSum` (NaN/Inf losses counted in ``nonfinite``, not summed).
+    """
+    head, cap = _head(model)
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    tgt = ids[:, 1:].reshape(-1).to(h.device)
+    vocab = head.weight.shape[0]
+    step = max(1, _CHUNK_ELEMENTS // vocab)
+    parts = []
+    for a in range(0, h.shape[0], step):
+        logits = head(h[a:a + step])
+        if cap:
+            logits = cap * torch.tanh(logits.double() / cap)
+        parts.append(_ce_rows(logits, tgt[a:a + step]))
+    return _sum_ce(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64))
+
+
+def lm_loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> LossSum:
+    """Cross-entropy of (N, V) logits against targets (−100 ignored), float64 in chunks of rows."""
+    logits = logits.reshape(-1, logits.shape[-1])
+    targets = targets.reshape(-1).to(logits.device)
+    keep = targets != -100
+    logits, targets = logits[keep], targets[keep]
+    step = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
+    parts = [_ce_rows(logits[a:a + step], targets[a:a + step]) for a in range(0, logits.shape[0], step)]
+    return _sum_ce(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64))
+
+
+def _hidden_of(out: Any) -> torch.Tensor:
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
 class _Evaluator:
-    """Runs one model variant over the batches and scores it against the original."""
+    """Runs one model variant over the batches and scores it against the original.
+
+    LM losses run the base model (no LM head) and evaluate the head in chunks
+    (:func:`lm_loss_from_hidden`); models whose logits are not ``head(h)`` run whole and their
+    logits are scored in chunks of rows. A precomputed baseline (:class:`BaselineCollector`,
+    filled during the probe's forward) is used instead of a second forward of the original.
+    """
 
     def __init__(self, model: nn.Module, batches: list[torch.Tensor], kind: str, mlm: dict | None) -> None:
         self.model, self.batches, self.kind = model, batches, kind
@@ -100,33 +183,88 @@ class _Evaluator:
             self.inputs = [_mlm_inputs(b, mlm, seed=i) for i, b in enumerate(batches)]
         self.reference: list[torch.Tensor] | None = None
 
+    def _split(self) -> nn.Module | None:
+        """The base model to run when the loss can be taken from its hidden state (else None)."""
+        if self.kind != "lm" or _head(self.model) is None:
+            return None
+        base = getattr(self.model, "base_model", None)
+        return base if isinstance(base, nn.Module) and base is not self.model else None
+
     @torch.no_grad()
-    def __call__(self) -> dict[str, float]:
-        tot = n = 0.0
-        embs = []
-        kw = {"use_cache": False} if hasattr(getattr(self.model, "config", None), "use_cache") else {}
-        for ids, labels in self.inputs:
-            out = self.model(input_ids=ids, **kw)
-            if self.kind == "lm":
-                logits = out.logits[:, :-1].double()
-                tot += float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
-                n += logits.shape[0] * logits.shape[1]
-            elif self.kind == "mlm":
-                logits = out.logits.double().flatten(0, 1)
-                tot += float(F.cross_entropy(logits, labels.flatten(), reduction="sum", ignore_index=-100))
-                n += int((labels != -100).sum())
-            else:
-                h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-                embs.append(h.double().mean(1))
+    def score_batch(self, ids: torch.Tensor, labels: torch.Tensor | None, out: Any, from_base: bool) -> Any:
+        """LossSum (lm/mlm) or mean-pooled float64 embeddings (embedding) of one forward's output."""
+        if self.kind == "lm":
+            if from_base:
+                return lm_loss_from_hidden(self.model, _hidden_of(out), ids)
+            return lm_loss_from_logits(out.logits[:, :-1], ids[:, 1:])
+        if self.kind == "mlm":
+            return lm_loss_from_logits(out.logits, labels)
+        return _hidden_of(out).double().mean(1)
+
+    @torch.no_grad()
+    def __call__(self, parts: list[Any] | None = None) -> dict[str, float]:
+        """Score the current model variant (or, with ``parts``, per-batch scores already computed)."""
+        if parts is None:
+            base = self._split()
+            fwd = base if base is not None else self.model
+            kw = {"use_cache": False} if hasattr(getattr(self.model, "config", None), "use_cache") else {}
+            parts = [self.score_batch(ids, labels, fwd(input_ids=ids, **kw), base is not None)
+                     for ids, labels in self.inputs]
         if self.kind == "embedding":
             if self.reference is None:  # the first call scores the original model
-                self.reference = embs
-            cos = torch.cat([F.cosine_similarity(e, r, dim=-1) for e, r in zip(embs, self.reference)])
+                self.reference = parts
+            cos = torch.cat([F.cosine_similarity(e, r, dim=-1) for e, r in zip(parts, self.reference)])
             return {"loss": float(1 - cos.mean()), "cos_mean": float(cos.mean()), "cos_min": float(cos.min())}
+        tot = sum(p.total for p in parts)
+        n = sum(p.count for p in parts)
+        bad = sum(p.nonfinite for p in parts)
         if n == 0:
             raise ValueError("no positions to score (sequences of length 1, or no masked tokens)")
-        loss = tot / n
-        return {"loss": loss, "ppl": math.exp(min(loss, 700.0))}
+        loss = math.nan if bad else tot / n  # NaN/Inf logits: the variant's loss is undefined (counted)
+        out = {"loss": loss, "ppl": math.exp(min(loss, 700.0)) if math.isfinite(loss) else math.nan}
+        if bad:
+            out["nonfinite_positions"] = bad
+        return out
+
+
+class BaselineCollector:
+    """Collects the original model's swap-test baseline during another forward (the probe's).
+
+    Pass :meth:`on_output` as ``normscope.probe.run(..., on_output=...)``: every probed batch
+    equal to the next expected swap-test batch is scored from that forward's output (no second
+    forward of the original model), then pass the collector as ``swap_test(..., baseline=)``.
+    Batches the probe did not see are scored by ``swap_test`` itself. Only the ``lm`` and
+    ``embedding`` losses can share the probe's forward (the MLM loss needs masked inputs).
+
+    **Arguments:** ``model`` (HF model or ``LoadedModel``), ``batches`` (the swap-test batches),
+    ``loss`` (as in :func:`swap_test`).
+    """
+
+    def __init__(self, model: Any, batches: Iterable[torch.Tensor], *, loss: str = "auto") -> None:
+        if hasattr(model, "model") and hasattr(model, "tokenizer") and hasattr(model, "family"):
+            model = model.model
+        self.model = model
+        self.batches = [b for b in batches]
+        self.kind = _pick_loss(model, loss)
+        self.parts: list[Any] = []
+        self._ev = _Evaluator(model, self.batches, self.kind, None) if self.kind != "mlm" else None
+
+    @property
+    def complete(self) -> bool:
+        return self._ev is not None and len(self.parts) == len(self.batches)
+
+    def on_output(self, batch: torch.Tensor, out: Any) -> None:
+        """Score ``out`` (the forward's output for ``batch``) if it is the next swap-test batch."""
+        if self._ev is None or len(self.parts) >= len(self.batches):
+            return
+        want = self.batches[len(self.parts)]
+        if batch.shape != want.shape or not torch.equal(batch.cpu(), want):
+            return
+        from_base = not hasattr(out, "logits")
+        if self.kind == "lm" and from_base and _head(self.model) is None:
+            self._ev = None  # cannot score this model from hidden states: swap_test runs the baseline
+            return
+        self.parts.append(self._ev.score_batch(batch, None, out, from_base))
 
 
 def _groups(sites: Sequence[Any], per: str) -> list[tuple[str, list[Any]]]:
@@ -151,10 +289,11 @@ def swap_test(
     per: str = "site",
     sites: Sequence[Any] | None = None,
     tokenizer: Any = None,
-    angles: bool = True,
+    angles: bool | dict = True,
     exact: bool = True,
     name: str | None = None,
     progress: bool = True,
+    baseline: BaselineCollector | None = None,
 ) -> dict:
     """Swap norms for the other kind without centring; measure the change in loss.
 
@@ -167,8 +306,12 @@ def swap_test(
 
     **Arguments:** ``model`` (HF model or ``LoadedModel``), ``batches`` (LongTensor
     (batch, seq)), ``loss`` ("auto", "lm", "mlm", "embedding"; see module doc), ``per``,
-    ``sites`` (default ``find_norms``), ``tokenizer`` (for the MLM mask id), ``angles`` (run the
-    probe for the mean angle of each site's input with 𝟙), ``exact``, ``name``, ``progress``.
+    ``sites`` (default ``find_norms``), ``tokenizer`` (for the MLM mask id), ``angles`` (True: run the
+    probe on ``batches`` for the mean angle of each site's input with 𝟙; or a model entry of
+    ``probe.run``'s output — ``{"layers": [...]}`` — to take the angles from, with no second
+    probe; False: none), ``exact``, ``name``, ``progress``, ``baseline`` (a
+    :class:`BaselineCollector` filled during the probe's forward over the same ``batches``: the
+    original model is then not run again).
 
     **Returns:** a dict with ``model``, ``loss_kind``, ``swap``, ``tokens``, ``baseline``, and
     ``rows`` — one per variant: ``variant``, ``sites``, ``layer``, ``role``, ``loss``,
@@ -219,22 +362,24 @@ def swap_test(
         "tokens": sum(b.numel() for b in batches),
         "per": per,
     }
-    if angles:
+    if isinstance(angles, dict):
+        result["angles"] = _angles(angles)
+        result["angles_tokens"] = angles.get("tokens")
+    elif angles:
         from normscope.probe import run
 
         stats = run(model, batches, sites=sites, progress=progress, name=result["model"])
-        result["angles"] = {
-            layer["name"]: {
-                "angle_in_mean": layer["input"]["angle_deg"]["mean"],
-                "angle_in_std": layer["input"]["angle_deg"]["std"],
-            }
-            for layer in stats["models"][0]["layers"]
-        }
+        result["angles"] = _angles(stats["models"][0])
+        result["angles_tokens"] = result["tokens"]
     groups = _groups(sites, per)
     variants: list[tuple[str, list[Any] | None]] = [("original", [])] + list(groups) + [("all", sites)]
     with evaluating(model):
         ev = _Evaluator(model, batches, kind, mlm)
-        base = ev()
+        shared = (baseline is not None and baseline.complete and baseline.kind == kind
+                  and len(baseline.batches) == len(batches)
+                  and all(torch.equal(a, b) for a, b in zip(baseline.batches, batches)))
+        base = ev(baseline.parts) if shared else ev()
+        result["baseline_source"] = "probe forward" if shared else "separate forward"
         result["baseline"] = base
         rows = []
         for label, group in tqdm(variants, desc="swap-test", disable=not progress):
@@ -249,6 +394,16 @@ def swap_test(
     return result
 
 
+def _angles(entry: dict) -> dict:
+    """Per-site mean/SD input angle with 𝟙 from a ``probe.run`` model entry."""
+    out = {}
+    for layer in entry["layers"]:
+        a = (layer.get("input") or {}).get("angle_deg") or {}
+        if a.get("mean") is not None:
+            out[layer["name"]] = {"angle_in_mean": a["mean"], "angle_in_std": a.get("std")}
+    return out
+
+
 def _row(label: str, group: list[Any], r: dict, base: dict, kind: str, angles: dict | None) -> dict:
     row: dict[str, Any] = {
         "variant": label,
@@ -258,6 +413,8 @@ def _row(label: str, group: list[Any], r: dict, base: dict, kind: str, angles: d
         "loss": r["loss"],
         "delta_loss": r["loss"] - base["loss"],
     }
+    if r.get("nonfinite_positions"):
+        row["nonfinite_positions"] = r["nonfinite_positions"]
     if kind == "embedding":
         row.update(cos_mean=r["cos_mean"], cos_min=r["cos_min"])
     else:

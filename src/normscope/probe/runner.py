@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -183,6 +183,7 @@ def run(
     name: str | None = None,
     dtype: torch.dtype | None = None,
     total: int | None = None,
+    on_output: Callable[[torch.Tensor, Any], None] | None = None,
 ) -> dict:
     """Probe every norm layer of ``model`` over ``batches`` and return the stats dictionary.
 
@@ -204,6 +205,10 @@ def run(
     - ``dtype``: precision of the (token, d)-sized passes (default float32, float64 for float64
       models); per-token quantities are always float64 (see :func:`metrics.token_metrics`).
     - ``total``: number of batches, for the progress bar.
+    - ``on_output``: optional ``on_output(batch, outputs)`` called after each forward with the
+      batch and the forward's output (the base model's, e.g. ``last_hidden_state``, when every
+      site lives in it; else the whole model's), so a caller can reuse the same forward, e.g.
+      :class:`normscope.convert.swap.BaselineCollector` for the swap test's baseline loss.
 
     **Returns:** ``{"schema", "normscope_version", "models": [ {...} ]}`` (SCHEMA.md).
 
@@ -243,7 +248,10 @@ def run(
             for batch in bar:
                 if not isinstance(batch, torch.Tensor) or batch.ndim != 2:
                     raise ValueError("each batch must be a LongTensor of shape (batch, seq)")
-                fwd(input_ids=batch.to(device), **kwargs)
+                out = fwd(input_ids=batch.to(device), **kwargs)
+                if on_output is not None:
+                    on_output(batch, out)
+                del out
                 tokens += batch.numel() - (batch.shape[0] if skip_first else 0)
                 bar.set_postfix(tokens=tokens)
     finally:
