@@ -9,7 +9,7 @@ import transformers as tf
 
 from normscope.models import find_norms
 from normscope.probe import norm_hooks, run
-from normscope.probe.metrics import METRIC_ROWS, token_metrics
+from normscope.probe.metrics import METRIC_ROWS, ROW, token_metrics
 from normscope.probe.runner import SiteProbe, layer_geometry
 from normscope.probe.stats import SPECS, StreamStats, hist_edges
 
@@ -66,12 +66,13 @@ def test_token_metrics_match_dense(dtype, kind):
         z = _ln(x, g.to(dtype), b.to(dtype), eps)
     else:
         z = torch.nn.functional.rms_norm(x, (d,), g.to(dtype), eps)
-    vals, fin_in, fin_out = token_metrics(x, z, kind=kind, eps=eps, gain=g, bias=b)
+    tm = token_metrics(x, z, kind=kind, eps=eps, gain=g, bias=b)
+    vals, fin_in, fin_out = tm
     assert vals.dtype == torch.float64 and fin_in.all() and fin_out.all()
     ref = dense_metrics(x.numpy(), z.numpy(), kind, eps, g.numpy(), None if b is None else b.numpy())
     rel = 2e-6 if dtype == torch.float32 else 1e-12
-    for i, key in enumerate(METRIC_ROWS):
-        got = vals[i].numpy()
+    for key in METRIC_ROWS:
+        got = tm.get(*key).numpy()
         want = ref[key]
         if key[1] == "rms_gap":
             if kind == "rmsnorm":  # the layer *is* that RMSNorm: rounding level
@@ -82,9 +83,9 @@ def test_token_metrics_match_dense(dtype, kind):
         atol = (TOL32 if dtype == torch.float32 else TOL64).get(key[1], 0.0)
         np.testing.assert_allclose(got, want, rtol=rel, atol=atol, err_msg=str(key))
     # sanity of the crafted rows: angles near 180° for strongly negative means
-    assert (vals[0, 8:16] > 170).all()
+    assert (tm.get("input", "angle_deg")[8:16] > 170).all()
     # radial fraction of the small-variance rows is visibly below 1
-    assert (vals[14, 16:20] < 0.999).all()
+    assert (tm.get(None, "radial_fraction")[16:20] < 0.999).all()
 
 
 def test_rms_gap_of_layernorm_is_naive_swap_error():
@@ -94,10 +95,10 @@ def test_rms_gap_of_layernorm_is_naive_swap_error():
     x = x - x.mean(-1, keepdim=True)
     g, b = torch.rand(d, dtype=torch.float64) + 0.5, torch.randn(d, dtype=torch.float64)
     z = _ln(x, g, b, 1e-5)
-    vals, _, _ = token_metrics(x, z, kind="layernorm", eps=1e-5, gain=g, bias=b)
-    assert vals[13].max() < 1e-13
-    vals2, _, _ = token_metrics(x + 1.0, _ln(x + 1.0, g, b, 1e-5), kind="layernorm", eps=1e-5, gain=g, bias=b)
-    assert vals2[13].min() > 1e-3
+    tm = token_metrics(x, z, kind="layernorm", eps=1e-5, gain=g, bias=b)
+    assert tm.get(None, "rms_gap").max() < 1e-13
+    tm2 = token_metrics(x + 1.0, _ln(x + 1.0, g, b, 1e-5), kind="layernorm", eps=1e-5, gain=g, bias=b)
+    assert tm2.get(None, "rms_gap").min() > 1e-3
 
 
 def test_stream_merge_equals_single_pass():
@@ -309,7 +310,7 @@ def test_bf16_inputs_are_upcast_exactly():
     a, _, _ = token_metrics(x, z, kind="rmsnorm", eps=1e-5, gain=g, bias=None)
     b, _, _ = token_metrics(x.float(), z.float(), kind="rmsnorm", eps=1e-5, gain=g, bias=None)
     assert torch.equal(a, b)
-    assert a[13].max() < 1e-2  # bf16 output rounding (8-bit mantissa) bounds the gap
+    assert a[ROW[(None, "rms_gap")]].max() < 1e-2  # bf16 output rounding (8-bit mantissa) bounds the gap
 
 
 def test_shard_round_robin():
@@ -329,3 +330,46 @@ def test_scratch_buffer_usable_in_and_out_of_inference_mode():
         a, _, _ = token_metrics(x, x, kind="rmsnorm", eps=0.0, gain=g, bias=None)
     b, _, _ = token_metrics(x, x, kind="rmsnorm", eps=0.0, gain=g, bias=None)
     assert torch.equal(a, b)
+
+
+def test_block_sweep_is_bitwise_independent_of_block_size(monkeypatch):
+    """Each token's sums are row reductions, so the cache blocking cannot change a single bit."""
+    from normscope.probe import metrics
+
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(257, 40, generator=gen) + 0.3
+    g, b = torch.rand(40, dtype=torch.float64) + 0.5, torch.randn(40, dtype=torch.float64)
+    z = _ln(x, g.float(), b.float(), 1e-5)
+    one = token_metrics(x, z, kind="layernorm", eps=1e-5, gain=g, bias=b)
+    monkeypatch.setattr(metrics, "_BLOCK_BYTES", 7 * 40 * 4)  # 7 tokens per block, ragged last block
+    many = token_metrics(x, z, kind="layernorm", eps=1e-5, gain=g, bias=b)
+    assert torch.equal(one.values, many.values)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    from normscope.probe import metrics
+
+    def broken(*a, **k):
+        raise RuntimeError("no compiler")
+
+    x = torch.randn(30, 16)
+    g = torch.ones(16, dtype=torch.float64)
+    want = token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values
+    monkeypatch.setenv("NORMSCOPE_COMPILE", "1")
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(metrics, "_COMPILED", {})
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        got = token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values
+    assert torch.equal(got, want)
+
+
+@pytest.mark.slow
+def test_compiled_sweep_matches_dense(monkeypatch):
+    """The compiled single kernel (NORMSCOPE_COMPILE=1) meets the same tolerances as the eager sweep."""
+    from normscope.probe import metrics
+
+    monkeypatch.setenv("NORMSCOPE_COMPILE", "1")
+    monkeypatch.setattr(metrics, "_COMPILED", {})
+    test_token_metrics_match_dense(torch.float32, "layernorm")
+    test_token_metrics_match_dense(torch.float32, "rmsnorm")
+    assert metrics._COMPILED.get("fn") is not None and not metrics._COMPILED.get("failed")
