@@ -373,3 +373,70 @@ def test_compiled_sweep_matches_dense(monkeypatch):
     test_token_metrics_match_dense(torch.float32, "layernorm")
     test_token_metrics_match_dense(torch.float32, "rmsnorm")
     assert metrics._COMPILED.get("fn") is not None and not metrics._COMPILED.get("failed")
+
+
+@pytest.mark.parametrize("skip_first", [False, True])
+def test_tail_matches_dense(skip_first):
+    """The tail block against a dense NumPy pass: top-k shares with their locations, the mean share
+    by position and the fractions above 10/d and 100/d."""
+    model = _tiny_llama()
+    gen = torch.Generator().manual_seed(4)
+    batches = [torch.randint(0, 61, (3, 7 + i), generator=gen) for i in range(3)]
+    for b in batches:
+        b[:, 0] = 1  # identical first tokens: tied shares at position 0 across windows
+    sites = find_norms(model)
+    xs: dict = {s.name: [] for s in sites}
+    with torch.no_grad(), norm_hooks(model, sites, lambda s, x, z: xs[s.name].append(x.double())):
+        for bt in batches:
+            model(input_ids=bt)
+    m = run(model, batches, skip_first=skip_first, progress=False)["models"][0]
+    first = 1 if skip_first else 0
+    for site, layer in zip(sites, m["layers"]):
+        rows = []  # (share, batch, window, position, token)
+        offset = 0
+        for bi, x in enumerate(xs[site.name]):
+            x = x.numpy()
+            bsz, seq, d = x.shape
+            sq = (x**2).sum(-1)
+            share = np.where(sq > 0, x.sum(-1) ** 2 / (d * np.where(sq > 0, sq, 1.0)), 0.0)  # 0 for x = 0
+            for w in range(bsz):
+                for p in range(first, seq):
+                    rows.append((share[w, p], bi, w, p, offset + w * seq + p))
+            offset += bsz * seq
+        tail = layer["input"]["tail"]
+        want = sorted(rows, key=lambda r: (-r[0], r[1], r[2], r[3]))[:8]
+        got = tail["top"]
+        assert [(t["batch"], t["window"], t["position"], t["token"]) for t in got] == [r[1:] for r in want]
+        # shares from float32 sums, recomputed in float64 where cos² > 0.5: relative ~1e-6 (float32 rounding
+        # of the model's activations is identical on both sides; only the sums' rounding differs)
+        np.testing.assert_allclose([t["share"] for t in got], [r[0] for r in want], rtol=2e-6, atol=1e-9)
+        shares = np.array([r[0] for r in rows])
+        pos = np.array([r[3] for r in rows])
+        for lab, sel in (("0", pos == 0), ("1", pos == 1), ("3", pos == 3), (">=4", pos >= 4)):
+            if sel.any():
+                assert tail["mean_share_by_position"][lab] == pytest.approx(shares[sel].mean(), rel=2e-6, abs=1e-9)
+                assert tail["count_by_position"][lab] == int(sel.sum())
+            else:
+                assert tail["mean_share_by_position"][lab] is None
+        d = site.d
+        assert tail["frac_above_10_over_d"] == pytest.approx(float((shares > 10 / d).mean()))
+        assert tail["frac_above_100_over_d"] == pytest.approx(float((shares > 100 / d).mean()))
+
+
+def test_tail_merge_equals_one_pass():
+    from normscope.probe.stats import TailStats
+
+    gen = torch.Generator().manual_seed(8)
+    share = torch.rand(3, 40, generator=gen, dtype=torch.float64) ** 3
+    share[:, :5] = 2.0  # ties across batches, above every rand()³
+    win = torch.arange(40) // 10
+    pos = torch.arange(40) % 10
+    one, parts = TailStats(16), [TailStats(16), TailStats(16)]
+    for b in range(3):
+        one.update(share[b], b, win, pos, torch.arange(40), (4, 10))
+        parts[b % 2].update(share[b], b, win, pos, torch.arange(40), (4, 10))
+    merged = TailStats.from_state(parts[1].state()).merge(parts[0])
+    assert merged.summary()["top"] == one.summary()["top"]
+    assert [t["share"] for t in one.summary()["top"]][:5] == [2.0] * 5
+    assert [t["token"] for t in one.summary()["top"]][:5] == [0, 1, 2, 3, 4]  # ties: earliest location first
+    assert torch.equal(merged.pos_n, one.pos_n) and torch.equal(merged.above, one.above)

@@ -16,8 +16,8 @@ from torch import nn
 from .. import __version__
 from ..models.registry import NormSite, find_norms
 from .hooks import norm_hooks
-from .metrics import METRIC_ROWS, token_metrics
-from .stats import SPECS, StreamStats
+from .metrics import METRIC_ROWS, ROW, token_metrics
+from .stats import SPECS, StreamStats, TailStats, token_locations
 
 __all__ = ["run", "shard", "SiteProbe", "layer_geometry", "random_baseline", "SCHEMA_VERSION"]
 
@@ -42,6 +42,10 @@ class SiteProbe:
         self.gain = site.gain()
         self.bias = site.bias()
         self.calls = 0
+        self.tail = TailStats(site.d)
+        dist = _dist()
+        self._rank, self._world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+        self._loc: dict = {}
         self.nonfinite = {"input_tokens": 0, "output_tokens": 0, "input_values": 0, "output_values": 0}
         self._dev: torch.device | None = None
 
@@ -59,6 +63,7 @@ class SiteProbe:
                 x = x.narrow(seq_dim, 1, x.shape[seq_dim] - 1)
                 z = z.narrow(seq_dim, 1, z.shape[seq_dim] - 1)
         d = x.shape[-1]
+        lead = tuple(x.shape[:-1])
         x2 = x.reshape(-1, d)
         z2 = z.reshape(-1, z.shape[-1])
         if x2.shape[0] == 0:
@@ -76,6 +81,21 @@ class SiteProbe:
             self.nonfinite["output_values"] += int((~torch.isfinite(z2[bad_out])).sum())
             values = values[:, ok]
         self.stats.update(values)
+        self._update_tail(lead, values[ROW[("input", "cos2")]], None if bool(ok.all()) else ok)
+
+    def _update_tail(self, lead: tuple, share: torch.Tensor, ok: torch.Tensor | None) -> None:
+        """Tail statistics of the input's share along 𝟙 (stats.TailStats) for this batch."""
+        first = 1 if self.skip_first else 0
+        key = (lead, first)
+        if key not in self._loc:
+            win, pos, wshape = token_locations(lead, self.site.seq_dim, first)
+            self._loc = {key: (win, pos, torch.arange(win.numel()), wshape)}
+        win, pos, row, wshape = self._loc[key]
+        if ok is not None:
+            ok = ok.cpu()
+            win, pos, row = win[ok], pos[ok], row[ok]
+        batch = (self.calls - 1) * self._world + self._rank  # shard()'s round-robin order
+        self.tail.update(share.cpu(), batch, win, pos, row, wshape)
 
     def summary(self) -> dict:
         site = self.site
@@ -93,6 +113,7 @@ class SiteProbe:
                 out[metric] = s
             else:
                 out[side][metric] = s
+        out["input"]["tail"] = self.tail.summary()
         out["geometry"] = layer_geometry(site)
         return out
 
@@ -308,7 +329,7 @@ def _merge_distributed(dist: Any, probes: dict[str, SiteProbe], tokens: int) -> 
     """All-gather every rank's accumulator states and merge them in rank order."""
     mine = {
         "tokens": tokens,
-        "sites": {k: (p.stats.state(), dict(p.nonfinite), p.calls) for k, p in probes.items()},
+        "sites": {k: (p.stats.state(), dict(p.nonfinite), p.calls, p.tail.state()) for k, p in probes.items()},
     }
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
@@ -317,13 +338,15 @@ def _merge_distributed(dist: Any, probes: dict[str, SiteProbe], tokens: int) -> 
         merged = StreamStats(_SPECS)
         nonfinite = {k: 0 for k in p.nonfinite}
         calls = 0
+        tail = TailStats(p.site.d)
         for g in gathered:
-            state, nf, c = g["sites"][name]
+            state, nf, c, tstate = g["sites"][name]
             merged.merge(StreamStats.from_state(_SPECS, state))
+            tail.merge(TailStats.from_state(tstate))
             for k in nonfinite:
                 nonfinite[k] += nf[k]
             calls += c
-        p.stats, p.nonfinite, p.calls = merged, nonfinite, calls
+        p.stats, p.nonfinite, p.calls, p.tail = merged, nonfinite, calls, tail
     for g in gathered:
         total += g["tokens"]
     return total
