@@ -106,7 +106,7 @@ def main() -> None:
             for name, m in list(contenders.items())[:2]:
                 s = norm_share(m, x, rounds)
                 key = f"norm_share_{'ln' if m is orig else 'rms'}_{tag}"
-                b.record(key, s)
+                b.record(key, {**s, "target": "none (informational): any conversion speed-up <= max_speedup_bound"})
                 print(f"{key}: norms take {100 * s['share']:.2f}% of the forward "
                       f"({100 * s['share_min']:.2f}-{100 * s['share_max']:.2f}%) -> no conversion can make this "
                       f"model more than {100 * (s['max_speedup_bound'] - 1):.2f}% faster", flush=True)

@@ -211,6 +211,7 @@ def main() -> None:
               f"target <= 1.05)", flush=True)
         b.ratios[f"scale_probe_overhead_{clock}"] = {
             "ours": "probe", "reference": "bare forward", "ratio": r["ratio"], "threads": torch.get_num_threads(),
+            "ours_s": res["tokens"] / r["probe_tokens_per_s"], "reference_s": res["tokens"] / r["bare_tokens_per_s"],
             "target": "<= 1.05", "label": f"Llama {n_params / 1e9:.2f}B bf16, {res['tokens']} tokens, {args.device}",
             "what": f"probed / bare forward time ({clock}), random-init Llama in bfloat16"}
     peak = peak_mb()
