@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import Bench  # noqa: E402
+from _harness import Bench
 
 
 def norm_share(model, x, rounds: int) -> dict:

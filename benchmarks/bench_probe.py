@@ -29,7 +29,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _harness import Bench, Comparison, _timing  # noqa: E402
+from _harness import Bench, Comparison, _timing
 
 
 def _batches(lm, tokens: int, seq_len: int, batch_size: int):

@@ -24,12 +24,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _harness import Bench  # noqa: E402
+from _harness import Bench
 
 _REPORT = r"""
 import json, os, sys, time
@@ -97,7 +96,7 @@ print(json.dumps(out))
 
 
 def _child(code: str, *argv: str, env: dict | None = None) -> dict:
-    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=False,
                        env={**os.environ, **(env or {})})
     if r.returncode != 0:
         raise SystemExit(f"child failed ({r.returncode}):\n{r.stderr[-3000:]}")
@@ -108,7 +107,8 @@ def report_run(args, extra: list[str], env: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "report")
         res = _child(_REPORT, str(args.threads), out, *extra, env=env)
-        stats = json.load(open(os.path.join(out, "stats.json")))
+        with open(os.path.join(out, "stats.json")) as f:
+            stats = json.load(f)
     run = stats["run"]
     stages = {f"{m['name']}_load_s": m["run"]["load_seconds"] for m in stats["models"]}
     stages.update({f"{m['name']}_probe_s": m["run"]["probe_seconds"] for m in stats["models"]})

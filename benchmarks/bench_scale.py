@@ -31,12 +31,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _harness import Bench  # noqa: E402
+from _harness import Bench
 
-FULL = dict(hidden_size=2048, num_hidden_layers=22, intermediate_size=5632, num_attention_heads=32,
-            num_key_value_heads=4, vocab_size=32000)
-QUICK = dict(hidden_size=256, num_hidden_layers=2, intermediate_size=704, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=1000)
+FULL = {"hidden_size": 2048, "num_hidden_layers": 22, "intermediate_size": 5632, "num_attention_heads": 32,
+        "num_key_value_heads": 4, "vocab_size": 32000}
+QUICK = {"hidden_size": 256, "num_hidden_layers": 2, "intermediate_size": 704, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "vocab_size": 1000}
 
 
 def build(shape: dict, device: str = "cpu"):
@@ -70,9 +70,10 @@ def batches(vocab: int, tokens: int, seq: int, bs: int):
 
 
 def peak_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return float("nan")
 
 
@@ -171,8 +172,7 @@ def distributed(shape: dict, tokens: int, seq: int, bs: int) -> dict:
         t = time.perf_counter()
         mp.spawn(_worker, args=(2, store, out, shape, tokens, seq, bs), nprocs=2, join=True)
         two_s = time.perf_counter() - t
-        r0 = json.load(open(f"{out}.0"))
-        r1 = json.load(open(f"{out}.1"))
+        r0, r1 = (json.loads(open(f"{out}.{r}").read()) for r in (0, 1))  # noqa: SIM115
     t = time.perf_counter()
     single = json.loads(json.dumps(run(build(shape), batches(shape["vocab_size"], tokens, seq, bs), progress=False)))
     one_s = time.perf_counter() - t

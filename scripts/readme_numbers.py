@@ -26,8 +26,9 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- normscope:{name}:{end} -->"
@@ -122,7 +123,7 @@ def repro_block(folders: dict[str, Path]) -> str:
 # -- README blocks ------------------------------------------------------------------------------
 def _span(text: str, name: str) -> tuple[int, int] | None:
     start, end = MARK.format(name=name, end="start"), MARK.format(name=name, end="end")
-    m = re.search(re.escape(start) + r"\n(.*?)" + re.escape(end), text, flags=re.S)
+    m = re.search(re.escape(start) + r"\n(.*?)" + re.escape(end), text, flags=re.DOTALL)
     return (m.start(1), m.end(1)) if m else None
 
 

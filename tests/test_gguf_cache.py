@@ -8,8 +8,7 @@ import time
 import pytest
 import torch
 
-from normscope.models import load
-from normscope.models import loading
+from normscope.models import load, loading
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 
-from normscope.convert import swap_test
+from normscope.convert import loss as lo
 from normscope.convert import swap as sw
+from normscope.convert import swap_test
 from normscope.probe import run
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,7 +46,7 @@ def dense_loss(model, xs):
 
 @pytest.mark.parametrize("chunk", [1 << 22, V * 5 + 3, V])  # one chunk, ragged chunks, one token per chunk
 def test_chunked_head_loss_matches_dense(monkeypatch, chunk):
-    monkeypatch.setattr(sw, "_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(lo, "_CHUNK_ELEMENTS", chunk)
     m, xs = llama(), batches()
     got = sw._Evaluator(m, xs, "lm", None)()["loss"]
     # both sides compute float32 logits with the same head; only the matmul blocking may differ:
@@ -84,6 +85,6 @@ def test_collector_ignores_other_batches_and_falls_back():
 def test_nonfinite_loss_is_nan_with_count():
     logits = torch.zeros(4, 7)
     logits[1, 3] = math.nan
-    s = sw.lm_loss_from_logits(logits, torch.tensor([0, 1, 2, -100]))
+    s = lo.lm_loss_from_logits(logits, torch.tensor([0, 1, 2, -100]))
     assert s.count == 3 and s.nonfinite == 1
     assert s.total == pytest.approx(2 * math.log(7), rel=1e-15)  # 2 finite rows of uniform logits

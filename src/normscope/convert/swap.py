@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from normscope.convert.exact import evaluating
+from normscope.convert.loss import hidden_of, lm_head, lm_loss_from_hidden, lm_loss_from_logits
 from normscope.nn import RMSNorm
 
 LOSSES = ("auto", "lm", "mlm", "embedding")
@@ -88,83 +89,6 @@ def _mlm_inputs(ids: torch.Tensor, tokenizer_info: dict, seed: int) -> tuple[tor
     return torch.where(pick, torch.full_like(ids, tokenizer_info["mask_id"]), ids), labels
 
 
-# elements of one float64 logits chunk (tokens × vocabulary): 2**22 → 32 MB
-_CHUNK_ELEMENTS = 1 << 22
-
-
-class LossSum(NamedTuple):
-    """Summed cross-entropy over scored positions; non-finite per-token losses are counted, not added."""
-
-    total: float
-    count: int
-    nonfinite: int
-
-
-def _ce_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-row cross-entropy −log softmax(logits)[target] in float64 (logits of any dtype)."""
-    lg = logits.double()
-    return torch.logsumexp(lg, dim=-1) - lg.gather(-1, targets[:, None]).squeeze(-1)
-
-
-def _sum_ce(losses: torch.Tensor) -> LossSum:
-    fin = torch.isfinite(losses)
-    return LossSum(float(losses[fin].sum()), int(losses.numel()), int((~fin).sum()))
-
-
-def _head(model: nn.Module) -> tuple[nn.Module, float | None] | None:
-    """The LM head (``get_output_embeddings()``) and the logit soft-cap, when logits = cap(head(h))."""
-    get = getattr(model, "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    if not isinstance(head, nn.Module) or not hasattr(head, "weight"):
-        return None
-    cfg = getattr(model, "config", None)
-    if getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):  # Cohere-style scaling: not modelled here
-        return None
-    return head, getattr(cfg, "final_logit_softcapping", None)
-
-
-def lm_loss_from_hidden(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor) -> LossSum:
-    """Next-token cross-entropy from the last hidden state, in chunks of tokens.
-
-    Logits ℓ = head(h) (``model.get_output_embeddings()``, in the model's dtype, exactly as the
-    model computes them; soft-capped as ``cap·tanh(ℓ/cap)`` when the config says so) are built for
-    ⌊2²²/V⌋ tokens at a time and turned into −log softmax(ℓ)[next token] in float64, so no
-    full-vocabulary (tokens × V) float64 tensor exists. Position t scores token t + 1.
-
-    **Arguments:** ``model`` (an HF causal LM), ``hidden`` (batch, seq, d) final hidden states,
-    ``ids`` (batch, seq) token ids.
-
-    **Returns:** :class:`LossSum` (NaN/Inf losses counted in ``nonfinite``, not summed).
-    """
-    head, cap = _head(model)
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    tgt = ids[:, 1:].reshape(-1).to(h.device)
-    vocab = head.weight.shape[0]
-    step = max(1, _CHUNK_ELEMENTS // vocab)
-    parts = []
-    for a in range(0, h.shape[0], step):
-        logits = head(h[a:a + step])
-        if cap:
-            logits = cap * torch.tanh(logits.double() / cap)
-        parts.append(_ce_rows(logits, tgt[a:a + step]))
-    return _sum_ce(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64))
-
-
-def lm_loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> LossSum:
-    """Cross-entropy of (N, V) logits against targets (−100 ignored), float64 in chunks of rows."""
-    logits = logits.reshape(-1, logits.shape[-1])
-    targets = targets.reshape(-1).to(logits.device)
-    keep = targets != -100
-    logits, targets = logits[keep], targets[keep]
-    step = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
-    parts = [_ce_rows(logits[a:a + step], targets[a:a + step]) for a in range(0, logits.shape[0], step)]
-    return _sum_ce(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64))
-
-
-def _hidden_of(out: Any) -> torch.Tensor:
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-
 class _Evaluator:
     """Runs one model variant over the batches and scores it against the original.
 
@@ -185,7 +109,7 @@ class _Evaluator:
 
     def _split(self) -> nn.Module | None:
         """The base model to run when the loss can be taken from its hidden state (else None)."""
-        if self.kind != "lm" or _head(self.model) is None:
+        if self.kind != "lm" or lm_head(self.model) is None:
             return None
         base = getattr(self.model, "base_model", None)
         return base if isinstance(base, nn.Module) and base is not self.model else None
@@ -195,11 +119,11 @@ class _Evaluator:
         """LossSum (lm/mlm) or mean-pooled float64 embeddings (embedding) of one forward's output."""
         if self.kind == "lm":
             if from_base:
-                return lm_loss_from_hidden(self.model, _hidden_of(out), ids)
+                return lm_loss_from_hidden(self.model, hidden_of(out), ids)
             return lm_loss_from_logits(out.logits[:, :-1], ids[:, 1:])
         if self.kind == "mlm":
             return lm_loss_from_logits(out.logits, labels)
-        return _hidden_of(out).double().mean(1)
+        return hidden_of(out).double().mean(1)
 
     @torch.no_grad()
     def __call__(self, parts: list[Any] | None = None) -> dict[str, float]:
@@ -261,7 +185,7 @@ class BaselineCollector:
         if batch.shape != want.shape or not torch.equal(batch.cpu(), want):
             return
         from_base = not hasattr(out, "logits")
-        if self.kind == "lm" and from_base and _head(self.model) is None:
+        if self.kind == "lm" and from_base and lm_head(self.model) is None:
             self._ev = None  # cannot score this model from hidden states: swap_test runs the baseline
             return
         self.parts.append(self._ev.score_batch(batch, None, out, from_base))
