@@ -1,14 +1,22 @@
-"""Converted (RMSNorm) vs original (LayerNorm) speed, and the norm op alone, in one run (CPU).
+"""LayerNorm → RMSNorm conversion and speed: how much of a forward pass the norms are.
 
-1. A GPT-2-small-shaped model (random init: 12 layers, d=768, 12 heads, vocab 50257) and its
-   exact RMSNorm conversion (``normscope.convert.to_rmsnorm``): forward tokens/s, timed
-   interleaved (A, B, A, B, ...) so machine load hits both alike; the median is reported.
-   The outputs must agree within 1e-4 (max |Δlogits|).
-2. The norm op alone on a 4096×4096 float32 tensor (with gain and bias, as in the conversion):
-   ``F.layer_norm``, ``F.rms_norm`` (+ bias), ``normscope.nn.RMSNorm`` with its eager and
-   compiled backends, and a plain copy (the memory-bandwidth floor: read x, write y).
+The exact conversion (``normscope.convert.to_rmsnorm``) replaces every LayerNorm by an RMSNorm
+and centres the residual writers. It is for exactness, interpretability and rotation, **not
+speed**: a forward pass cannot get faster by more than the share of its time spent in the norm
+modules. This script measures that share and the forward speed, on a GPT-2-small-shaped model
+(random init: 12 layers, d = 768, 12 heads, vocabulary 50257; batch 1 × 256 tokens):
 
-Usage: ``python benchmarks/bench_convert.py [--threads N] [--seq 256] [--repeats 7]``.
+1. **Norm share**: the time inside the norm modules (timed with forward pre/post hooks around each
+   norm call) over the whole forward time, for the original (LayerNorm) and converted (RMSNorm)
+   models. The bound on any speed-up from the conversion is 1 / (1 − share).
+2. **Forward time**: original vs converted (eager RMSNorm kernel, and with ``--compile`` the
+   compiled backend), interleaved rounds, medians with spread, at 1 thread and all cores. The
+   outputs must agree to 1e-4 (max |Δlogits|).
+
+The norm op alone against ``F.layer_norm`` / ``F.rms_norm`` is ``benchmarks/bench_nn.py``.
+
+Usage: python benchmarks/bench_convert.py [--quick] [--compile]
+JSON: benchmarks/results/bench_convert.json
 """
 
 from __future__ import annotations
@@ -16,122 +24,98 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
-import torch
-import torch.nn.functional as F
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import Bench
 
 
-def timeit(fn, repeats: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+def norm_share(model, x, rounds: int) -> dict:
+    """Fraction of forward wall time spent inside norm modules (hooks around each norm call)."""
+    import torch
+
+    from normscope.models import find_norms
+
+    sites = find_norms(model)
+    inside = [0.0]
+    start: dict = {}
+
+    def pre(mod, args):
+        start[id(mod)] = time.perf_counter()
+
+    def post(mod, args, out):
+        inside[0] += time.perf_counter() - start.pop(id(mod))
+
+    handles = [h for s in sites for h in (s.module.register_forward_pre_hook(pre), s.module.register_forward_hook(post))]
+    shares, totals = [], []
+    try:
+        with torch.inference_mode():
+            model(input_ids=x, use_cache=False)
+            for _ in range(rounds):
+                inside[0] = 0.0
+                t = time.perf_counter()
+                model(input_ids=x, use_cache=False)
+                total = time.perf_counter() - t
+                shares.append(inside[0] / total)
+                totals.append(total)
+    finally:
+        for h in handles:
+            h.remove()
+    share = statistics.median(shares)
+    return {"share": share, "share_min": min(shares), "share_max": max(shares), "norm_calls": len(sites),
+            "max_speedup_bound": 1.0 / (1.0 - share), "forward_s": statistics.median(totals)}
 
 
-def interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved round-robin."""
-    for f in fns.values():
-        f()
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def bench_model(args) -> None:
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 layers, d = 256, 64 tokens, 3 rounds")
+    p.add_argument("--compile", action="store_true", help="also time the compiled RMSNorm backend")
+    p.add_argument("--rounds", type=int, default=11)
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_convert.json)")
+    args = p.parse_args()
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from normscope.convert import compare, to_rmsnorm
 
+    layers, d, heads, seq, rounds = (2, 256, 4, 64, 3) if args.quick else (12, 768, 12, 256, args.rounds)
+    b = Bench("bench_convert")
+    b.record("quick", args.quick)
+    b.record("model", {"layers": layers, "d": d, "heads": heads, "vocab": 50257, "tokens": seq})
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=args.layers, n_embd=args.d, n_head=args.heads, n_positions=1024, vocab_size=50257)
-    orig = GPT2LMHeadModel(cfg).eval()
+    orig = GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=d, n_head=heads, n_positions=1024,
+                                      vocab_size=50257)).eval()
     conv = to_rmsnorm(orig).eval()
-    conv_c = to_rmsnorm(orig).eval()
-    for n in conv_c.config.normscope_conversion["norms"]:
-        conv_c.get_submodule(n).backend = "compile"
-    x = torch.randint(0, 50257, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
+    x = torch.randint(0, 50257, (1, seq), generator=torch.Generator().manual_seed(1))
+    contenders = {"original (LayerNorm)": orig, "converted (RMSNorm, eager)": conv}
+    if args.compile:
+        conv_c = to_rmsnorm(orig).eval()
+        for n in conv_c.config.normscope_conversion["norms"]:
+            conv_c.get_submodule(n).backend = "compile"
+        contenders["converted (RMSNorm, compiled)"] = conv_c
     with torch.inference_mode():
-        r = compare(orig, conv, [x])
-        rc = compare(orig, conv_c, [x])
-        fwd = lambda m: (lambda: m(input_ids=x, use_cache=False))  # noqa: E731
-        t = interleaved({"original": fwd(orig), "converted": fwd(conv), "converted_compiled": fwd(conv_c)}, args.repeats)
-    tok = x.numel()
-    print(f"\n== GPT-2-small-shaped model ({args.layers}x{args.d}, random init), batch {args.batch}x{args.seq}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved runs")
-    print(f"{'variant':<34}{'ms/fwd':>10}{'tokens/s':>12}{'vs original':>13}")
-    for k, label in [("original", "original (torch LayerNorm)"), ("converted", "converted (RMSNorm, eager)"),
-                     ("converted_compiled", "converted (RMSNorm, compiled)")]:
-        print(f"{label:<34}{t[k] * 1e3:>10.1f}{tok / t[k]:>12.0f}{t['original'] / t[k]:>12.3f}x")
-    print(f"max |Δlogits| converted vs original: eager {r['max_abs_dlogits']:.2e}, compiled {rc['max_abs_dlogits']:.2e} "
-          f"(target <= 1e-4; max |logit| {r['max_abs_logit']:.1f})")
-
-
-def bench_op(args) -> None:
-    from normscope.nn import RMSNorm
-
-    n = d = args.op_size
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, d, generator=g)
-    w, b = torch.randn(d, generator=g), torch.randn(d, generator=g)
-    eager = RMSNorm(d, eps=1e-5, bias=True, backend="eager")
-    comp = RMSNorm(d, eps=1e-5, bias=True, backend="compile")
-    comp_nb = RMSNorm(d, eps=1e-5, bias=False, backend="compile")
-    with torch.no_grad():
-        for m in (eager, comp, comp_nb):
-            m.weight.copy_(w)
-        eager.bias.copy_(b)
-        comp.bias.copy_(b)
-    out = torch.empty_like(x)
-    fns = {
-        "copy (x -> y)": lambda: out.copy_(x),
-        "F.layer_norm (w, b)": lambda: F.layer_norm(x, (d,), w, b, 1e-5),
-        "F.rms_norm (w) + b": lambda: F.rms_norm(x, (d,), w, 1e-5) + b,
-        "F.rms_norm (w)": lambda: F.rms_norm(x, (d,), w, 1e-5),
-        "normscope RMSNorm eager (w, b)": lambda: eager(x),
-        "normscope RMSNorm compile (w, b)": lambda: comp(x),
-        "normscope RMSNorm compile (w)": lambda: comp_nb(x),
-    }
-    with torch.inference_mode():
-        ref = F.rms_norm(x, (d,), w, 1e-5) + b
-        for k in ("normscope RMSNorm eager (w, b)", "normscope RMSNorm compile (w, b)"):
-            err = float((fns[k]() - ref).abs().max())
-            assert err < 1e-4, (k, err)
-        t = interleaved(fns, args.repeats)
-    gb = 2 * x.numel() * x.element_size() / 1e9
-    base = t["F.layer_norm (w, b)"]
-    print(f"\n== norm op alone, {n}x{d} float32, {torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"{'op':<36}{'ms':>9}{'GB/s':>8}{'vs layer_norm':>15}")
-    for k, v in t.items():
-        print(f"{k:<36}{v * 1e3:>9.2f}{gb / v:>8.1f}{base / v:>14.2f}x")
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--d", type=int, default=768)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--op-size", type=int, default=4096)
-    p.add_argument("--skip-model", action="store_true")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
-    bench_op(args)
-    if not args.skip_model:
-        bench_model(args)
+        for name, m in contenders.items():
+            if m is not orig:
+                err = compare(orig, m, [x])["max_abs_dlogits"]
+                b.record(f"max_abs_dlogits {name}", err)
+                assert err <= 1e-4, f"{name}: max |Δlogits| {err:.2e} > 1e-4"
+    for n_threads, tag in ((1, "1t"), (os.cpu_count() or 1, "all")):
+        with b.threads(n_threads):
+            for name, m in list(contenders.items())[:2]:
+                s = norm_share(m, x, rounds)
+                key = f"norm_share_{'ln' if m is orig else 'rms'}_{tag}"
+                b.record(key, {**s, "target": "none (informational): any conversion speed-up <= max_speedup_bound"})
+                print(f"{key}: norms take {100 * s['share']:.2f}% of the forward "
+                      f"({100 * s['share_min']:.2f}-{100 * s['share_max']:.2f}%) -> no conversion can make this "
+                      f"model more than {100 * (s['max_speedup_bound'] - 1):.2f}% faster", flush=True)
+            with torch.inference_mode():
+                fns = {k: (lambda m=m: m(input_ids=x, use_cache=False)) for k, m in contenders.items()}
+                c = b.compare(fns, rounds=rounds, warmup=2, label=f"GPT-2-shaped {layers}x{d}, 1x{seq} tokens")
+            b.ratio(c, "converted (RMSNorm, eager)", "original (LayerNorm)", key=f"converted_vs_original_{tag}",
+                    what="forward time, converted / original (1.0 = same speed; the bound is the norm share)")
+    b.save(args.out)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,19 @@
-"""Probe cost: time overhead on SmolLM2 and peak memory vs token count.
+"""Probe cost: time overhead of ``normscope.probe.run`` on SmolLM2, and peak memory vs token count.
 
-1. Overhead = (probe run time) / (bare forward time) over the same token batches (default
-   32,768 tokens of pydoc_data text, seq_len 512). "Bare forward" is the same base-model forward
-   ``normscope.probe.run`` performs (no LM head, ``use_cache=False``), without hooks; the probe
-   time is the same forward with ``run``'s hooks and accumulators (``SiteProbe``) plus the final
-   summaries. Batches run bare and hooked back to back, so slow drifts of a shared machine
-   cancel. Wall-clock and process CPU time are both reported: on a busy machine wall time mostly
-   measures the neighbours, so the CPU-time ratio (``--threads 1``, the default) is the reliable
-   number. ``--full-run`` also times ``normscope.probe.run`` end to end. Target: <= 1.10.
-2. Memory: peak RSS (VmHWM) of a fresh process probing 10k and 100k tokens (default model MiniLM, for
-   speed; ``--memory-model smollm2`` works too). Statistics are streamed, so the two peaks should
-   agree within 5%.
+1. **Overhead** = (forward with the probe's hooks and accumulators) / (bare forward), on the same
+   token batches (default 32,768 tokens of pydoc_data text, seq_len 512, batch 8). "Bare" is the
+   base-model forward ``probe.run`` performs (no LM head, ``use_cache=False``) without hooks.
+   Each batch runs bare and probed back to back, the order alternating between batches, so load
+   drifts of a shared machine hit both alike. Reported per thread setting (1 thread, all cores):
+   the ratio of the totals for process CPU time and wall time, and the median per-batch ratio with
+   its interquartile spread. The final summaries (quantiles, histograms, geometry) are timed once and
+   added to the probed side. CPU time at 1 thread is the reliable number on a busy machine.
+   Target: CPU-time ratio <= 1.05 at 1 thread.
+2. **Memory**: peak RSS (VmHWM) of fresh processes probing 10k and 100k tokens (model MiniLM by
+   default). Statistics are streamed, so the two peaks should agree within 5%.
 
-Usage: python benchmarks/bench_probe.py [--tokens 32768] [--full-run] [--skip-memory]
+Usage: python benchmarks/bench_probe.py [--quick] [--tokens 32768] [--skip-memory]
+JSON: benchmarks/results/bench_probe.json
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _harness import Bench, Comparison, _timing
 
 
 def _batches(lm, tokens: int, seq_len: int, batch_size: int):
@@ -36,121 +41,129 @@ def _batches(lm, tokens: int, seq_len: int, batch_size: int):
                          context=context_length(lm.model))
 
 
-def overhead(args) -> dict:
+def overhead(b: Bench, lm, batches, n_threads: int, tag: str) -> dict:
     import torch
 
-    from normscope.models import find_norms, load
-    from normscope.probe import norm_hooks, run
+    from normscope.models import find_norms
+    from normscope.probe import norm_hooks
     from normscope.probe.runner import SiteProbe, _forward_module
 
-    torch.set_num_threads(args.threads)
-    lm = load("smollm2")
-    batches = list(_batches(lm, args.tokens, args.seq_len, args.batch_size))
-    n_tok = sum(b.numel() for b in batches)
+    n_tok = sum(x.numel() for x in batches)
     sites = find_norms(lm.model)
     fwd = _forward_module(lm.model, sites)
-    with torch.inference_mode():
-        fwd(input_ids=batches[0][:1, :16], use_cache=False)  # warm-up
-
-    # paired: each batch runs bare, then hooked, back to back (cancels slow drifts of a shared box)
-    bare = {"wall": 0.0, "cpu": 0.0}
-    hooked = {"wall": 0.0, "cpu": 0.0}
     probes = {s.name: SiteProbe(s) for s in sites}
 
     def cb(site, x, z):
         probes[site.name](site, x, z)
 
-    for i, b in enumerate(batches):
-        for acc, hooks in ((bare, False), (hooked, True)):
-            t, c = time.perf_counter(), time.process_time()
-            with torch.inference_mode():
-                if hooks:
-                    with norm_hooks(lm.model, sites, cb):
-                        fwd(input_ids=b, use_cache=False)
-                else:
-                    fwd(input_ids=b, use_cache=False)
-            acc["wall"] += time.perf_counter() - t
-            acc["cpu"] += time.process_time() - c
-        print(f"  batch {i + 1}/{len(batches)}: cpu bare {bare['cpu']:.1f} s, hooked {hooked['cpu']:.1f} s", flush=True)
-    t, c = time.perf_counter(), time.process_time()
-    layers = [p.summary() for p in probes.values()]
-    hooked["wall"] += time.perf_counter() - t
-    hooked["cpu"] += time.process_time() - c
-    assert all(la["count"] == n_tok for la in layers)
-    out = {"tokens": n_tok, "threads": torch.get_num_threads(), "bare": bare, "probe": hooked,
-           "cpu_ratio": hooked["cpu"] / bare["cpu"], "wall_ratio": hooked["wall"] / bare["wall"]}
-    if args.full_run:  # the public entry point end to end, against the paired bare time
+    def bare(x):
+        fwd(input_ids=x, use_cache=False)
+
+    def probed(x):
+        with norm_hooks(lm.model, sites, cb):
+            fwd(input_ids=x, use_cache=False)
+
+    times = {k: {"bare": [], "probe": []} for k in ("wall", "cpu")}
+    with b.threads(n_threads) as k, torch.inference_mode():
+        bare(batches[0][:1, :16])  # warm-up
+        for i, x in enumerate(batches):
+            order = (("bare", bare), ("probe", probed)) if i % 2 == 0 else (("probe", probed), ("bare", bare))
+            for name, f in order:
+                t, c = time.perf_counter(), time.process_time()
+                f(x)
+                times["wall"][name].append(time.perf_counter() - t)
+                times["cpu"][name].append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()
-        stats = run(lm, batches, progress=False)
-        out["run_wall"], out["run_cpu"] = time.perf_counter() - t, time.process_time() - c
-        out["run_cpu_ratio"] = out["run_cpu"] / bare["cpu"]
-        assert stats["models"][0]["tokens"] == n_tok
+        layers = [p.summary() for p in probes.values()]
+        summary_wall, summary_cpu = time.perf_counter() - t, time.process_time() - c
+    assert all(la["count"] == n_tok for la in layers), "every site must see every token"
+    out = {"threads": k, "tokens": n_tok, "batches": len(batches), "summary_wall_s": summary_wall,
+           "summary_cpu_s": summary_cpu}
+    for clock, extra in (("cpu", summary_cpu), ("wall", summary_wall)):
+        t = times[clock]
+        total = (sum(t["probe"]) + extra) / sum(t["bare"])
+        per = sorted(p / q for p, q in zip(t["probe"], t["bare"]))
+        q = statistics.quantiles(per, n=4) if len(per) >= 4 else [per[0], per[len(per) // 2], per[-1]]
+        out[clock] = {"bare_s": sum(t["bare"]), "probe_s": sum(t["probe"]) + extra, "ratio": total,
+                      "per_batch_median": statistics.median(per), "per_batch_q1": q[0], "per_batch_q3": q[-1]}
+        c = Comparison(f"smollm2 forward, {n_tok} tokens, {clock} time", k,
+                       {"probe": _timing(t["probe"]), "bare": _timing(t["bare"])})
+        b.comparisons.append(c)
+        key = f"probe_overhead_{clock}_{tag}"
+        b.ratios[key] = {"ours": "probe", "reference": "bare forward", "ratio": total,
+                         "ours_s": out[clock]["probe_s"], "reference_s": out[clock]["bare_s"],
+                         "per_batch_median": out[clock]["per_batch_median"],
+                         "per_batch_iqr": [out[clock]["per_batch_q1"], out[clock]["per_batch_q3"]],
+                         "threads": k, "label": c.label, "target": "<= 1.05" if clock == "cpu" and k == 1 else "",
+                         "what": f"smollm2 forward with the probe's hooks / bare base-model forward ({clock} time, "
+                                 f"{k} thread{'s' if k != 1 else ''}, totals incl. summaries)"}
+        print(f"{key}: {total:.3f} (per batch median {out[clock]['per_batch_median']:.3f}, IQR "
+              f"{out[clock]['per_batch_q1']:.3f}-{out[clock]['per_batch_q3']:.3f})", flush=True)
     return out
 
 
-def _peak_child(model: str, tokens: int, seq_len: int, batch_size: int) -> dict:
-    code = f"""
-import resource, json, time, os
-def peak_kb():
-    # VmHWM is this process's own high-water mark; ru_maxrss would inherit the parent's peak via fork
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+_CHILD = r"""
+import json, os, sys, time
+def peak_kb():  # VmHWM is this process's own high-water mark (ru_maxrss would inherit the parent's via fork)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+sys.path.insert(0, sys.argv[1])
 from bench_probe import _batches
 from normscope.models import load
 from normscope.probe import run
 import torch; torch.set_num_threads(1)
-lm = load({model!r})
-rss_loaded = peak_kb()
+lm = load(sys.argv[2])
+loaded = peak_kb()
 t = time.perf_counter()
-s = run(lm, _batches(lm, {tokens}, {seq_len}, {batch_size}), progress=False)
-print(json.dumps({{"tokens": s["models"][0]["tokens"], "seconds": time.perf_counter() - t,
-                  "rss_after_load_kb": rss_loaded,
-                  "peak_rss_kb": peak_kb()}}))
+s = run(lm, _batches(lm, int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])), progress=False)
+print(json.dumps({"tokens": s["models"][0]["tokens"], "seconds": time.perf_counter() - t,
+                  "rss_after_load_mb": loaded / 1024, "peak_rss_mb": peak_kb() / 1024}))
 """
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def memory(args) -> dict:
-    small = _peak_child(args.memory_model, 10_000, args.seq_len_mem, args.batch_size)
-    print(f"  10k tokens: {small}", flush=True)
-    large = _peak_child(args.memory_model, 100_000, args.seq_len_mem, args.batch_size)
-    print(f"  100k tokens: {large}", flush=True)
-    return {"model": args.memory_model, "small": small, "large": large,
-            "peak_ratio": large["peak_rss_kb"] / small["peak_rss_kb"]}
+def memory(b: Bench, model: str, small: int, large: int, seq_len: int, batch_size: int) -> dict:
+    res = {}
+    for n in (small, large):
+        out = subprocess.run([sys.executable, "-c", _CHILD, os.path.dirname(os.path.abspath(__file__)), model,
+                              str(n), str(seq_len), str(batch_size)], check=True, capture_output=True, text=True)
+        res[n] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  {model}, {n} tokens: peak RSS {res[n]['peak_rss_mb']:.0f} MB "
+              f"(after load {res[n]['rss_after_load_mb']:.0f} MB), {res[n]['seconds']:.1f} s", flush=True)
+    ratio = res[large]["peak_rss_mb"] / res[small]["peak_rss_mb"]
+    b.record("memory", {"model": model, "small_tokens": small, "large_tokens": large, "small": res[small],
+                        "large": res[large], "peak_ratio": ratio, "target": "<= 1.05"})
+    print(f"peak RSS ratio {large}/{small} tokens: {ratio:.3f} (target <= 1.05)", flush=True)
+    return res
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: 2048 tokens, small memory runs")
     p.add_argument("--tokens", type=int, default=32_768)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--full-run", action="store_true", help="also time probe.run() end to end")
-    p.add_argument("--threads", type=int, default=1, help="torch threads for the overhead timing")
     p.add_argument("--memory-model", default="minilm")
-    p.add_argument("--seq-len-mem", type=int, default=256)
     p.add_argument("--skip-overhead", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_probe.json)")
     args = p.parse_args()
-    result = {}
+    if args.quick:
+        args.tokens, args.seq_len, args.batch_size = 2048, 256, 2
+    b = Bench("bench_probe")
+    b.record("quick", args.quick)
     if not args.skip_overhead:
-        print(f"probe overhead on smollm2, {args.tokens} tokens:", flush=True)
-        result["overhead"] = overhead(args)
-        o = result["overhead"]
-        print(f"probe/bare ratio over {o['tokens']} tokens: cpu time {o['cpu_ratio']:.3f}, "
-              f"wall {o['wall_ratio']:.3f} (target <= 1.10)", flush=True)
+        from normscope.models import load
+
+        lm = load("smollm2")
+        batches = list(_batches(lm, args.tokens, args.seq_len, args.batch_size))
+        for n, tag in ((1, "1t"), (os.cpu_count() or 1, "all")):
+            b.record(f"overhead_{tag}", overhead(b, lm, batches, n, tag))
     if not args.skip_memory:
-        print(f"peak RSS, {args.memory_model}, 10k vs 100k tokens:", flush=True)
-        result["memory"] = memory(args)
-        print(f"peak RSS ratio 100k/10k: {result['memory']['peak_ratio']:.3f} (target within 5%)", flush=True)
-    print(json.dumps(result))
+        small, large = (1_000, 5_000) if args.quick else (10_000, 100_000)
+        memory(b, args.memory_model, small, large, 256, 8)
+    b.save(args.out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import transformers as tf
 
 from normscope.models import find_norms
 from normscope.probe import norm_hooks, run
-from normscope.probe.metrics import METRIC_ROWS, token_metrics
+from normscope.probe.metrics import METRIC_ROWS, ROW, token_metrics
 from normscope.probe.runner import SiteProbe, layer_geometry
 from normscope.probe.stats import SPECS, StreamStats, hist_edges
 
@@ -66,12 +66,13 @@ def test_token_metrics_match_dense(dtype, kind):
         z = _ln(x, g.to(dtype), b.to(dtype), eps)
     else:
         z = torch.nn.functional.rms_norm(x, (d,), g.to(dtype), eps)
-    vals, fin_in, fin_out = token_metrics(x, z, kind=kind, eps=eps, gain=g, bias=b)
+    tm = token_metrics(x, z, kind=kind, eps=eps, gain=g, bias=b)
+    vals, fin_in, fin_out = tm
     assert vals.dtype == torch.float64 and fin_in.all() and fin_out.all()
     ref = dense_metrics(x.numpy(), z.numpy(), kind, eps, g.numpy(), None if b is None else b.numpy())
     rel = 2e-6 if dtype == torch.float32 else 1e-12
-    for i, key in enumerate(METRIC_ROWS):
-        got = vals[i].numpy()
+    for key in METRIC_ROWS:
+        got = tm.get(*key).numpy()
         want = ref[key]
         if key[1] == "rms_gap":
             if kind == "rmsnorm":  # the layer *is* that RMSNorm: rounding level
@@ -82,9 +83,9 @@ def test_token_metrics_match_dense(dtype, kind):
         atol = (TOL32 if dtype == torch.float32 else TOL64).get(key[1], 0.0)
         np.testing.assert_allclose(got, want, rtol=rel, atol=atol, err_msg=str(key))
     # sanity of the crafted rows: angles near 180° for strongly negative means
-    assert (vals[0, 8:16] > 170).all()
+    assert (tm.get("input", "angle_deg")[8:16] > 170).all()
     # radial fraction of the small-variance rows is visibly below 1
-    assert (vals[14, 16:20] < 0.999).all()
+    assert (tm.get(None, "radial_fraction")[16:20] < 0.999).all()
 
 
 def test_rms_gap_of_layernorm_is_naive_swap_error():
@@ -94,10 +95,10 @@ def test_rms_gap_of_layernorm_is_naive_swap_error():
     x = x - x.mean(-1, keepdim=True)
     g, b = torch.rand(d, dtype=torch.float64) + 0.5, torch.randn(d, dtype=torch.float64)
     z = _ln(x, g, b, 1e-5)
-    vals, _, _ = token_metrics(x, z, kind="layernorm", eps=1e-5, gain=g, bias=b)
-    assert vals[13].max() < 1e-13
-    vals2, _, _ = token_metrics(x + 1.0, _ln(x + 1.0, g, b, 1e-5), kind="layernorm", eps=1e-5, gain=g, bias=b)
-    assert vals2[13].min() > 1e-3
+    tm = token_metrics(x, z, kind="layernorm", eps=1e-5, gain=g, bias=b)
+    assert tm.get(None, "rms_gap").max() < 1e-13
+    tm2 = token_metrics(x + 1.0, _ln(x + 1.0, g, b, 1e-5), kind="layernorm", eps=1e-5, gain=g, bias=b)
+    assert tm2.get(None, "rms_gap").min() > 1e-3
 
 
 def test_stream_merge_equals_single_pass():
@@ -309,7 +310,7 @@ def test_bf16_inputs_are_upcast_exactly():
     a, _, _ = token_metrics(x, z, kind="rmsnorm", eps=1e-5, gain=g, bias=None)
     b, _, _ = token_metrics(x.float(), z.float(), kind="rmsnorm", eps=1e-5, gain=g, bias=None)
     assert torch.equal(a, b)
-    assert a[13].max() < 1e-2  # bf16 output rounding (8-bit mantissa) bounds the gap
+    assert a[ROW[(None, "rms_gap")]].max() < 1e-2  # bf16 output rounding (8-bit mantissa) bounds the gap
 
 
 def test_shard_round_robin():
@@ -329,3 +330,113 @@ def test_scratch_buffer_usable_in_and_out_of_inference_mode():
         a, _, _ = token_metrics(x, x, kind="rmsnorm", eps=0.0, gain=g, bias=None)
     b, _, _ = token_metrics(x, x, kind="rmsnorm", eps=0.0, gain=g, bias=None)
     assert torch.equal(a, b)
+
+
+def test_block_sweep_is_bitwise_independent_of_block_size(monkeypatch):
+    """Each token's sums are row reductions, so the cache blocking cannot change a single bit."""
+    from normscope.probe import metrics
+
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(257, 40, generator=gen) + 0.3
+    g, b = torch.rand(40, dtype=torch.float64) + 0.5, torch.randn(40, dtype=torch.float64)
+    z = _ln(x, g.float(), b.float(), 1e-5)
+    one = token_metrics(x, z, kind="layernorm", eps=1e-5, gain=g, bias=b)
+    monkeypatch.setattr(metrics, "_BLOCK_BYTES", 7 * 40 * 4)  # 7 tokens per block, ragged last block
+    many = token_metrics(x, z, kind="layernorm", eps=1e-5, gain=g, bias=b)
+    assert torch.equal(one.values, many.values)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    from normscope.probe import metrics
+
+    def broken(*a, **k):
+        raise RuntimeError("no compiler")
+
+    x = torch.randn(30, 16)
+    g = torch.ones(16, dtype=torch.float64)
+    want = token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values
+    monkeypatch.setenv("NORMSCOPE_COMPILE", "1")
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(metrics, "_COMPILED", {})
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        got = token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values
+    assert torch.equal(got, want)
+
+
+@pytest.mark.slow
+def test_compiled_sweep_matches_dense(monkeypatch):
+    """The compiled single kernel (NORMSCOPE_COMPILE=1) meets the same tolerances as the eager sweep."""
+    from normscope.probe import metrics
+
+    monkeypatch.setenv("NORMSCOPE_COMPILE", "1")
+    monkeypatch.setattr(metrics, "_COMPILED", {})
+    test_token_metrics_match_dense(torch.float32, "layernorm")
+    test_token_metrics_match_dense(torch.float32, "rmsnorm")
+    assert metrics._COMPILED.get("fn") is not None and not metrics._COMPILED.get("failed")
+
+
+@pytest.mark.parametrize("skip_first", [False, True])
+def test_tail_matches_dense(skip_first):
+    """The tail block against a dense NumPy pass: top-k shares with their locations, the mean share
+    by position and the fractions above 10/d and 100/d."""
+    model = _tiny_llama()
+    gen = torch.Generator().manual_seed(4)
+    batches = [torch.randint(0, 61, (3, 7 + i), generator=gen) for i in range(3)]
+    for b in batches:
+        b[:, 0] = 1  # identical first tokens: tied shares at position 0 across windows
+    sites = find_norms(model)
+    xs: dict = {s.name: [] for s in sites}
+    with torch.no_grad(), norm_hooks(model, sites, lambda s, x, z: xs[s.name].append(x.double())):
+        for bt in batches:
+            model(input_ids=bt)
+    m = run(model, batches, skip_first=skip_first, progress=False)["models"][0]
+    first = 1 if skip_first else 0
+    for site, layer in zip(sites, m["layers"]):
+        rows = []  # (share, batch, window, position, token)
+        offset = 0
+        for bi, x in enumerate(xs[site.name]):
+            x = x.numpy()
+            bsz, seq, d = x.shape
+            sq = (x**2).sum(-1)
+            share = np.where(sq > 0, x.sum(-1) ** 2 / (d * np.where(sq > 0, sq, 1.0)), 0.0)  # 0 for x = 0
+            for w in range(bsz):
+                for p in range(first, seq):
+                    rows.append((share[w, p], bi, w, p, offset + w * seq + p))
+            offset += bsz * seq
+        tail = layer["input"]["tail"]
+        want = sorted(rows, key=lambda r: (-r[0], r[1], r[2], r[3]))[:8]
+        got = tail["top"]
+        assert [(t["batch"], t["window"], t["position"], t["token"]) for t in got] == [r[1:] for r in want]
+        # shares from float32 sums, recomputed in float64 where cos² > 0.5: relative ~1e-6 (float32 rounding
+        # of the model's activations is identical on both sides; only the sums' rounding differs)
+        np.testing.assert_allclose([t["share"] for t in got], [r[0] for r in want], rtol=2e-6, atol=1e-9)
+        shares = np.array([r[0] for r in rows])
+        pos = np.array([r[3] for r in rows])
+        for lab, sel in (("0", pos == 0), ("1", pos == 1), ("3", pos == 3), (">=4", pos >= 4)):
+            if sel.any():
+                assert tail["mean_share_by_position"][lab] == pytest.approx(shares[sel].mean(), rel=2e-6, abs=1e-9)
+                assert tail["count_by_position"][lab] == int(sel.sum())
+            else:
+                assert tail["mean_share_by_position"][lab] is None
+        d = site.d
+        assert tail["frac_above_10_over_d"] == pytest.approx(float((shares > 10 / d).mean()))
+        assert tail["frac_above_100_over_d"] == pytest.approx(float((shares > 100 / d).mean()))
+
+
+def test_tail_merge_equals_one_pass():
+    from normscope.probe.stats import TailStats
+
+    gen = torch.Generator().manual_seed(8)
+    share = torch.rand(3, 40, generator=gen, dtype=torch.float64) ** 3
+    share[:, :5] = 2.0  # ties across batches, above every rand()³
+    win = torch.arange(40) // 10
+    pos = torch.arange(40) % 10
+    one, parts = TailStats(16), [TailStats(16), TailStats(16)]
+    for b in range(3):
+        one.update(share[b], b, win, pos, torch.arange(40), (4, 10))
+        parts[b % 2].update(share[b], b, win, pos, torch.arange(40), (4, 10))
+    merged = TailStats.from_state(parts[1].state()).merge(parts[0])
+    assert merged.summary()["top"] == one.summary()["top"]
+    assert [t["share"] for t in one.summary()["top"]][:5] == [2.0] * 5
+    assert [t["token"] for t in one.summary()["top"]][:5] == [0, 1, 2, 3, 4]  # ties: earliest location first
+    assert torch.equal(merged.pos_n, one.pos_n) and torch.equal(merged.above, one.above)

@@ -251,18 +251,28 @@ def _probe_one(args: argparse.Namespace, name: str, lm: Any, sites: list, ctx: i
 
     batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.max_tokens,
                                batch_size=args.batch_size, context=ctx)
+    collector = None
+    if args.swap_test != "off":  # the swap test's baseline loss is scored from the probe's own forward
+        from normscope.convert.swap import BaselineCollector
+
+        collector = BaselineCollector(lm, nt.token_batches(
+            lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.swap_tokens, batch_size=args.batch_size,
+            context=ctx))
     t = time.perf_counter()
     res = probe.run(lm, batches, skip_first=args.skip_first, progress=not args.quiet, sites=sites,
-                    name=name, total=math.ceil(args.max_tokens / (args.seq_len * args.batch_size)))
+                    name=name, total=math.ceil(args.max_tokens / (args.seq_len * args.batch_size)),
+                    on_output=collector.on_output if collector else None)
     probe_s = time.perf_counter() - t
     stages["probe"] += probe_s
     m = res["models"][0]
     m["run"] = {"load_seconds": load_s, "probe_seconds": probe_s, "source": str(getattr(lm, "source", "")),
                 "context": ctx, "seq_len": args.seq_len}
-    for key, step in (("swap", _swap), ("attention", _attention)):
+    steps = (("swap", lambda: _swap(args, name, lm, texts, ctx, probed=m, baseline=collector)),
+             ("attention", lambda: _attention(args, name, lm, texts, ctx)))
+    for key, step in steps:
         t = time.perf_counter()
         try:
-            m[key] = step(args, name, lm, texts, ctx)
+            m[key] = step()
         except Exception as e:  # noqa: BLE001 — a section that cannot be computed is reported, not fatal
             from normscope.probe.schema import not_measured
 
@@ -278,17 +288,24 @@ def _probe_one(args: argparse.Namespace, name: str, lm: Any, sites: list, ctx: i
     return m, {k: v for k, v in res.items() if k != "models"}
 
 
-def _swap(args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None) -> dict | None:
-    """The naive LN<->RMSNorm swap test of one model (None when --swap-test off)."""
+def _swap(args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None,
+          probed: dict | None = None, baseline: Any = None) -> dict | None:
+    """The naive LN<->RMSNorm swap test of one model (None when --swap-test off).
+
+    Angles come from the report's own probe entry ``probed`` and the original model's loss from
+    ``baseline`` (a :class:`~normscope.convert.swap.BaselineCollector` fed by the probe's forward),
+    so neither the probe nor the original model runs a second time."""
     if args.swap_test == "off":
         return None
     from normscope.convert import swap_test
     from normscope.models import text as nt
 
     _say(args, f"swap test on {name} ({args.swap_test}) ...")
-    batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.swap_tokens,
-                               batch_size=args.batch_size, context=ctx)
-    return swap_test(lm, batches, per=args.swap_test, angles=True, progress=not args.quiet)
+    batches = baseline.batches if baseline is not None else nt.token_batches(
+        lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.swap_tokens, batch_size=args.batch_size,
+        context=ctx)
+    return swap_test(lm, batches, per=args.swap_test, angles=probed if probed is not None else True,
+                     progress=not args.quiet, baseline=baseline)
 
 
 def _attention(args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None) -> dict | None:

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from normscope.convert.exact import evaluating
+from normscope.convert.loss import hidden_of, lm_head, lm_loss_from_hidden, lm_loss_from_logits
 from normscope.nn import RMSNorm
 
 LOSSES = ("auto", "lm", "mlm", "embedding")
@@ -89,7 +90,13 @@ def _mlm_inputs(ids: torch.Tensor, tokenizer_info: dict, seed: int) -> tuple[tor
 
 
 class _Evaluator:
-    """Runs one model variant over the batches and scores it against the original."""
+    """Runs one model variant over the batches and scores it against the original.
+
+    LM losses run the base model (no LM head) and evaluate the head in chunks
+    (:func:`lm_loss_from_hidden`); models whose logits are not ``head(h)`` run whole and their
+    logits are scored in chunks of rows. A precomputed baseline (:class:`BaselineCollector`,
+    filled during the probe's forward) is used instead of a second forward of the original.
+    """
 
     def __init__(self, model: nn.Module, batches: list[torch.Tensor], kind: str, mlm: dict | None) -> None:
         self.model, self.batches, self.kind = model, batches, kind
@@ -100,39 +107,51 @@ class _Evaluator:
             self.inputs = [_mlm_inputs(b, mlm, seed=i) for i, b in enumerate(batches)]
         self.reference: list[torch.Tensor] | None = None
 
+    def _split(self) -> nn.Module | None:
+        """The base model to run when the loss can be taken from its hidden state (else None)."""
+        if self.kind != "lm" or lm_head(self.model) is None:
+            return None
+        base = getattr(self.model, "base_model", None)
+        return base if isinstance(base, nn.Module) and base is not self.model else None
+
     @torch.no_grad()
-    def __call__(self) -> dict[str, Any]:
-        """Score the current model. Positions whose output holds NaN/Inf are left out of the loss and
-        counted in ``nonfinite_tokens`` (for embeddings: every position of a window whose pooled
-        embedding is not finite); ``first_nonfinite`` is ``(batch, row, position)`` of the first one."""
-        tot = n = 0.0
-        embs = []
+    def score_batch(self, ids: torch.Tensor, labels: torch.Tensor | None, out: Any, from_base: bool) -> Any:
+        """LossSum (lm/mlm) or :class:`PooledScore` (embedding) of one forward's output."""
+        if self.kind == "lm":
+            if from_base:
+                return lm_loss_from_hidden(self.model, hidden_of(out), ids)
+            return lm_loss_from_logits(out.logits[:, :-1], ids[:, 1:])
+        if self.kind == "mlm":
+            return lm_loss_from_logits(out.logits, labels)
+        h = hidden_of(out)
+        ok = torch.isfinite(h).all(-1)
+        pooled = torch.where(ok.all(-1, keepdim=True), h.double().mean(1), torch.nan)
+        bad = ~ok
+        first = tuple(int(i) for i in bad.nonzero()[0]) if bool(bad.any()) else None
+        return PooledScore(pooled, int(bad.sum()), first)
+
+    @torch.no_grad()
+    def __call__(self, parts: list[Any] | None = None) -> dict[str, Any]:
+        """Score the current model variant (or, with ``parts``, per-batch scores already computed).
+
+        Positions whose loss (or, for embeddings, hidden state) is NaN/Inf are left out of the loss
+        and counted in ``nonfinite_tokens`` (embeddings: a window with any such position is left
+        out); ``first_nonfinite`` is ``(batch, row, position)`` of the first one."""
+        if parts is None:
+            base = self._split()
+            fwd = base if base is not None else self.model
+            kw = {"use_cache": False} if hasattr(getattr(self.model, "config", None), "use_cache") else {}
+            parts = [self.score_batch(ids, labels, fwd(input_ids=ids, **kw), base is not None)
+                     for ids, labels in self.inputs]
         bad, first = 0, None
-        kw = {"use_cache": False} if hasattr(getattr(self.model, "config", None), "use_cache") else {}
-        for bi, (ids, labels) in enumerate(self.inputs):
-            out = self.model(input_ids=ids, **kw)
-            if self.kind in ("lm", "mlm"):
-                logits = out.logits[:, :-1] if self.kind == "lm" else out.logits
-                target = ids[:, 1:] if self.kind == "lm" else labels
-                ok = torch.isfinite(logits).all(-1)
-                scored = ok & (target != -100)
-                if self.kind == "lm":
-                    ok = torch.isfinite(out.logits).all(-1)  # the last position counts too
-                ce = F.cross_entropy(logits.double().flatten(0, 1), target.flatten(), reduction="none", ignore_index=-100)
-                tot += float(ce[scored.flatten()].sum())
-                n += int(scored.sum())
-            else:
-                h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-                ok = torch.isfinite(h).all(-1)
-                e = h.double().mean(1)
-                embs.append(torch.where(ok.all(-1, keepdim=True), e, torch.nan))
-            if not bool(ok.all()):
-                bad += int((~ok).sum())
-                if first is None:
-                    r, pos = (int(i) for i in (~ok).nonzero()[0])
-                    first = (bi, r, pos)
+        for bi, p in enumerate(parts):
+            if p.nonfinite:
+                bad += p.nonfinite
+                if first is None and p.first is not None:
+                    first = (bi, *p.first)
         extra = {"nonfinite_tokens": bad, "first_nonfinite": first}
         if self.kind == "embedding":
+            embs = [p.pooled for p in parts]
             if self.reference is None:  # the first call scores the original model
                 self.reference = embs
             cos = torch.cat([F.cosine_similarity(e, r, dim=-1) for e, r in zip(embs, self.reference)])
@@ -140,12 +159,63 @@ class _Evaluator:
             if cos.numel() == 0:
                 return {"loss": math.nan, "cos_mean": math.nan, "cos_min": math.nan, **extra}
             return {"loss": float(1 - cos.mean()), "cos_mean": float(cos.mean()), "cos_min": float(cos.min()), **extra}
+        tot = sum(p.total for p in parts)
+        n = sum(p.count - p.nonfinite for p in parts)
         if n == 0:
             if bad:
                 return {"loss": math.nan, "ppl": math.nan, **extra}
             raise ValueError("no positions to score (sequences of length 1, or no masked tokens)")
         loss = tot / n
         return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), **extra}
+
+
+class PooledScore(NamedTuple):
+    """Mean-pooled float64 embeddings of one batch (NaN rows for windows holding NaN/Inf), the count of
+    non-finite positions and the (row, position) of the first."""
+
+    pooled: torch.Tensor
+    nonfinite: int
+    first: tuple[int, int] | None
+
+
+class BaselineCollector:
+    """Collects the original model's swap-test baseline during another forward (the probe's).
+
+    Pass :meth:`on_output` as ``normscope.probe.run(..., on_output=...)``: every probed batch
+    equal to the next expected swap-test batch is scored from that forward's output (no second
+    forward of the original model), then pass the collector as ``swap_test(..., baseline=)``.
+    Batches the probe did not see are scored by ``swap_test`` itself. Only the ``lm`` and
+    ``embedding`` losses can share the probe's forward (the MLM loss needs masked inputs).
+
+    **Arguments:** ``model`` (HF model or ``LoadedModel``), ``batches`` (the swap-test batches),
+    ``loss`` (as in :func:`swap_test`).
+    """
+
+    def __init__(self, model: Any, batches: Iterable[torch.Tensor], *, loss: str = "auto") -> None:
+        if hasattr(model, "model") and hasattr(model, "tokenizer") and hasattr(model, "family"):
+            model = model.model
+        self.model = model
+        self.batches = [b for b in batches]
+        self.kind = _pick_loss(model, loss)
+        self.parts: list[Any] = []
+        self._ev = _Evaluator(model, self.batches, self.kind, None) if self.kind != "mlm" else None
+
+    @property
+    def complete(self) -> bool:
+        return self._ev is not None and len(self.parts) == len(self.batches)
+
+    def on_output(self, batch: torch.Tensor, out: Any) -> None:
+        """Score ``out`` (the forward's output for ``batch``) if it is the next swap-test batch."""
+        if self._ev is None or len(self.parts) >= len(self.batches):
+            return
+        want = self.batches[len(self.parts)]
+        if batch.shape != want.shape or not torch.equal(batch.cpu(), want):
+            return
+        from_base = not hasattr(out, "logits")
+        if self.kind == "lm" and from_base and lm_head(self.model) is None:
+            self._ev = None  # cannot score this model from hidden states: swap_test runs the baseline
+            return
+        self.parts.append(self._ev.score_batch(batch, None, out, from_base))
 
 
 def _groups(sites: Sequence[Any], per: str) -> list[tuple[str, list[Any]]]:
@@ -185,10 +255,11 @@ def swap_test(
     per: str = "site",
     sites: Sequence[Any] | None = None,
     tokenizer: Any = None,
-    angles: bool = True,
+    angles: bool | dict = True,
     exact: bool = True,
     name: str | None = None,
     progress: bool = True,
+    baseline: BaselineCollector | None = None,
 ) -> dict:
     """Swap norms for the other kind without centring; measure the change in loss.
 
@@ -202,8 +273,12 @@ def swap_test(
 
     **Arguments:** ``model`` (HF model or ``LoadedModel``), ``batches`` (LongTensor
     (batch, seq)), ``loss`` ("auto", "lm", "mlm", "embedding"; see module doc), ``per``,
-    ``sites`` (default ``find_norms``), ``tokenizer`` (for the MLM mask id), ``angles`` (run the
-    probe for the mean angle of each site's input with 𝟙), ``exact``, ``name``, ``progress``.
+    ``sites`` (default ``find_norms``), ``tokenizer`` (for the MLM mask id), ``angles`` (True: run the
+    probe on ``batches`` for the mean angle of each site's input with 𝟙; or a model entry of
+    ``probe.run``'s output — ``{"layers": [...]}`` — to take the angles from, with no second
+    probe; False: none), ``exact``, ``name``, ``progress``, ``baseline`` (a
+    :class:`BaselineCollector` filled during the probe's forward over the same ``batches``: the
+    original model is then not run again).
 
     **Returns:** a dict with ``model``, ``loss_kind``, ``swap``, ``tokens``, ``baseline``, and
     ``rows`` — one per variant: ``variant``, ``sites``, ``layer``, ``role``, ``loss``,
@@ -254,22 +329,24 @@ def swap_test(
         "tokens": sum(b.numel() for b in batches),
         "per": per,
     }
-    if angles:
+    if isinstance(angles, dict):
+        result["angles"] = _angles(angles)
+        result["angles_tokens"] = angles.get("tokens")
+    elif angles:
         from normscope.probe import run
 
         stats = run(model, batches, sites=sites, progress=progress, name=result["model"])
-        result["angles"] = {
-            layer["name"]: {
-                "angle_in_mean": layer["input"]["angle_deg"]["mean"],
-                "angle_in_std": layer["input"]["angle_deg"]["std"],
-            }
-            for layer in stats["models"][0]["layers"]
-        }
+        result["angles"] = _angles(stats["models"][0])
+        result["angles_tokens"] = result["tokens"]
     groups = _groups(sites, per)
     variants: list[tuple[str, list[Any] | None]] = [("original", [])] + list(groups) + [("all", sites)]
     with evaluating(model):
         ev = _Evaluator(model, batches, kind, mlm)
-        base = ev()
+        shared = (baseline is not None and baseline.complete and baseline.kind == kind
+                  and len(baseline.batches) == len(batches)
+                  and all(torch.equal(a, b) for a, b in zip(baseline.batches, batches)))
+        base = ev(baseline.parts) if shared else ev()
+        result["baseline_source"] = "probe forward" if shared else "separate forward"
         result["baseline"] = base
         rows = []
         for label, group in tqdm(variants, desc="swap-test", disable=not progress):
@@ -282,6 +359,16 @@ def swap_test(
             rows.append(_exact_row(model, ev, base, kind))
     result["rows"] = [r for r in rows if r is not None]
     return result
+
+
+def _angles(entry: dict) -> dict:
+    """Per-site mean/SD input angle with 𝟙 from a ``probe.run`` model entry."""
+    out = {}
+    for layer in entry["layers"]:
+        a = (layer.get("input") or {}).get("angle_deg") or {}
+        if a.get("mean") is not None:
+            out[layer["name"]] = {"angle_in_mean": a["mean"], "angle_in_std": a.get("std")}
+    return out
 
 
 def _row(label: str, group: list[Any], r: dict, base: dict, kind: str, angles: dict | None) -> dict:

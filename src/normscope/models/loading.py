@@ -11,6 +11,10 @@ Packaged names (no hub access needed):
   ``llm``/``llama_cpp``). The first load dequantises (~10-30 s) and caches a plain safetensors
   folder in ``$NORMSCOPE_CACHE/smollm2`` (default ``~/.cache/normscope/smollm2``), written
   atomically; later loads read the cache (~1 s).
+
+Any other ``.gguf`` path is handled the same way, cached in ``$NORMSCOPE_CACHE/gguf/<stem>-<hash>``
+(the hash covers the file's path, size and modification time). While dequantising, the GGUF's
+metadata is parsed once (transformers would parse it four times).
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ def load(
         return _PACKAGED[key](dtype=dtype, device_map=device_map)
     path = Path(key).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _load_hf(path.parent, name=key, dtype=dtype, device_map=device_map, gguf_file=path.name)
+        return _load_gguf(path, name=key, dtype=dtype, device_map=device_map)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{key!r} is a file but not a .gguf; pass an HF model folder or a packaged name")
     if path.is_dir() and _is_conversion(path):
@@ -325,7 +329,7 @@ def _build_smollm2_cache(gguf: Path, folder: Path) -> None:
     """
     from safetensors.torch import save_file
 
-    lm = _load_hf(gguf.parent, name="smollm2", dtype=torch.float32, device_map=None, gguf_file=gguf.name)
+    lm = _dequantise_gguf(gguf)
     model, tok = lm.model, lm.tokenizer
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
@@ -351,6 +355,78 @@ def _build_smollm2_cache(gguf: Path, folder: Path) -> None:
         except OSError:
             if not _smollm2_cache_ok(folder, gguf):  # another process did not win either
                 raise
+
+
+def _gguf_cache_folder(gguf: Path) -> Path:
+    """Cache folder of any GGUF file: ``<cache>/gguf/<stem>-<hash of path, size, mtime>``."""
+    import hashlib
+
+    st = gguf.stat()
+    key = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()
+    return cache_dir() / "gguf" / f"{gguf.stem}-{hashlib.sha256(key).hexdigest()[:12]}"
+
+
+def _load_gguf(gguf: Path, *, name: str, dtype: torch.dtype, device_map: Any) -> LoadedModel:
+    """Any ``.gguf`` file: dequantised once into a cached safetensors folder (like smollm2), then
+    loaded from there (seconds)."""
+    folder = _gguf_cache_folder(gguf)
+    if not _smollm2_cache_ok(folder, gguf):
+        _build_smollm2_cache(gguf, folder)
+    lm = _load_hf(folder, name=name, dtype=dtype, device_map=device_map)
+    lm.source = f"{gguf} (dequantised, cached in {folder})"
+    return lm
+
+
+def _dequantise_gguf(gguf: Path) -> LoadedModel:
+    """Load a GGUF file through transformers (float32), its metadata parsed once (see below)."""
+    with _gguf_parsed_once():
+        return _load_hf(gguf.parent, name=gguf.stem, dtype=torch.float32, device_map=None, gguf_file=gguf.name)
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """Within the block, each GGUF file is parsed once.
+
+    transformers reads a GGUF's metadata separately for the config, the model's config, the
+    tokenizer and the tensors (four ``GGUFReader`` parses of every field, ~3.5 s each for
+    smollm2's 49k-token vocabulary) and rebuilds gguf's tensor-name map once per module. Here the
+    reader is shared per path, metadata-only ``load_gguf_checkpoint`` results are memoised (a deep
+    copy is returned, callers mutate them) and the name map is memoised per (arch, blocks).
+    Everything is restored on exit.
+    """
+    import copy
+    import functools
+
+    import gguf as _gguf
+    import transformers.modeling_gguf_pytorch_utils as _tgu
+
+    readers: dict[str, Any] = {}
+    metas: dict[str, Any] = {}
+    reader_cls, load_ckpt, name_map = _gguf.GGUFReader, _tgu.load_gguf_checkpoint, _gguf.get_tensor_name_map
+
+    def reader(path, *args, **kwargs):
+        key = str(Path(path).resolve())
+        if args or kwargs:
+            return reader_cls(path, *args, **kwargs)
+        if key not in readers:
+            readers[key] = reader_cls(path)
+        return readers[key]
+
+    def load_checkpoint(path, return_tensors=False, *args, **kwargs):
+        if return_tensors or args or kwargs:
+            return load_ckpt(path, return_tensors, *args, **kwargs)
+        key = str(Path(path).resolve())
+        if key not in metas:
+            metas[key] = load_ckpt(path, False)
+        return copy.deepcopy(metas[key])
+
+    _gguf.GGUFReader = reader
+    _tgu.load_gguf_checkpoint = load_checkpoint
+    _gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        _gguf.GGUFReader, _tgu.load_gguf_checkpoint, _gguf.get_tensor_name_map = reader_cls, load_ckpt, name_map
 
 
 _PACKAGED["minilm"] = _load_minilm

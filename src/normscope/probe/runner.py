@@ -9,7 +9,7 @@ import inspect
 import itertools
 import math
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -18,9 +18,9 @@ from .. import __version__
 from ..models.registry import NormSite, find_norms
 from ..models._dataflow import _no_fastpath
 from .hooks import norm_hooks
-from .metrics import METRIC_ROWS, token_metrics
+from .metrics import METRIC_ROWS, ROW, token_metrics
 from .site_geometry import layer_geometry
-from .stats import SPECS, StreamStats
+from .stats import SPECS, StreamStats, TailStats, token_locations
 
 __all__ = ["run", "shard", "SiteProbe", "layer_geometry", "random_baseline", "SCHEMA_VERSION"]
 
@@ -47,6 +47,10 @@ class SiteProbe:
         self.calls = 0
         self.rows = 0  # token positions seen (after skip_first), finite or not
         self.order: int | None = None  # rank of its first call in the forward
+        self.tail = TailStats(site.d)
+        dist = _dist()
+        self._rank, self._world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+        self._loc: dict = {}
         self.nonfinite = {"input_tokens": 0, "output_tokens": 0, "input_values": 0, "output_values": 0}
         self._dev: torch.device | None = None
 
@@ -62,6 +66,7 @@ class SiteProbe:
         if self.skip_first:
             x, z = _drop_first(site, x, z, batch_seq)
         d = x.shape[-1]
+        lead = tuple(x.shape[:-1])
         x2 = x.reshape(-1, d)
         z2 = z.reshape(-1, z.shape[-1])
         self.rows += x2.shape[0]
@@ -80,6 +85,21 @@ class SiteProbe:
             self.nonfinite["output_values"] += int((~torch.isfinite(z2[bad_out])).sum())
             values = values[:, ok]
         self.stats.update(values)
+        self._update_tail(lead, values[ROW[("input", "cos2")]], None if bool(ok.all()) else ok)
+
+    def _update_tail(self, lead: tuple, share: torch.Tensor, ok: torch.Tensor | None) -> None:
+        """Tail statistics of the input's share along 𝟙 (stats.TailStats) for this batch."""
+        first = 1 if self.skip_first else 0
+        key = (lead, first)
+        if key not in self._loc:
+            win, pos, wshape = token_locations(lead, self.site.seq_dim, first)
+            self._loc = {key: (win, pos, torch.arange(win.numel()), wshape)}
+        win, pos, row, wshape = self._loc[key]
+        if ok is not None:
+            ok = ok.cpu()
+            win, pos, row = win[ok], pos[ok], row[ok]
+        batch = (self.calls - 1) * self._world + self._rank  # shard()'s round-robin order
+        self.tail.update(share.cpu(), batch, win, pos, row, wshape)
 
     def summary(self) -> dict:
         site = self.site
@@ -98,6 +118,7 @@ class SiteProbe:
                 out[metric] = s
             else:
                 out[side][metric] = s
+        out["input"]["tail"] = self.tail.summary()
         out["geometry"] = layer_geometry(site)
         return out
 
@@ -146,6 +167,7 @@ def run(
     name: str | None = None,
     dtype: torch.dtype | None = None,
     total: int | None = None,
+    on_output: Callable[[torch.Tensor, Any], None] | None = None,
 ) -> dict:
     """Probe every norm layer of ``model`` over ``batches`` and return the stats dictionary.
 
@@ -172,6 +194,10 @@ def run(
     - ``dtype``: precision of the (token, d)-sized passes (default float32, float64 for float64
       models); per-token quantities are always float64 (see :func:`metrics.token_metrics`).
     - ``total``: number of batches, for the progress bar.
+    - ``on_output``: optional ``on_output(batch, outputs)`` called after each forward with the
+      batch and the forward's output (the base model's, e.g. ``last_hidden_state``, when every
+      site lives in it; else the whole model's), so a caller can reuse the same forward, e.g.
+      :class:`normscope.convert.swap.BaselineCollector` for the swap test's baseline loss.
 
     **Returns:** ``{"schema", "normscope_version", "models": [ {...} ]}`` (SCHEMA.md).
 
@@ -217,7 +243,10 @@ def run(
                        desc=f"probing {name or family or type(model).__name__}")
             for batch in bar:
                 context["batch_seq"] = _batch_seq(batch)
-                _call(fwd, batch, device, config)
+                out = _call(fwd, batch, device, config)
+                if on_output is not None:
+                    on_output(batch, out)
+                del out
                 bar.set_postfix(tokens=_tokens(probes))
     finally:
         model.train(was_training)
@@ -262,25 +291,23 @@ def _as_example(fwd: nn.Module, batch: Any) -> Any:
     return batch
 
 
-def _call(fwd: nn.Module, batch: Any, device: torch.device, config: Any) -> None:
+def _call(fwd: nn.Module, batch: Any, device: torch.device, config: Any) -> Any:
     """One forward on ``batch``: a token-id tensor (``input_ids=``, or positional for modules without
     that argument), a dict of keyword tensors, or a callable ``f(model)``."""
     kwargs: dict[str, Any] = {}
     if config is not None and hasattr(config, "use_cache") and _forward_accepts(fwd, "use_cache"):
         kwargs["use_cache"] = False
     if isinstance(batch, dict):
-        fwd(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, **kwargs)
+        return fwd(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, **kwargs)
     elif isinstance(batch, torch.Tensor):
         if _forward_accepts(fwd, "input_ids"):
             if batch.ndim != 2:
                 raise ValueError("each token batch must be a LongTensor of shape (batch, seq)")
-            fwd(input_ids=batch.to(device), **kwargs)
-        else:
-            fwd(batch.to(device))
-    elif callable(batch):
-        batch(fwd)
-    else:
-        raise ValueError(f"a batch must be a tensor, a dict of tensors or a callable f(model), not {type(batch).__name__}")
+            return fwd(input_ids=batch.to(device), **kwargs)
+        return fwd(batch.to(device))
+    if callable(batch):
+        return batch(fwd)
+    raise ValueError(f"a batch must be a tensor, a dict of tensors or a callable f(model), not {type(batch).__name__}")
 
 
 def _batch_seq(batch: Any) -> tuple[int, int] | None:
@@ -322,7 +349,7 @@ def _merge_distributed(dist: Any, probes: dict[str, SiteProbe], tokens: int) -> 
     """All-gather every rank's accumulator states and merge them in rank order."""
     mine = {
         "tokens": tokens,
-        "sites": {k: (p.stats.state(), dict(p.nonfinite), p.calls) for k, p in probes.items()},
+        "sites": {k: (p.stats.state(), dict(p.nonfinite), p.calls, p.tail.state()) for k, p in probes.items()},
     }
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
@@ -331,13 +358,15 @@ def _merge_distributed(dist: Any, probes: dict[str, SiteProbe], tokens: int) -> 
         merged = StreamStats(_SPECS)
         nonfinite = {k: 0 for k in p.nonfinite}
         calls = 0
+        tail = TailStats(p.site.d)
         for g in gathered:
-            state, nf, c = g["sites"][name]
+            state, nf, c, tstate = g["sites"][name]
             merged.merge(StreamStats.from_state(_SPECS, state))
+            tail.merge(TailStats.from_state(tstate))
             for k in nonfinite:
                 nonfinite[k] += nf[k]
             calls += c
-        p.stats, p.nonfinite, p.calls = merged, nonfinite, calls
+        p.stats, p.nonfinite, p.calls, p.tail = merged, nonfinite, calls, tail
     for g in gathered:
         total += g["tokens"]
     return total

@@ -1,0 +1,181 @@
+"""Regenerate the README's speed and reproduction tables from machine-readable results.
+
+Speed: every ``benchmarks/results/*.json`` written by the benchmark harness
+(``benchmarks/_harness.py``): one row per recorded ratio (what it compares, ours, reference,
+ratio, target, threads) and per recorded value that carries a target (peak RSS, ...).
+Reproductions: the JSON each ``normscope reproduce`` command writes into its ``--out`` folder
+(``ni/results.json``, ``riechers/claims.json``), passed as ``--repro NAME=DIR``.
+
+The tables live between marker comments in README.md::
+
+    <!-- normscope:speed:start --> ... <!-- normscope:speed:end -->
+    <!-- normscope:repro:start --> ... <!-- normscope:repro:end -->
+
+Usage::
+
+    python scripts/readme_numbers.py                 # rewrite the blocks in README.md
+    python scripts/readme_numbers.py --check         # exit 1 when README and JSON disagree
+    python scripts/readme_numbers.py --print         # print the generated blocks
+    python scripts/readme_numbers.py --repro ni=out/ni --repro riechers=out/riechers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = "<!-- normscope:{name}:{end} -->"
+
+
+def _fmt_s(s: Any) -> str:
+    if not isinstance(s, (int, float)) or not math.isfinite(s):
+        return "–"
+    return f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def speed_rows(results: Path) -> list[str]:
+    """Markdown rows of the speed table, sorted by benchmark and key (stable output)."""
+    rows = []
+    for path in sorted(results.glob("*.json")):
+        data = json.loads(path.read_text())
+        script = f"`{data.get('name', path.stem)}.py`"
+        env = data.get("env") or {}
+        where = f"{env.get('processor', '?')}, {env.get('date', '?')}"
+        quick = " (**quick smoke run**)" if (data.get("values") or {}).get("quick") else ""
+        for key, r in sorted((data.get("ratios") or {}).items()):
+            what = r.get("what") or key
+            label = r.get("label") or ""
+            threads = r.get("threads")
+            tgt = f" (target {r['target']})" if r.get("target") else ""
+            rows.append(f"| {script}: {what}; {label}; {threads} thread{'s' if threads != 1 else ''}{quick} "
+                        f"| {r.get('ours', '')} {_fmt_s(r.get('ours_s'))} | {r.get('reference', '')} "
+                        f"{_fmt_s(r.get('reference_s'))} | {r['ratio']:.3f}×{tgt} | {where} |")
+        for key, v in sorted((data.get("values") or {}).items()):
+            if isinstance(v, dict) and "target" in v:
+                shown = {k: x for k, x in v.items() if k != "target" and not isinstance(x, (dict, list))}
+                body = ", ".join(f"{k} {_fmt(x)}" for k, x in shown.items())
+                rows.append(f"| {script}: {key}{quick} | {body} | – | target {v['target']} | {where} |")
+    return rows
+
+
+def speed_block(results: Path) -> str:
+    rows = speed_rows(results)
+    if not rows:
+        raise SystemExit(f"no benchmark results in {results}; run the benchmarks (benchmarks/bench_*.py) first")
+    return "\n".join(["| benchmark: what it measures | ours | reference | ratio / value | machine, date |",
+                      "|---|---|---|---|---|", *rows])
+
+
+# -- reproductions: one extractor per command, reading the JSON it writes -------------------------
+def _ni(folder: Path) -> str:
+    res = json.loads((folder / "results.json").read_text())["results"]
+    parts = []
+    rows = (res.get("construct") or {}).get("rows") or []
+    big = [r for r in rows if r.get("classes") == 2 and r.get("m") == max((x.get("m", 0) for x in rows), default=0)]
+    if big:
+        depths = [r["depth"] for r in big]
+        parts.append(f"width-3 LN-Nets, m = {big[0]['m']} binary: {min(depths)}–{max(depths)} LN layers "
+                     f"(bound m − 2 = {big[0]['m'] - 2}), float64 accuracy {min(r['acc64'] for r in big):.0%}")
+    for dname, models in (res.get("capacity") or {}).items():
+        accs = ", ".join(f"{label} {v['mean']:.2f}" for label, v in models.items())
+        parts.append(f"random labels ({dname}): {accs}")
+    return "; ".join(parts)
+
+
+def _riechers(folder: Path) -> str:
+    res = json.loads((folder / "claims.json").read_text())
+    claims = res.get("claims") or []
+    ok = [c for c in claims if c.get("pass", c.get("ok"))]
+    return f"claims: {len(ok)}/{len(claims)} checks reproduce the reference status"
+
+
+REPRO: dict[str, tuple[str, Callable[[Path], str]]] = {
+    "ni": ("`reproduce ni`", _ni),
+    "riechers": ("`reproduce riechers`", _riechers),
+}
+
+
+def repro_block(folders: dict[str, Path]) -> str:
+    lines = ["| command | what it shows (generated from the command's JSON) |", "|---|---|"]
+    for name, folder in folders.items():
+        if name not in REPRO:
+            raise SystemExit(f"--repro {name}=...: no extractor for {name!r}; known: {', '.join(REPRO)}")
+        label, fn = REPRO[name]
+        lines.append(f"| {label} | {fn(folder)} |")
+    return "\n".join(lines)
+
+
+# -- README blocks ------------------------------------------------------------------------------
+def _span(text: str, name: str) -> tuple[int, int] | None:
+    start, end = MARK.format(name=name, end="start"), MARK.format(name=name, end="end")
+    m = re.search(re.escape(start) + r"\n(.*?)" + re.escape(end), text, flags=re.DOTALL)
+    return (m.start(1), m.end(1)) if m else None
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    span = _span(text, name)
+    if span is None:
+        raise SystemExit(f"README has no {MARK.format(name=name, end='start')} ... "
+                         f"{MARK.format(name=name, end='end')} block; add the two marker lines where the table goes")
+    return text[: span[0]] + body.rstrip("\n") + "\n" + text[span[1]:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--repro", action="append", default=[], metavar="NAME=DIR",
+                   help="a reproduce command's --out folder, e.g. ni=out/ni (repeatable)")
+    p.add_argument("--check", action="store_true", help="exit 1 if README differs from the generated blocks")
+    p.add_argument("--print", dest="show", action="store_true", help="print the generated blocks and exit")
+    args = p.parse_args(argv)
+    blocks = {"speed": speed_block(args.results)}
+    if args.repro:
+        folders = {}
+        for item in args.repro:
+            name, sep, folder = item.partition("=")
+            if not sep:
+                raise SystemExit(f"--repro {item!r}: expected NAME=DIR, e.g. ni=out/ni")
+            folders[name] = Path(folder)
+        blocks["repro"] = repro_block(folders)
+    if args.show:
+        for name, body in blocks.items():
+            print(f"{MARK.format(name=name, end='start')}\n{body}\n{MARK.format(name=name, end='end')}\n")
+        return 0
+    text = args.readme.read_text(encoding="utf-8")
+    new = text
+    for name, body in blocks.items():
+        new = replace_block(new, name, body)
+    if args.check:
+        if new != text:
+            stale = [n for n, b in blocks.items() if replace_block(text, n, b) != text]
+            print(f"README.md is stale: the {', '.join(stale)} block(s) differ from the JSON results; "
+                  f"regenerate with python scripts/readme_numbers.py", file=sys.stderr)
+            return 1
+        print("README.md matches the JSON results")
+        return 0
+    if new != text:
+        args.readme.write_text(new, encoding="utf-8")
+        print(f"updated {args.readme} ({', '.join(blocks)})")
+    else:
+        print(f"{args.readme} already up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""scripts/readme_numbers.py: README tables generated from benchmark JSON; --check fails on drift."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location("readme_numbers", Path(__file__).parents[1] / "scripts" / "readme_numbers.py")
+rn = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(rn)
+
+
+def _results(tmp: Path, ratio: float) -> Path:
+    d = tmp / "results"
+    d.mkdir(exist_ok=True)
+    (d / "bench_x.json").write_text(json.dumps({
+        "name": "bench_x", "env": {"processor": "CPU", "date": "2026-11-29 12:00 UTC"},
+        "ratios": {"k": {"ours": "ours", "reference": "ref", "ratio": ratio, "ours_s": 0.5 * ratio, "reference_s": 0.5,
+                         "threads": 1, "target": "<= 1.05", "what": "thing vs ref", "label": "N = 8"}},
+        "values": {"peak": {"value": 1234.5, "target": "<= 1536"}, "quick": False},
+    }))
+    return d
+
+
+def _readme(tmp: Path) -> Path:
+    r = tmp / "README.md"
+    r.write_text("# t\n\nbefore\n<!-- normscope:speed:start -->\nold\n<!-- normscope:speed:end -->\nafter\n")
+    return r
+
+
+def test_generate_then_check_passes_and_drift_fails(tmp_path, capsys):
+    res, readme = _results(tmp_path, 1.021), _readme(tmp_path)
+    assert rn.main(["--readme", str(readme), "--results", str(res)]) == 0
+    text = readme.read_text()
+    assert "| `bench_x.py`: thing vs ref; N = 8; 1 thread | ours 510.50 ms | ref 500.00 ms | 1.021× (target <= 1.05) |" in text
+    assert "value 1234" in text and "target <= 1536" in text
+    assert text.startswith("# t\n\nbefore\n") and text.endswith("<!-- normscope:speed:end -->\nafter\n")
+    assert rn.main(["--readme", str(readme), "--results", str(res), "--check"]) == 0
+    _results(tmp_path, 1.5)  # a new measurement: the README is now stale
+    capsys.readouterr()
+    assert rn.main(["--readme", str(readme), "--results", str(res), "--check"]) == 1
+    assert "stale" in capsys.readouterr().err
+    assert readme.read_text() == text  # --check never writes
+
+
+def test_missing_markers_and_results_are_one_line_errors(tmp_path):
+    res = _results(tmp_path, 1.0)
+    bare = tmp_path / "R.md"
+    bare.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="marker"):
+        rn.main(["--readme", str(bare), "--results", str(res)])
+    with pytest.raises(SystemExit, match="no benchmark results"):
+        rn.main(["--readme", str(bare), "--results", str(tmp_path / "empty")])
+
+
+def test_repro_block_from_ni_json(tmp_path):
+    ni = tmp_path / "ni"
+    ni.mkdir()
+    rows = [{"data": f"random binary {i}", "m": 1000, "classes": 2, "depth": d, "acc64": 1.0} for i, d in enumerate((506, 523))]
+    (ni / "results.json").write_text(json.dumps({"results": {
+        "construct": {"rows": rows},
+        "capacity": {"gaussian": {"linear": {"mean": 0.21}, "LN-G g=16 (size 2)": {"mean": 0.244}}}}}))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- normscope:speed:start -->\n<!-- normscope:speed:end -->\n"
+                      "<!-- normscope:repro:start -->\n<!-- normscope:repro:end -->\n")
+    args = ["--readme", str(readme), "--results", str(_results(tmp_path, 1.0)), "--repro", f"ni={ni}"]
+    assert rn.main(args) == 0
+    text = readme.read_text()
+    assert "506–523 LN layers" in text and "LN-G g=16 (size 2) 0.24" in text
+    assert rn.main(args + ["--check"]) == 0

@@ -1,0 +1,90 @@
+"""Swap-test losses: chunked LM-head cross-entropy and the baseline shared with the probe's forward."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers as T
+
+from normscope.convert import loss as lo
+from normscope.convert import swap as sw
+from normscope.convert import swap_test
+from normscope.probe import run
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+T.logging.set_verbosity_error()
+
+V, D = 211, 32
+
+
+def batches(n: int = 3, seq: int = 12) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(3, V, (2, seq), generator=g) for _ in range(n)]
+
+
+def llama() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return T.LlamaForCausalLM(cfg).eval()
+
+
+def dense_loss(model, xs):
+    """Reference: the whole model's full-vocabulary logits, cast to float64, one cross_entropy."""
+    tot = n = 0.0
+    with torch.no_grad():
+        for ids in xs:
+            lg = model(input_ids=ids, use_cache=False).logits[:, :-1].double()
+            tot += float(F.cross_entropy(lg.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
+            n += lg.shape[0] * lg.shape[1]
+    return tot / n
+
+
+@pytest.mark.parametrize("chunk", [1 << 22, V * 5 + 3, V])  # one chunk, ragged chunks, one token per chunk
+def test_chunked_head_loss_matches_dense(monkeypatch, chunk):
+    monkeypatch.setattr(lo, "_CHUNK_ELEMENTS", chunk)
+    m, xs = llama(), batches()
+    got = sw._Evaluator(m, xs, "lm", None)()["loss"]
+    # both sides compute float32 logits with the same head; only the matmul blocking may differ:
+    # |Δℓ| ≲ few·eps32·Σ|h||w| ≈ 1e-6 relative on O(1) logits, so the mean loss agrees to ~1e-6
+    assert got == pytest.approx(dense_loss(m, xs), rel=1e-6, abs=1e-6)
+
+
+def test_baseline_from_probe_forward_is_identical():
+    m, xs = llama(), batches()
+    col = sw.BaselineCollector(m, xs[:2])
+    stats = run(m, xs, progress=False, on_output=col.on_output)
+    assert col.complete
+    shared = swap_test(m, xs[:2], progress=False, per="all", angles=stats["models"][0], baseline=col)
+    alone = swap_test(m, xs[:2], progress=False, per="all", angles=True)
+    assert shared["baseline_source"] == "probe forward" and alone["baseline_source"] == "separate forward"
+    # same tokens, same batching, same float32 forward: bit-identical per-batch sums
+    assert shared["baseline"]["loss"] == alone["baseline"]["loss"]
+    assert [r["loss"] for r in shared["rows"]] == [r["loss"] for r in alone["rows"]]
+    # angles come from the probe entry (all 3 batches), not from a second probe of 2 batches
+    assert shared["angles_tokens"] == sum(b.numel() for b in xs)
+    name = next(iter(shared["angles"]))
+    want = next(la for la in stats["models"][0]["layers"] if la["name"] == name)["input"]["angle_deg"]["mean"]
+    assert shared["angles"][name]["angle_in_mean"] == want
+
+
+def test_collector_ignores_other_batches_and_falls_back():
+    m, xs = llama(), batches()
+    col = sw.BaselineCollector(m, [xs[2]])
+    run(m, xs[:2], progress=False, on_output=col.on_output)  # never sees xs[2]
+    assert not col.complete
+    r = swap_test(m, [xs[2]], progress=False, per="all", angles=False, baseline=col)
+    assert r["baseline_source"] == "separate forward"
+    assert r["baseline"]["loss"] == pytest.approx(dense_loss(m, [xs[2]]), rel=1e-6)
+
+
+def test_nonfinite_loss_is_nan_with_count():
+    logits = torch.zeros(4, 7)
+    logits[1, 3] = math.nan
+    s = lo.lm_loss_from_logits(logits, torch.tensor([0, 1, 2, -100]))
+    assert s.count == 3 and s.nonfinite == 1
+    assert s.total == pytest.approx(2 * math.log(7), rel=1e-15)  # 2 finite rows of uniform logits
