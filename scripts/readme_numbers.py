@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -120,6 +121,48 @@ def repro_block(folders: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
+# -- the main job's headline: from a `normscope report` run's stats.json ------------------------
+def headline_block(stats_path: Path) -> str:
+    """Per-model headline numbers of a report run, computed by the report's own verdict code."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from normscope.report.format import pct
+    from normscope.report.verdict import model_verdict
+
+    stats = json.loads(stats_path.read_text())
+    models = stats["models"]
+    vs = [model_verdict(m) for m in models]
+    head = ["", *[f"{v.model} ({m.get('family')}, d = {v.d})" for v, m in zip(vs, models)]]
+    rows = [
+        ["angle of block-norm inputs with 𝟙 (mean ± pooled token SD)",
+         *[f"{v.angle.mean:.2f}° ± {v.angle.sd:.2f}°" for v in vs]],
+        ["random-vector baseline 90° ± 57.3°/√d", *[f"90° ± {57.29577951308232 / v.d ** 0.5:.2f}°" for v in vs]],
+        ["share of ‖x‖² along 𝟙 (what mean removal discards): mean / worst block",
+         *[f"{pct(v.cos2.mean)} / {pct(v.worst_cos2)}" for v in vs]],
+    ]
+    groups = list(dict.fromkeys(g.label.split(" (")[0] for v in vs for g in v.groups))
+    for label in groups:
+        cells = []
+        for v in vs:
+            g = next((g for g in v.groups if g.label.split(" (")[0] == label), None)
+            if g is None:
+                cells.append("–")
+                continue
+            verdict = {True: "can go", False: "must stay", None: "–"}[g.removable]
+            cells.append(f"{verdict}: {g.swap.effect()}" if g.swap is not None else verdict)
+        rows.append([f"naive swap of the {label}", *cells])
+    rows.append(["naive swap of every norm at once", *[v.swap_all.effect() if v.swap_all else "–" for v in vs]])
+    rows.append(["tokens probed / swapped",
+                 *[f"{int(m['tokens']):,} / {int((m.get('swap') or {}).get('tokens', 0)):,}" for m in models]])
+    run = stats.get("run") or {}
+    lines = [f"Generated from `{stats_path.relative_to(ROOT) if stats_path.is_relative_to(ROOT) else stats_path}` "
+             f"(a `normscope report` run of {run.get('started', '?')}, {run.get('threads', '?')} threads, "
+             f"{float(run.get('seconds', float('nan'))):.0f} s before rendering).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += [""] + [f"- **{v.model}**: {v.answer}" for v in vs]
+    return "\n".join(lines)
+
+
 # -- README blocks ------------------------------------------------------------------------------
 def _span(text: str, name: str) -> tuple[int, int] | None:
     start, end = MARK.format(name=name, end="start"), MARK.format(name=name, end="end")
@@ -141,18 +184,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--repro", action="append", default=[], metavar="NAME=DIR",
                    help="a reproduce command's --out folder, e.g. ni=out/ni (repeatable)")
+    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="a `normscope report` --out folder: copy its stats.json to "
+                        "benchmarks/results/report/stats.json (the headline block's source)")
     p.add_argument("--check", action="store_true", help="exit 1 if README differs from the generated blocks")
     p.add_argument("--print", dest="show", action="store_true", help="print the generated blocks and exit")
     args = p.parse_args(argv)
     blocks = {"speed": speed_block(args.results)}
-    if args.repro:
-        folders = {}
-        for item in args.repro:
-            name, sep, folder = item.partition("=")
-            if not sep:
-                raise SystemExit(f"--repro {item!r}: expected NAME=DIR, e.g. ni=out/ni")
-            folders[name] = Path(folder)
+    stored = args.results / "repro"
+    for item in args.repro:  # keep a copy of each command's JSON beside the benchmark results
+        name, sep, folder = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--repro {item!r}: expected NAME=DIR, e.g. ni=out/ni")
+        if name not in REPRO:
+            raise SystemExit(f"--repro {name}=...: no extractor for {name!r}; known: {', '.join(REPRO)}")
+        (stored / name).mkdir(parents=True, exist_ok=True)
+        for f in ("results.json", "claims.json"):
+            if (Path(folder) / f).is_file():
+                shutil.copyfile(Path(folder) / f, stored / name / f)
+    folders = {n: stored / n for n in REPRO if (stored / n).is_dir()}
+    if folders:
         blocks["repro"] = repro_block(folders)
+    report_copy = args.results / "report" / "stats.json"
+    if args.report is not None:
+        report_copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.report / "stats.json", report_copy)
+    if report_copy.is_file():
+        blocks["headline"] = headline_block(report_copy)
     if args.show:
         for name, body in blocks.items():
             print(f"{MARK.format(name=name, end='start')}\n{body}\n{MARK.format(name=name, end='end')}\n")

@@ -17,3 +17,20 @@ def test_readme_python_example_runs():
     assert stats["models"][0]["layers"] and stats["models"][0]["tokens"] > 0
     assert lengths.shape == (767,)
     assert float(rho.max()) <= 1.0
+    folded, check = scope["folded"], scope["report"]
+    assert all(float(s.module.weight.detach().float().sub(1).abs().max()) == 0
+               for s in __import__("normscope").models.find_norms(folded.model)
+               if s.role in ("pre_attention", "pre_mlp", "final") and getattr(s.module, "weight", None) is not None)
+    assert check.first_divergence is None and check.max_abs_dlogits < 1e-3 * max(1.0, check.max_abs_logit)
+
+
+def test_readme_numbers_are_generated():
+    """Every generated block of README.md (headline, speed, reproductions) equals what
+    scripts/readme_numbers.py makes from the committed JSON results: no typed or stale number."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("readme_numbers", root / "scripts" / "readme_numbers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--check"]) == 0
