@@ -1,6 +1,6 @@
 """Exact LayerNorm → RMSNorm conversion (normscope.convert): every family, negative controls,
 refusals, save/load. Tolerances: float64 max |Δlogits| ≤ 1e-10, float32 ≤ 1e-4 (TransformerLens
-treats ≥ 1e-4 as suspicious, lm-hidden-geometry.md §6.3.8)."""
+treats ≥ 1e-4 as suspicious, docs/convert.md)."""
 
 from __future__ import annotations
 

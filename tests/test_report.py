@@ -120,7 +120,7 @@ def test_paper_numbers_and_pm_relation():
     assert p["table2_angle_with_ones_deg"]["rows"]["GPT-2 XL"][0] == [101.48, 3.20]
     assert p["table3_l2_norm"]["rows"]["Llama-3-8B"][1] == 549.19
     assert p["table4_rotation_deg"]["rows"]["GPT-J 6B"][1] is None
-    # the "±" of Table 2 = legend SD / sqrt(L) (reference §4.2): a check on the transcription
+    # the "±" of Table 2 = legend SD / sqrt(L) (docs/probe.md): a check on the transcription
     for m in ("GPT-J 6B", "Pythia-6.9B", "Pythia-1.4B", "Llama-3-8B", "Llama-2-7B"):
         sd = p["histogram_legends_angle_deg"]["rows"][m][0][1]
         pm = p["table2_angle_with_ones_deg"]["rows"][m][0][1]

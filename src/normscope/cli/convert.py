@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": {"name": args.model, "path": lm.source, "class": type(model).__name__},
         "method": (
-            "writer centring (lm-hidden-geometry.md §6): residual writers centred over d_model in float64; "
+            "writer centring (normscope docs/convert.md): residual writers centred over d_model in float64; "
             "each residual-reading LayerNorm replaced by normscope.nn.RMSNorm(bias=True) with the same gain, bias "
             "and eps (bias kept in the norm, not folded into the readers)"
         ),

@@ -5,7 +5,7 @@ discards the stream's component along 𝟙. Subtracting from every *writer* (tok
 embeddings, attention and MLP output projections, weights and biases) its mean over the
 d_model axis therefore leaves the outputs unchanged and makes every residual vector
 zero-mean, after which LN(x) = γ ⊙ x/√(mean(x²) + ε) + β = RMSNorm(x) with the same ε
-(Jiang et al. 2023; TransformerLens ``center_writing_weights``; ``lm-hidden-geometry.md`` §6).
+(Jiang et al. 2023; TransformerLens ``center_writing_weights``; ``docs/convert.md``).
 
 Design choice: γ and β stay in the norm — each LayerNorm becomes ``normscope.nn.RMSNorm``
 with ``bias=True`` holding the same weight and bias — rather than being folded into the

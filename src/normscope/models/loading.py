@@ -325,7 +325,7 @@ def _build_smollm2_cache(gguf: Path, folder: Path) -> None:
 
     ``save_pretrained`` refuses GGUF-loaded models, so the state dict is written with
     safetensors directly: the tied ``lm_head.weight`` is dropped (re-tied on load) and
-    ``config.quantization_config`` is deleted (ecosystem.md §4.3).
+    ``config.quantization_config`` is deleted (a GGUF-loaded model keeps it, and transformers would try to re-quantize on load).
     """
     from safetensors.torch import save_file
 

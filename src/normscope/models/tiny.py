@@ -1,6 +1,6 @@
 """A tiny pre-LN GPT-2 trained locally: the LayerNorm decoder with real (trained) weights.
 
-No GPT-2/Pythia/OPT weights can be installed offline (``ecosystem.md`` §4.5), so the exact
+No GPT-2/Pythia/OPT weights ship in any offline-installable package, so the exact
 LN → RMSNorm conversion, the naive swap test and the conversion benchmark use this model
 besides random-init configs. It is a ``transformers`` ``GPT2LMHeadModel`` (pre-LN, LayerNorm,
 learned positions, tied embeddings) trained on CPython's ``pydoc_data.topics``.
