@@ -5,8 +5,8 @@ same ε; Gemma's 1 + w gain is applied as such). Unlike the exact conversion
 (:func:`normscope.convert.to_rmsnorm`) this changes the function: for LN → RMSNorm the
 output differs exactly by the input's component along 𝟙, so the damage should track the
 mean angle θ(x, 𝟙) of the norm's input (Gupta et al. 2024 argue hidden vectors sit near 90°,
-making mean subtraction nearly redundant; they never ran this swap, ``docs/deviations.md``
-§5). We report the change in loss per norm site (or per block) and with all norms swapped,
+making mean subtraction nearly redundant; they never ran this swap, ``docs/deviations.md``).
+We report the change in loss per norm site (or per block) and with all norms swapped,
 beside the probe's angle statistics for each site.
 
 Losses: causal LM → next-token cross-entropy and perplexity; masked LM → cross-entropy on 15%
