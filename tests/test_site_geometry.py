@@ -41,9 +41,9 @@ def _probe(model):
 @pytest.mark.parametrize(
     "gain, reason",
     [
-        (np.zeros(8), r"^bad: gain is all zero, .*check that the layer's weights were loaded$"),
-        (np.r_[1.0, np.nan, np.ones(6)], r"^bad: gain has 1 NaN/Inf value\(s\) out of 8; .*corrupt"),
-        (np.r_[np.inf, np.ones(7)], r"^bad: gain has 1 NaN/Inf value\(s\) out of 8; "),
+        (np.zeros(8), r"^tiny: bad: gain is all zero, .*check that the layer's weights were loaded$"),
+        (np.r_[1.0, np.nan, np.ones(6)], r"^tiny: bad: gain has 1 NaN/Inf value\(s\) out of 8; .*corrupt"),
+        (np.r_[np.inf, np.ones(7)], r"^tiny: bad: gain has 1 NaN/Inf value\(s\) out of 8; "),
     ],
     ids=["all_zero", "nan", "inf"],
 )

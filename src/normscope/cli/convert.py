@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per verification window (default 128)")
     p.add_argument("--max-tokens", type=int, default=1024, help="verification tokens (default 1024)")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-shard-size", default=None,
+                   help="split the weights into shards with model.safetensors.index.json, e.g. 2GB (default: one file)")
     p.add_argument("--no-fp64", action="store_true", help="skip the float64 check (saves memory on big models)")
     p.set_defaults(func=run)
 
@@ -39,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     from normscope.convert.exact import describe
     from normscope.models import load as load_model
     from normscope.models.text import context_length, default_texts, token_batches
+    from normscope.surgery.tensors import parse_size
 
+    parse_size(args.max_shard_size)  # a bad size is refused before any slow work
     out = Path(args.out)
     refuse_existing(out, force=args.force, inputs=[args.model])
     lm = load_model(args.model, dtype=torch.float32)
@@ -87,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         },
     }
     with output_dir(out, force=args.force, inputs=[args.model]) as tmp:
-        write(converted, tmp, tokenizer=lm.tokenizer)
+        write(converted, tmp, tokenizer=lm.tokenizer, max_shard_size=args.max_shard_size)
         reloaded = load(tmp)
         again = compare(converted, reloaded, batches[:1], names=("converted", "reloaded"))
         if again["max_abs_dlogits"] > 1e-6 * max(1.0, again["max_abs_logit"]):

@@ -274,6 +274,10 @@ def run(
         "random_baseline": random_baseline(hidden),
         "layers": [probes[s.name].summary() for s in sites],
     }
+    for layer in entry["layers"]:  # a geometry that could not be computed names the model too
+        geo = layer.get("geometry") or {}
+        if geo.get("status") == "not measured":
+            geo["reason"] = f"{entry['name']}: {geo['reason']}"
     return {"schema": SCHEMA_VERSION, "normscope_version": __version__, "models": [entry]}
 
 
