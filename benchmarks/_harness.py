@@ -276,7 +276,19 @@ def _torch_blas() -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (Linux ru_maxrss is in KiB)."""
+    """Peak resident set size of this process so far, in MB.
+
+    Linux: ``VmHWM`` from /proc/self/status, which belongs to the process image and starts afresh
+    at exec. (``ru_maxrss`` does not: a child started by fork + exec inherits the parent's peak, so
+    a big parent makes every child look big.) Elsewhere ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     import resource
 
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
