@@ -165,6 +165,37 @@ def built(key: str):
     return model, sites
 
 
+_TRACE_ONLY_NOTE = "role of the same norm in the other blocks"
+
+
+@pytest.mark.parametrize("key", list(_FACTORIES))
+def test_table_fast_path_agrees_with_the_full_trace(key):
+    """find_norms' fast path (table + a forward hooked on the norms only, stopped after block 0)
+    gives the full trace's sites: same roles, kinds, eps, token axes, parallel links, layers,
+    stacks and notes (the trace alone can tell that a post-LN model's last norm is ambiguous).
+    Families in the table must not run the full trace at all."""
+    from unittest import mock
+
+    model, fast = built(key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=".*not in normscope's registry")
+        traced = find_norms(model, trace=True)
+    if architecture(model) is not None:
+        with mock.patch("normscope.models.roles.infer_roles", side_effect=AssertionError("full trace ran")):
+            find_norms(model)
+
+    def row(s, trace):
+        note = s.note if not (trace and s.note.startswith(_TRACE_ONLY_NOTE)) else None
+        return s.name, s.role, s.kind, s.eps, s.seq_dim, s.reads_same_as, s.layer, s.stack, s.d, s.affine, note
+
+    fast_rows = [row(s, False) for s in fast]
+    trace_rows = [row(s, True) for s in traced]
+    assert [r[:-1] for r in fast_rows] == [r[:-1] for r in trace_rows]
+    assert [f[-1] for f, t in zip(fast_rows, trace_rows) if t[-1] is not None] == [t[-1] for t in trace_rows
+                                                                                      if t[-1] is not None]
+
+
 def _pattern(name: str) -> str:
     return re.sub(r"\.(\d+)\.", ".*.", re.sub(r"\.norms\.\d+$", ".norms.*", name), count=1)
 
