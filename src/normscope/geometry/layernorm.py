@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from normscope.geometry._rho import rho_cdf, rho_quantile
+from normscope.geometry._secular import principal_axes
 from normscope.nn._checks import check_eps
 from normscope.nn.functional import reference
-from normscope.geometry._secular import principal_axes
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence
 

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-
 _PASS = {"to", "float", "half", "bfloat16", "double", "type", "type_as", "contiguous", "clone", "dropout",
          "detach", "alias", "view", "reshape", "flatten", "unflatten"}  # fmt: skip
 _ADD = {"add", "__add__", "__radd__", "__iadd__", "add_"}

@@ -37,10 +37,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .architectures import PARALLEL_NOTE
 from ._dataflow import (
     _ATTN, _INDEX, _PASS, _PRODUCT, _Call, _Graph, _is_linear, _is_stream_add, _mixes, _Op, _residual, trace,
 )  # fmt: skip
+from .architectures import PARALLEL_NOTE
 
 __all__ = ["Traced", "infer_roles", "block_stacks"]
 
