@@ -404,3 +404,18 @@ def test_probe_batches_for_every_modality():
     assert got["whisper"][0].startswith("synthetic tones + noise, 16 kHz") and got["whisper"][1] == 4 * 16
     with pytest.raises(ValueError, match="no tokenizer"):
         probe_batches(gpt2, texts, seq_len=16, max_tokens=64)
+
+
+def test_names_off_the_table_take_the_full_trace():
+    """A known family whose norm modules differ from the table's (an extra norm) is traced, not table-read."""
+    from unittest import mock
+
+    from normscope.models import roles
+
+    model = _FACTORIES["llama"]().eval()
+    model.model.layers[0].extra_norm = nn.LayerNorm(32)  # never called: the trace marks it unused
+    with mock.patch("normscope.models.roles.infer_roles", wraps=roles.infer_roles) as spy:
+        sites = find_norms(model)
+    assert spy.call_count == 1
+    by = {s.name: s for s in sites}
+    assert by["model.layers.0.extra_norm"].role == "other" and by["model.layers.1.input_layernorm"].role == "pre_attention"
