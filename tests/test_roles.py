@@ -165,6 +165,37 @@ def built(key: str):
     return model, sites
 
 
+_TRACE_ONLY_NOTE = "role of the same norm in the other blocks"
+
+
+@pytest.mark.parametrize("key", list(_FACTORIES))
+def test_table_fast_path_agrees_with_the_full_trace(key):
+    """find_norms' fast path (table + a forward hooked on the norms only, stopped after block 0)
+    gives the full trace's sites: same roles, kinds, eps, token axes, parallel links, layers,
+    stacks and notes (the trace alone can tell that a post-LN model's last norm is ambiguous).
+    Families in the table must not run the full trace at all."""
+    from unittest import mock
+
+    model, fast = built(key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=".*not in normscope's registry")
+        traced = find_norms(model, trace=True)
+    if architecture(model) is not None:
+        with mock.patch("normscope.models.roles.infer_roles", side_effect=AssertionError("full trace ran")):
+            find_norms(model)
+
+    def row(s, trace):
+        note = s.note if not (trace and s.note.startswith(_TRACE_ONLY_NOTE)) else None
+        return s.name, s.role, s.kind, s.eps, s.seq_dim, s.reads_same_as, s.layer, s.stack, s.d, s.affine, note
+
+    fast_rows = [row(s, False) for s in fast]
+    trace_rows = [row(s, True) for s in traced]
+    assert [r[:-1] for r in fast_rows] == [r[:-1] for r in trace_rows]
+    assert [f[-1] for f, t in zip(fast_rows, trace_rows) if t[-1] is not None] == [t[-1] for t in trace_rows
+                                                                                      if t[-1] is not None]
+
+
 def _pattern(name: str) -> str:
     return re.sub(r"\.(\d+)\.", ".*.", re.sub(r"\.norms\.\d+$", ".norms.*", name), count=1)
 
@@ -338,3 +369,53 @@ def test_converted_folder_reports_rmsnorm(tmp_path):
     sites = find_norms(load(str(tmp_path)).model)
     assert [s.kind for s in sites] == ["rmsnorm"] * 5 and all(s.bias() is not None for s in sites)
     assert [s.role for s in sites] == ["pre_attention", "pre_mlp"] * 2 + ["final"]
+
+
+def test_probe_batches_for_every_modality():
+    """probe_batches gives inputs probe.run accepts for text, encoder-decoder text, image, image+text
+    and audio models, with token counts that follow from the sizes, and names the input."""
+    from types import SimpleNamespace
+
+    from normscope.models.inputs import probe_batches
+    from normscope.models.tiny import byte_tokenizer
+
+    tok, texts = byte_tokenizer(64), ["hello norm world " * 40]
+    torch.manual_seed(0)
+    gpt2 = tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=300, n_positions=64)).eval()
+    t5 = tf.T5ForConditionalGeneration(tf.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                                   vocab_size=300, decoder_start_token_id=0)).eval()
+    clip = tf.CLIPModel(tf.CLIPConfig(text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                       intermediate_size=64, vocab_size=300, max_position_embeddings=64),
+                                      vision_config=_VIT, projection_dim=16)).eval()
+    cases = {"gpt2": gpt2, "t5": t5, "clip": clip, "vit": built("vit")[0], "whisper": built("whisper")[0]}
+    got = {}
+    for key, model in cases.items():
+        inp = probe_batches(SimpleNamespace(model=model, tokenizer=tok), texts, seq_len=16, max_tokens=64, batch_size=2)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not in normscope's registry")
+            st = probe.run(model, inp.batches, progress=False)
+        got[key] = (inp.description, st["models"][0]["tokens"], inp.total, _layers(st))
+    assert got["gpt2"][:3] == ("CPython pydoc_data.topics prose", 64, 2)
+    assert got["t5"][1] == 64 and "shifted right" in got["t5"][0]
+    assert got["t5"][3]["decoder.final_layer_norm"]["count"] == 64  # decoder windows as long as the encoder's
+    assert got["vit"][0].startswith("scikit-learn digits, 8×8 upsampled to 16×16") and got["vit"][1] == 4 * 17
+    assert got["clip"][0].startswith("scikit-learn digits") and "pydoc" in got["clip"][0]
+    assert got["clip"][3]["vision_model.post_layernorm"]["count"] > 0 and got["clip"][3]["text_model.final_layer_norm"]["count"] > 0
+    assert got["whisper"][0].startswith("synthetic tones + noise, 16 kHz") and got["whisper"][1] == 4 * 16
+    with pytest.raises(ValueError, match="no tokenizer"):
+        probe_batches(gpt2, texts, seq_len=16, max_tokens=64)
+
+
+def test_names_off_the_table_take_the_full_trace():
+    """A known family whose norm modules differ from the table's (an extra norm) is traced, not table-read."""
+    from unittest import mock
+
+    from normscope.models import roles
+
+    model = _FACTORIES["llama"]().eval()
+    model.model.layers[0].extra_norm = nn.LayerNorm(32)  # never called: the trace marks it unused
+    with mock.patch("normscope.models.roles.infer_roles", wraps=roles.infer_roles) as spy:
+        sites = find_norms(model)
+    assert spy.call_count == 1
+    by = {s.name: s for s in sites}
+    assert by["model.layers.0.extra_norm"].role == "other" and by["model.layers.1.input_layernorm"].role == "pre_attention"

@@ -141,15 +141,8 @@ def attention_layers(model: nn.Module, sites: Iterable[Any] | None = None) -> li
 
 
 def _norm64(site: Any, x: torch.Tensor) -> torch.Tensor:
-    """The site's norm recomputed in float64 (LN: projection exact to round-off)."""
-    if site.kind == "layernorm":
-        c = x - x.mean(-1, keepdim=True)
-        y = c / torch.sqrt((c * c).mean(-1, keepdim=True) + site.eps)
-    else:
-        y = x / torch.sqrt((x * x).mean(-1, keepdim=True) + site.eps)
-    y = y * site.gain().double()
-    b = site.bias()
-    return y + b.double() if b is not None else y
+    """The site's norm recomputed in float64 (:meth:`normscope.models.NormSite.reference`)."""
+    return site.reference(x)
 
 
 def _duplicate_fraction(x: np.ndarray) -> float:

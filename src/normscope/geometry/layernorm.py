@@ -27,6 +27,8 @@ import torch
 
 from normscope.geometry._rho import rho_cdf, rho_quantile
 from normscope.geometry._secular import principal_axes
+from normscope.nn._checks import check_eps
+from normscope.nn.functional import reference
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence
 
@@ -110,8 +112,7 @@ class LayerNormGeometry:
         if b.shape != g.shape:
             raise ValueError(f"bias has {b.size} entries but gain has {g.size}")
         eps = float(eps)
-        if not math.isfinite(eps) or eps < 0:
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        check_eps(eps)
         self._g, self._b, self.eps = g, b, eps
         self._gt, self._bt = torch.tensor(g), torch.tensor(b)
         self._axes: dict[tuple[bool, str], tuple[np.ndarray, np.ndarray | None]] = {}
@@ -376,11 +377,10 @@ class LayerNormGeometry:
 
     # -- the map and its Jacobian ------------------------------------------------------------
     def forward(self, x: ArrayLike):
-        """LN(x) = √N·G Πx/√(‖Πx‖² + Nε) + b (Riechers Eq. 6), computed in float64."""
+        """LN(x) = √N·G Πx/√(‖Πx‖² + Nε) + b (Riechers Eq. 6), computed in float64 by
+        :func:`normscope.nn.functional.reference`."""
         t, is_torch, dtype = _as_batch(x, self.dim, "x")
-        p = t - t.mean(-1, keepdim=True)
-        s = (p * p).sum(-1, keepdim=True) + self.dim * self.eps
-        y = math.sqrt(self.dim) * self._gt * p / torch.sqrt(s) + self._bt
+        y = reference("layernorm", t, self._gt, self._bt, self.eps)
         return _back(y, is_torch, dtype, x)
 
     def jacobian(self, x: ArrayLike):

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-
 _PASS = {"to", "float", "half", "bfloat16", "double", "type", "type_as", "contiguous", "clone", "dropout",
          "detach", "alias", "view", "reshape", "flatten", "unflatten"}  # fmt: skip
 _ADD = {"add", "__add__", "__radd__", "__iadd__", "add_"}
@@ -254,6 +253,19 @@ def trace(model: nn.Module, norms: Sequence[nn.Module], example: Any) -> tuple[_
     for m in norms:
         handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(m.register_forward_hook(post, with_kwargs=True))
+    try:
+        run_once(model, example, rec)
+    finally:
+        for h in handles:
+            h.remove()
+    return _Graph(rec.ops), calls
+
+
+@torch.no_grad()
+def run_once(model: nn.Module, example: Any, mode: Any = None) -> None:
+    """One eval-mode forward of ``model`` on ``example`` (dict → kwargs, tensor → positional,
+    callable → ``f(model)``), moved to the model's device, with torch's fused encoder path off;
+    ``mode`` (a ``TorchFunctionMode``) is active during the forward only, not the move."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if device.type != "meta":
         move = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v  # noqa: E731
@@ -261,7 +273,7 @@ def trace(model: nn.Module, norms: Sequence[nn.Module], example: Any) -> tuple[_
     was = model.training
     model.eval()
     try:
-        with _no_fastpath(), rec:
+        with _no_fastpath(), (mode if mode is not None else contextlib.nullcontext()):
             if callable(example) and not isinstance(example, (torch.Tensor, dict)):
                 example(model)
             elif isinstance(example, dict):
@@ -270,9 +282,27 @@ def trace(model: nn.Module, norms: Sequence[nn.Module], example: Any) -> tuple[_
                 model(example)
     finally:
         model.train(was)
-        for h in handles:
-            h.remove()
-    return _Graph(rec.ops), calls
+
+
+class EpsSeen(TorchFunctionMode):
+    """Records the eps of ``layer_norm``/``rms_norm`` calls and of ``+ float`` while active
+    (entered around one norm module's forward only, so it costs nothing elsewhere)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = _name(func)
+        if name in ("layer_norm", "rms_norm"):
+            i = 4 if name == "layer_norm" else 3
+            eps = kwargs.get("eps", args[i] if len(args) > i else None)
+            if isinstance(eps, (int, float)):
+                self.seen.append(float(eps))
+        elif name in _ADD and len(args) == 2 and isinstance(args[1], float):
+            self.seen.append(args[1])
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager

@@ -166,7 +166,8 @@ def _bloom_refuse(cfg) -> str | None:
     return None
 
 
-_PARALLEL = "parallel block: attention and MLP both read this norm's output"
+PARALLEL_NOTE = "parallel block: attention and MLP both read this norm's output"
+_PARALLEL = PARALLEL_NOTE
 
 
 def _neox_variant(cfg) -> dict:

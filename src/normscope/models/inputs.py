@@ -10,18 +10,20 @@
 - :func:`audio_batches` yields log-mel features of a **synthetic** clip (a chord of three harmonic
   tones with a slow vibrato plus white noise at −20 dB, 16 kHz), computed by transformers'
   ``WhisperFeatureExtractor`` built locally (no download). It is not speech; say so when reporting.
+- :func:`probe_batches` picks among these for any loaded model (text, image, image+text, audio;
+  decoder ids for encoder-decoders) and says in one line which input it used.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["example_inputs", "image_batches", "audio_batches", "modality"]
+__all__ = ["example_inputs", "image_batches", "audio_batches", "modality", "probe_batches", "ProbeInput"]
 
 BATCH, SEQ, DEC_SEQ = 2, 11, 7  # primes: a token axis is never confused with a head or width axis
 
@@ -171,3 +173,92 @@ def audio_batches(config: Any, *, n_clips: int = 4, batch_size: int = 2) -> Iter
     for i in range(0, n_clips, batch_size):
         f = feats[i : i + batch_size]
         yield {"input_features": f, "decoder_input_ids": dec.expand(f.shape[0], -1).contiguous()}
+
+
+DEFAULT_TEXT = "CPython pydoc_data.topics prose"
+N_DIGITS = 1797  # images in scikit-learn's digits
+
+
+class ProbeInput(NamedTuple):
+    """What :func:`probe_batches` returns.
+
+    **Fields:** ``batches`` — an iterator for :func:`normscope.probe.run`; ``description`` — one
+    line naming the input (for the report and ``stats.json``); ``total`` — the number of batches.
+    """
+
+    batches: Iterator[Any]
+    description: str
+    total: int
+
+
+def _tokens_per_image(vc: Any) -> int:
+    size = vc.image_size if isinstance(vc.image_size, int) else vc.image_size[0]
+    patch = vc.patch_size if isinstance(vc.patch_size, int) else vc.patch_size[0]
+    return (size // patch) ** 2 + 1  # patches + [CLS]
+
+
+def _with_decoder_ids(batches: Iterator[torch.Tensor], start: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Token batches as ``{input_ids, decoder_input_ids}``: the decoder reads the same window shifted right."""
+    for ids in batches:
+        dec = torch.cat([torch.full_like(ids[:, :1], start), ids[:, :-1]], dim=1)
+        yield {"input_ids": ids, "decoder_input_ids": dec}
+
+
+def probe_batches(lm: Any, texts: Any, *, seq_len: int, max_tokens: int, batch_size: int = 8,
+                  context: int | None = None, text_label: str = DEFAULT_TEXT) -> ProbeInput:
+    """Probe inputs for any loaded model, by the modality of its forward (:func:`modality`).
+
+    - **text**: :func:`normscope.models.text.token_batches` of ``texts`` (``seq_len``,
+      ``max_tokens``, ``batch_size``, ``context`` as there); encoder-decoder models (T5) get
+      ``decoder_input_ids`` = the same window shifted right behind ``decoder_start_token_id``.
+    - **image** (ViT, a CLIP vision tower): :func:`image_batches`, enough digits for
+      ``max_tokens`` patch tokens (at most the 1797 digits).
+    - **image+text** (a full CLIP): each digits batch with a token window of ``texts`` (capped at
+      the text tower's context); needs ``lm.tokenizer``.
+    - **audio** (Whisper): :func:`audio_batches`, enough synthetic clips for ``max_tokens``
+      encoder positions, with decoder ids.
+
+    **Arguments:** ``lm`` — a :class:`normscope.models.LoadedModel` (or any object with
+    ``.model`` and ``.tokenizer``, or a bare model); ``texts`` — strings for text models;
+    ``text_label`` — how to name ``texts`` in the description.
+
+    **Returns:** a :class:`ProbeInput` ``(batches, description, total)``.
+    """
+    from . import text as nt
+
+    model = getattr(lm, "model", lm)
+    tokenizer = getattr(lm, "tokenizer", None)
+    config = getattr(model, "config", None)
+    kind = modality(model)
+    if kind == "audio":
+        n = max(1, math.ceil(max_tokens / int(config.max_source_positions)))
+        desc = f"synthetic tones + noise, 16 kHz ({n} clip(s) of {_frames(config) / 100:g} s, log-mel; not speech)"
+        return ProbeInput(audio_batches(config, n_clips=n, batch_size=batch_size), desc, math.ceil(n / batch_size))
+    if kind in ("image", "image+text"):
+        vc = _vision_config(config)
+        n = min(N_DIGITS, max(1, math.ceil(max_tokens / _tokens_per_image(vc))))
+        size = vc.image_size if isinstance(vc.image_size, int) else vc.image_size[0]
+        desc = f"scikit-learn digits, 8×8 upsampled to {size}×{size} ({n} images; not natural images)"
+        images = image_batches(config, n_images=n, batch_size=batch_size)
+        total = math.ceil(n / batch_size)
+        if kind == "image":
+            return ProbeInput(images, desc, total)
+        if tokenizer is None:
+            raise ValueError(f"{type(model).__name__} reads images and text but no tokenizer was loaded with it; "
+                             "load it with normscope.models.load (or pass an object with .model and .tokenizer)")
+        tc = getattr(config, "text_config", config)
+        tlen = min(seq_len, int(getattr(tc, "max_position_embeddings", seq_len)))
+        windows = nt.token_batches(tokenizer, texts, seq_len=tlen, batch_size=batch_size)
+        pairs = ({**img, "input_ids": ids} for img, ids in zip(images, windows))
+        return ProbeInput(pairs, f"{desc}, paired with {text_label} in windows of {tlen} tokens", total)
+    if tokenizer is None:
+        raise ValueError(f"{type(model).__name__} reads token ids but no tokenizer was loaded with it; "
+                         "load it with normscope.models.load (or pass an object with .model and .tokenizer)")
+    batches = nt.token_batches(tokenizer, texts, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size,
+                               context=context)
+    total = math.ceil(max_tokens / (seq_len * batch_size))
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in _params(model):
+        start = getattr(config, "decoder_start_token_id", None) or 0
+        return ProbeInput(_with_decoder_ids(batches, start), f"{text_label} (decoder reads the window shifted right)",
+                          total)
+    return ProbeInput(batches, text_label, total)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..nn.functional import reference
 from .architectures import KINDS, ROLE_GROUPS, ROLES, Architecture, architecture
 
 __all__ = ["NormSite", "find_norms", "ROLES", "ROLE_GROUPS", "KINDS", "is_norm_module", "sites_by_name"]
@@ -78,27 +78,16 @@ class NormSite:
         return b.to(torch.promote_types(b.dtype, torch.float32)).clone()
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
-        """This norm's output on ``x`` computed in float64 from the recorded kind, eps, gain and bias.
+        """This norm's output on ``x`` in float64 from the recorded kind, eps, weight and bias.
 
-        ``layernorm``: z = g ⊙ (x − x̄)/√(mean((x − x̄)²) + ε) + b (arXiv:1607.06450);
-        ``rmsnorm`` / ``rmsnorm_offset``: z = g ⊙ x/√(mean(x²) + ε) + b (arXiv:1910.07467), with
-        g = 1 + w for the offset kind. Normalises over the last axis.
+        :func:`normscope.nn.functional.reference` (``layernorm``: arXiv:1607.06450; ``rmsnorm``:
+        arXiv:1910.07467; ``rmsnorm_offset``: gain 1 + w, added in float64) over the last axis.
 
         **Arguments:** ``x`` — input of any shape ``(..., d)``. **Returns:** float64 tensor of ``x``'s shape.
         """
-        return _reference(self.kind, x, self.gain(), self.bias(), self.eps)
-
-
-def _reference(kind: str, x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
-    # TODO: switch to normscope.nn.functional.reference(kind, x, weight, bias, eps) once it lands.
-    x = x.to(torch.float64)
-    g = gain.to(x.device, torch.float64)
-    b = None if bias is None else bias.to(x.device, torch.float64)
-    shape = (x.shape[-1],)
-    if kind == "layernorm":
-        return F.layer_norm(x, shape, g, b, eps)
-    z = F.rms_norm(x, shape, g, eps)
-    return z if b is None else z + b
+        w = getattr(self.module, "weight", None) if self.affine else None
+        return reference(self.kind, x, w.detach() if isinstance(w, torch.Tensor) else None, self.bias(), self.eps,
+                         normalized_shape=(x.shape[-1],))
 
 
 def is_norm_module(m: nn.Module) -> bool:
@@ -151,31 +140,41 @@ def _classify_numerically(m: nn.Module, d: int, eps: float) -> str | None:
         y = m(x.to(device)).to(torch.float64).cpu()
     except Exception:  # noqa: BLE001 - unusual forward signature: cannot check
         return None
-    wd = w.detach().to(torch.float64).cpu() if isinstance(w, torch.Tensor) else torch.ones(d, dtype=torch.float64)
-    bd = b.detach().to(torch.float64).cpu() if isinstance(b, torch.Tensor) else None
-    cands = {
-        "layernorm": _reference("layernorm", x, wd, bd, eps),
-        "rmsnorm": _reference("rmsnorm", x, wd, bd, eps),
-        "rmsnorm_offset": _reference("rmsnorm", x, 1.0 + wd, bd, eps),
-    }
+    wd = w.detach().cpu() if isinstance(w, torch.Tensor) else None
+    bd = b.detach().cpu() if isinstance(b, torch.Tensor) else None
+    cands = {k: reference(k, x, wd, bd, eps, normalized_shape=(d,)) for k in KINDS}
     errs = {k: float((v - y).norm() / max(float(y.norm()), 1e-30)) for k, v in cands.items()}
     best = min(errs, key=errs.get)
     return best if errs[best] < 2e-2 else None
 
 
-def _kind_of(m: nn.Module, d: int, eps: float) -> str | None:
+def _kind_of(m: nn.Module, d: int, eps: float, memo: dict | None = None) -> str | None:
+    """The formula of ``m``: by type for torch's modules, else checked numerically once per
+    configuration (class, width, eps, which parameters exist, the module's plain settings)."""
     if isinstance(m, nn.LayerNorm):
         return "layernorm"
     if isinstance(m, nn.RMSNorm):
         return "rmsnorm"
-    return _classify_numerically(m, d, eps)
+    if memo is None:
+        return _classify_numerically(m, d, eps)
+    settings = tuple(sorted((k, v) for k, v in vars(m).items() if isinstance(v, (bool, int, float, str, tuple))))
+    params = tuple(sorted((n, p.dtype) for n, p in m.named_parameters(recurse=False)))
+    key = (type(m), d, eps, params, settings)
+    if key not in memo:
+        memo[key] = _classify_numerically(m, d, eps)
+    return memo[key]
+
+
+def _full_path(model: nn.Module, path: str) -> str:
+    """A table path (relative to the HF base model) as a name in ``model``."""
+    base = getattr(model, "base_model", model)
+    prefix = next((n for n, m in model.named_modules() if m is base), "")
+    return f"{prefix}.{path}" if prefix else path
 
 
 def table_roles(model: nn.Module, arch: Architecture) -> dict[str, tuple[str, str, int, str | None]]:
     """``{module name: (role, note, seq_dim, reads_same_as)}`` for every norm the description names."""
-    base = getattr(model, "base_model", model)
-    prefix = next((n for n, m in model.named_modules() if m is base), "")
-    full = (lambda p: f"{prefix}.{p}") if prefix else (lambda p: p)
+    full = lambda p: _full_path(model, p)  # noqa: E731
     modules = dict(model.named_modules())
     out: dict[str, tuple[str, str, int, str | None]] = {}
     layers = modules.get(full(arch.layers))
@@ -215,21 +214,26 @@ def _guess_role(name: str, in_block: bool) -> str:
 _LAYER_RE = re.compile(r"(?:^|\.)(?:h|layers?|blocks?|albert_layers)\.(\d+)\.")
 
 
-def find_norms(model: nn.Module, *, infer: bool = True, example: Any = None) -> list[NormSite]:
+def find_norms(model: nn.Module, *, infer: bool = True, example: Any = None, trace: bool = False) -> list[NormSite]:
     """Every normalisation module of ``model``, in module order, with role, kind and eps.
 
-    Roles come from one traced forward (:func:`normscope.models.roles.infer_roles`) when
-    ``infer`` is true and the model accepts a dummy input, cross-checked against the
-    architecture description (:mod:`normscope.models.architectures`); a disagreement warns and
-    the traced role wins. Without a trace, known families use the description and other models
-    get role ``"other"`` with a warning.
+    **Fast path** (a family in :mod:`normscope.models.architectures` whose norm module names
+    are exactly the table's): roles from the table, completed by one small forward hooked on the
+    norms only (:func:`normscope.models._observe.from_table`: token axis, parallel-residual
+    links, eps not stored). **Full trace** otherwise, or with ``trace=True``: roles inferred
+    from one forward recording every tensor op (:func:`normscope.models.roles.infer_roles`),
+    cross-checked against the table when there is one (a disagreement warns; the traced role
+    wins). Both give the same sites on every family the tests cover. With ``infer=False`` no
+    forward runs: known families use the table, other models get name-guessed roles.
 
-    **Arguments:** ``model`` — an HF model or any ``nn.Module``; ``infer`` — trace a forward;
-    ``example`` — the input to trace with (dict of kwargs, tensor, or ``f(model)``; default: a
-    small random input built by :func:`normscope.models.inputs.example_inputs`).
+    **Arguments:** ``model`` — an HF model or any ``nn.Module``; ``infer`` — run a forward;
+    ``example`` — the input for it (dict of kwargs, tensor, or ``f(model)``; default: a small
+    random input built by :func:`normscope.models.inputs.example_inputs`); ``trace`` — force
+    the full trace even when the table matches.
 
     **Returns:** a list of :class:`NormSite`. Raises ``ValueError`` if the model has no norm layer.
     """
+    from ._observe import from_table
     from .roles import infer_roles
 
     config = getattr(model, "config", None)
@@ -248,8 +252,14 @@ def find_norms(model: nn.Module, *, infer: bool = True, example: Any = None) -> 
             "*LayerNorm / *RMSNorm module); nothing to probe"
         )
     table = table_roles(model, arch) if arch is not None else {}
-    graph = infer_roles(model, [m for _, m in named], example) if infer else None
+    graph = None
+    if infer and not trace and table and set(table) == {n for n, _ in named}:
+        graph = from_table(model, named, table, _full_path(model, arch.layers), example,
+                           need_eps=[m for _, m in named if _eps_of(m) is None])
+    if infer and graph is None:
+        graph = infer_roles(model, [m for _, m in named], example)
     sites: list[NormSite] = []
+    memo: dict = {}
     for name, m in named:
         d = _width(m)
         traced = graph.get(m) if graph is not None else None
@@ -261,7 +271,7 @@ def find_norms(model: nn.Module, *, infer: bool = True, example: Any = None) -> 
         if eps is None:
             warnings.warn(f"{name}: no eps attribute and none seen in its forward; assuming eps=0", stacklevel=2)
             eps = 0.0
-        kind = _kind_of(m, d, eps)
+        kind = _kind_of(m, d, eps, memo)
         if kind is None:
             kind = "rmsnorm" if "RMS" in type(m).__name__.upper() else "layernorm"
             warnings.warn(f"{name} ({type(m).__name__}): could not verify its formula numerically; assuming {kind}",

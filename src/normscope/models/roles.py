@@ -40,8 +40,26 @@ from torch import nn
 from ._dataflow import (
     _ATTN, _INDEX, _PASS, _PRODUCT, _Call, _Graph, _is_linear, _is_stream_add, _mixes, _Op, _residual, trace,
 )  # fmt: skip
+from .architectures import PARALLEL_NOTE
 
-__all__ = ["Traced", "infer_roles"]
+__all__ = ["Traced", "infer_roles", "block_stacks"]
+
+
+POST_NOTE = "post-LN: after the residual add"
+SANDWICH_NOTE = "on the sublayer output, before the residual add"
+
+
+def qk_note(role: str, shape: tuple[int, ...]) -> str:
+    """Per-head when the input has a head axis (…, heads, …, head_dim); OLMo-2 normalises the full projection."""
+    d = shape[-1]
+    return f"per-head {role} norm (head_dim {d})" if len(shape) >= 4 else f"full-width {role} norm (d {d})"
+
+
+def with_same_note(note: str, role: str, same: str | None) -> str:
+    """``note`` plus the parallel-residual remark for a pre-sublayer norm that reads ``same``'s vector."""
+    if not (same and role.startswith("pre_")):
+        return note
+    return (note + "; " if note else "") + f"parallel residual: reads the same vector as {same.rsplit('.', 1)[-1]}"
 
 
 @dataclass
@@ -120,11 +138,11 @@ def _classify(g: _Graph, c: _Call, norm_upstream: bool) -> _Verdict:
         return _Verdict("embedding")
     if stream_self:  # post-LN: the stream is z
         mixes = res is not None and _mixes(g.branch_ops(g.desc(res[0]), res[1]))
-        return _Verdict("post_attention" if mixes else "post_mlp", "post-LN: after the residual add")
+        return _Verdict("post_attention" if mixes else "post_mlp", POST_NOTE)
     if added:  # sandwich: z is added onto a stream that does not come from it
         other = next((k for k in added[0].ins if k not in zs), None)
         mixes = other is not None and _mixes(g.branch_ops(g.desc(other), kx))
-        return _Verdict("attention_output" if mixes else "mlp_output", "on the sublayer output, before the residual add")
+        return _Verdict("attention_output" if mixes else "mlp_output", SANDWICH_NOTE)
     dx = g.desc(kx)
     for i in sorted({i for k in dz for i in g.cons.get(k, ())}):
         op = g.ops[i]
@@ -154,7 +172,7 @@ def _parallel_note(g: _Graph, zs: set, end) -> str:
         for i in g.cons.get(k, ()):
             if g.ops[i].params and g.ops[i].outs:
                 kinds.add(_mixes(g.branch_ops(g.desc(g.ops[i].outs[0]), end)))
-    return "parallel block: attention and MLP both read this norm's output" if kinds == {True, False} else ""
+    return PARALLEL_NOTE if kinds == {True, False} else ""
 
 
 def _stacks(model: nn.Module, norm_names: list[str]) -> dict[str, tuple[str, int]]:
@@ -210,17 +228,9 @@ def infer_roles(model: nn.Module, norms: Sequence[nn.Module], example: Any = Non
                       stacklevel=3)
         return None
     modules = dict(model.named_modules())
-    names = [n for n, m in modules.items() if any(m is x for x in norms)]
-    stacks = _stacks(model, names)
-    labels = _stack_labels({lp for lp, _ in stacks.values()})
-    owner = {lp[: lp.index(lab) + len(lab)]: lab for lp, lab in labels.items() if lab}
-
-    def stack_of(name: str) -> str:
-        if name in stacks:
-            return labels[stacks[name][0]]
-        hits = [o for o in owner if o and name.startswith(f"{o}.")]
-        return owner[max(hits, key=len)] if hits else ""
-
+    ids = {id(x) for x in norms}
+    names = [n for n, m in modules.items() if id(m) in ids]
+    stacks, stack_of = block_stacks(model, names)
     seqs = _seq_lengths(model, example, calls)
     firsts: dict[str, _Call] = {}
     for c in calls:
@@ -233,13 +243,11 @@ def infer_roles(model: nn.Module, norms: Sequence[nn.Module], example: Any = Non
         v = _classify(g, c, upstream)
         if v.ambiguous and name in stacks:
             ambiguous.append(name)
-        note, d = v.note, c.x.shape[-1]
+        note = v.note
         if v.role in ("query", "key"):
-            per_head = c.x.ndim >= 4  # (…, heads, …, head_dim); OLMo-2 normalises the full projection
-            note = f"per-head {v.role} norm (head_dim {d})" if per_head else f"full-width {v.role} norm (d {d})"
+            note = qk_note(v.role, tuple(c.x.shape))
         same = next((p.name for p in prev if p.x is c.x or (p.x.shape == c.x.shape and torch.equal(p.x, c.x))), None)
-        if same and v.role.startswith("pre_"):
-            note = (note + "; " if note else "") + f"parallel residual: reads the same vector as {same.rsplit('.', 1)[-1]}"
+        note = with_same_note(note, v.role, same)
         roles[name] = Traced(role=v.role, note=note, seq_dim=_seq_dim(c.x, seqs), reads_same_as=same,
                              stack=stack_of(name), eps=c.eps, readers=_readers(g, c), shape=tuple(c.x.shape),
                              layer=stacks[name][1] if name in stacks else None)
@@ -256,6 +264,22 @@ def infer_roles(model: nn.Module, norms: Sequence[nn.Module], example: Any = Non
     for name in names:
         out[modules[name]] = roles.get(name) or Traced(role="unused", note="did not run in the traced forward")
     return out
+
+
+def block_stacks(model: nn.Module, names: list[str]):
+    """``(stacks, stack_of)``: ``{norm name: (block-list path, block index)}`` and a function
+    giving each norm's stack label (``"encoder"``, ``"decoder"``, ...; ``""`` with one stack)."""
+    stacks = _stacks(model, names)
+    labels = _stack_labels({lp for lp, _ in stacks.values()})
+    owner = {lp[: lp.index(lab) + len(lab)]: lab for lp, lab in labels.items() if lab}
+
+    def stack_of(name: str) -> str:
+        if name in stacks:
+            return labels[stacks[name][0]]
+        hits = [o for o in owner if o and name.startswith(f"{o}.")]
+        return owner[max(hits, key=len)] if hits else ""
+
+    return stacks, stack_of
 
 
 def _seq_lengths(model: nn.Module, example: Any, calls: list[_Call]) -> set[int]:
