@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import math
 import os
 import sys
 import time
@@ -136,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     with output_dir(args.out, force=args.force, inputs=[*names, *(args.text or [])]) as tmp:
         from normscope import models as nm
         from normscope.models import text as nt
+        from normscope.models.inputs import modality
         from normscope.report.build import build, write_stats
 
         texts = nt.read_texts(args.text) if args.text else nt.default_texts()
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             load_s = time.perf_counter() - t
             stages["load"] += load_s
             sites = nm.find_norms(lm.model)  # ValueError if the model has no norm layer
-            ctx = nt.context_length(lm.model)
+            ctx = nt.context_length(lm.model) if modality(lm.model) == "text" else None
             if ctx is not None and args.seq_len > ctx:
                 raise ValueError(
                     f"--seq-len {args.seq_len} is longer than {name}'s context ({ctx} positions); use --seq-len <= {ctx}"
@@ -249,26 +249,32 @@ def _probe_one(args: argparse.Namespace, name: str, lm: Any, sites: list, ctx: i
     from normscope import probe
     from normscope.models import text as nt
 
-    batches = nt.token_batches(lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.max_tokens,
-                               batch_size=args.batch_size, context=ctx)
+    from normscope.models.inputs import DEFAULT_TEXT, modality, probe_batches
+
+    # text windows for language models and encoders; offline images (ViT, CLIP) or synthetic audio
+    # (Whisper) for the others, with a one-line description of what was used
+    kind = modality(lm.model)
+    inp = probe_batches(lm, texts, seq_len=args.seq_len, max_tokens=args.max_tokens, batch_size=args.batch_size,
+                        context=ctx, text_label=", ".join(map(str, args.text)) if args.text else DEFAULT_TEXT)
     collector = None
-    if args.swap_test != "off":  # the swap test's baseline loss is scored from the probe's own forward
+    if args.swap_test != "off" and kind == "text":  # the swap test's baseline loss comes from the probe's forward
         from normscope.convert.swap import BaselineCollector
 
         collector = BaselineCollector(lm, nt.token_batches(
             lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.swap_tokens, batch_size=args.batch_size,
             context=ctx))
     t = time.perf_counter()
-    res = probe.run(lm, batches, skip_first=args.skip_first, progress=not args.quiet, sites=sites,
-                    name=name, total=math.ceil(args.max_tokens / (args.seq_len * args.batch_size)),
-                    on_output=collector.on_output if collector else None)
+    res = probe.run(lm, inp.batches, skip_first=args.skip_first, progress=not args.quiet, sites=sites,
+                    name=name, total=inp.total, on_output=collector.on_output if collector else None)
     probe_s = time.perf_counter() - t
     stages["probe"] += probe_s
     m = res["models"][0]
     m["run"] = {"load_seconds": load_s, "probe_seconds": probe_s, "source": str(getattr(lm, "source", "")),
-                "context": ctx, "seq_len": args.seq_len}
-    steps = (("swap", lambda: _swap(args, name, lm, texts, ctx, probed=m, baseline=collector)),
-             ("attention", lambda: _attention(args, name, lm, texts, ctx)))
+                "context": ctx, "seq_len": args.seq_len, "input": inp.description, "modality": kind}
+    steps = (("swap", lambda: _text_only(kind, "swap test", args.swap_test != "off")
+              or _swap(args, name, lm, texts, ctx, probed=m, baseline=collector)),
+             ("attention", lambda: _text_only(kind, "attention measurement", bool(args.attention))
+              or _attention(args, name, lm, texts, ctx)))
     for key, step in steps:
         t = time.perf_counter()
         try:
@@ -286,6 +292,13 @@ def _probe_one(args: argparse.Namespace, name: str, lm: Any, sites: list, ctx: i
             m["run"][f"{key}_seconds"] = dt
             stages[key] += dt
     return m, {k: v for k, v in res.items() if k != "models"}
+
+
+def _text_only(kind: str, what: str, wanted: bool) -> None:
+    """Refuse a text-only section for an image or audio model (the section then reads 'not measured')."""
+    if wanted and kind != "text":
+        raise ValueError(f"the {what} needs token windows of text; this is an {kind} model (its norms were probed "
+                         "on the offline inputs named in the run table)")
 
 
 def _swap(args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None,

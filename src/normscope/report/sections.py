@@ -101,9 +101,9 @@ def run_section(stats: dict) -> Section:
             str(m.get("name")), str(mr.get("family", m.get("family", "")) or ""), str(m.get("hidden_size")),
             str(len({layer_index(e) for e in sites if e.get("role") in BLOCK_ROLES})), str(len(sites)),
             ", ".join(kinds) + (f" (ε {', '.join(f'{x:g}' for x in eps)})" if eps else ""),
-            f"{int(toks):,}" if isinstance(toks, (int, float)) else "?",
+            f"{int(toks):,}" if isinstance(toks, (int, float)) else "?", str(mr.get("input", "text")),
         ] + [secs(mr.get(f"{k}_seconds")) for k, _ in STAGES[:4]])
-    models = Table("run-models", "", ["model", "family", "d", "blocks", "norm sites", "norm kind", "tokens"]
+    models = Table("run-models", "", ["model", "family", "d", "blocks", "norm sites", "norm kind", "tokens", "input"]
                    + [label for _, label in STAGES[:4]], rows, css="meta")
     settings = [["text", prose.texts_label(run.raw)]]
     for k, label in (("seq_len", "sequence length"), ("batch_size", "batch size"), ("max_tokens", "token budget per model"),
