@@ -12,14 +12,14 @@ from normscope.cli import build_parser
 def test_public_names_resolve():
     for name in normscope.__all__:
         assert getattr(normscope, name) is not None, name
-    for sub in ("models", "probe", "report", "convert", "attention", "lnnet", "experiments"):
+    for sub in ("models", "probe", "report", "convert", "surgery", "attention", "lnnet", "experiments"):
         assert getattr(normscope, sub).__name__ == f"normscope.{sub}"
 
 
 def test_cli_has_every_command():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert {"report", "convert", "swap-test", "train-tiny", "reproduce", "shatter"} <= set(sub.choices)
+    assert {"report", "convert", "fold", "verify", "swap-test", "train-tiny", "reproduce", "shatter"} <= set(sub.choices)
     rep = sub.choices["reproduce"]
     papers = next(a for a in rep._actions if a.dest == "paper")
     assert {"riechers", "brody", "ni"} <= set(papers.choices)

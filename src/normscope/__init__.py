@@ -5,11 +5,11 @@ The small public API (everything else lives in the subpackages named below):
 - modules: :class:`LayerNorm` (steps as switches), :class:`RMSNorm`, :class:`GroupLayerNorm`
 - geometry: :class:`LayerNormGeometry` (Riechers, arXiv:2405.04134)
 - models / probe: :func:`load_model`, :func:`find_norms`, ``probe.run`` (Gupta et al., arXiv:2409.12951)
-- conversion: :func:`to_rmsnorm`, :func:`swap_test`
+- conversion and surgery: :func:`to_rmsnorm`, :func:`swap_test`, :func:`fold`, :func:`verify`
 - attention: :func:`unselectable` (Brody et al., arXiv:2305.02582)
 - LN-Nets: :func:`construct` (Ni et al., ICML 2024, arXiv:2406.01255)
 
-Subpackages: ``nn``, ``geometry``, ``models``, ``probe``, ``report``, ``convert``,
+Subpackages: ``nn``, ``geometry``, ``models``, ``probe``, ``report``, ``convert``, ``surgery``,
 ``attention``, ``lnnet``, ``experiments``. Those that import transformers or scipy's LP
 are loaded on first use, so ``import normscope`` stays light.
 """
@@ -29,6 +29,8 @@ _LAZY = {
     "find_norms": ("normscope.models", "find_norms"),
     "to_rmsnorm": ("normscope.convert", "to_rmsnorm"),
     "swap_test": ("normscope.convert", "swap_test"),
+    "fold": ("normscope.surgery", "fold"),
+    "verify": ("normscope.surgery", "verify"),
     "unselectable": ("normscope.attention", "unselectable"),
     "construct": ("normscope.lnnet", "construct"),
 }
