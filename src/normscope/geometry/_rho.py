@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from normscope.nn._checks import check_eps
+
 ArrayLike = Any  # numpy array, torch tensor or nested sequence
 
 
@@ -59,8 +61,7 @@ def rho_quantile(p: ArrayLike, n: int, eps: float, scale: float = 1.0) -> np.nda
 def _check_law(n: int, eps: float, scale: float) -> tuple[int, float, float]:
     if int(n) != n or n < 2:
         raise ValueError(f"N must be an integer >= 2, got {n!r}")
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    check_eps(eps)
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale (input std s) must be finite and > 0, got {scale!r}")
     return int(n), float(eps), float(scale)

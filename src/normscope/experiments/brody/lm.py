@@ -163,8 +163,8 @@ def measure(model: TinyLM, windows: torch.Tensor, scaling: bool) -> dict[str, An
             h.remove()
     res = {"before": [], "after": [], "keys_per_head": [], "duplicates": []}
     for layer, x in enumerate(captured):
-        c = x - x.mean(-1, keepdim=True)
-        y = c / torch.sqrt((c * c).mean(-1, keepdim=True) + model.blocks[layer].ln_1.eps) if scaling else c
+        ln = model.blocks[layer].ln_1
+        y = F.layer_norm(x, (x.shape[-1],), eps=ln.eps) if scaling else x - x.mean(-1, keepdim=True)  # LN without γ, β
         heads = model.blocks[layer].heads
         d = x.shape[-1]
         wk = model.blocks[layer].qkv.weight.detach().double()[d : 2 * d].view(heads, d // heads, d)
