@@ -18,13 +18,14 @@ whole pytest run); use the ``one_thread`` fixture, which restores the previous s
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
+
+from normscope._threads import single_thread  # noqa: F401  (re-exported for tests)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -113,17 +114,6 @@ def save_tiny() -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def token_batches() -> Callable[..., list[torch.Tensor]]:
     return make_batches
-
-
-@contextlib.contextmanager
-def single_thread():
-    """One torch thread inside the block; the previous setting is restored on exit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from normscope.models import available_models, find_norms, load
 from normscope.models.text import context_length, default_texts, token_batches
 from normscope.probe import run
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_available_models():

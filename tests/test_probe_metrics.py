@@ -13,7 +13,7 @@ from normscope.probe.metrics import METRIC_ROWS, ROW, token_metrics
 from normscope.probe.runner import SiteProbe, layer_geometry
 from normscope.probe.stats import SPECS, StreamStats, hist_edges
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dense_metrics(x, z, kind, eps, g, b):
