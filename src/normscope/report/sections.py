@@ -6,7 +6,8 @@ renderers turn them into HTML and Markdown. Swap-test and attention sections liv
 """
 
 from __future__ import annotations
-\nfrom typing import Callable
+
+from typing import Callable
 
 from normscope.probe.schema import BLOCK_ROLES, GROUP_LABELS, RunInfo, get_path, layer_index, num
 from normscope.report import prose
