@@ -9,8 +9,9 @@ fixture and call it::
     def test_something(tiny_gpt2):
         model = tiny_gpt2(d=16, vocab=97, bos_token_id=0, eos_token_id=0)
 
-Any other config field passes through as a keyword. The factories are session-scoped, so
-module-scoped fixtures can use them too.
+Any other config field passes through as a keyword; ``seed=None`` skips the reseeding, so several
+models drawn one after another from one ``torch.manual_seed`` keep their weights. The factories are
+session-scoped, so module-scoped fixtures can use them too.
 
 Thread count: never call ``torch.set_num_threads`` at import time of a test module (it changes the
 whole pytest run); use the ``one_thread`` fixture, which restores the previous setting.
@@ -35,23 +36,29 @@ def _config_kwargs(fixed: dict[str, Any], config: dict[str, Any]) -> dict[str, A
     return {k: v for k, v in {**fixed, **config}.items() if v is not None}
 
 
+def _seed(seed: int | None) -> None:
+    """``torch.manual_seed(seed)``; None continues the current random stream (several models from one seed)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+
+
 def make_gpt2(d: int = 32, layers: int = 2, heads: int = 4, vocab: int = 97, positions: int = 64, *,
-              seed: int = 0, **config: Any) -> torch.nn.Module:
+              seed: int | None = 0, **config: Any) -> torch.nn.Module:
     """``GPT2LMHeadModel`` (pre-LN, LayerNorm, learned positions, tied embeddings), eval mode."""
     import transformers as T
 
-    torch.manual_seed(seed)
+    _seed(seed)
     cfg = T.GPT2Config(**_config_kwargs(dict(n_embd=d, n_layer=layers, n_head=heads, vocab_size=vocab,
                                              n_positions=positions), config))
     return T.GPT2LMHeadModel(cfg).eval()
 
 
 def make_llama(d: int = 32, layers: int = 2, heads: int = 4, vocab: int = 97, *, kv_heads: int | None = None,
-               intermediate: int | None = None, seed: int = 0, **config: Any) -> torch.nn.Module:
+               intermediate: int | None = None, seed: int | None = 0, **config: Any) -> torch.nn.Module:
     """``LlamaForCausalLM`` (pre-RMSNorm, rotary), eval mode; ``intermediate`` defaults to 2·d."""
     import transformers as T
 
-    torch.manual_seed(seed)
+    _seed(seed)
     cfg = T.LlamaConfig(**_config_kwargs(dict(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
                                               num_key_value_heads=kv_heads, intermediate_size=intermediate or 2 * d,
                                               vocab_size=vocab), config))
@@ -59,11 +66,11 @@ def make_llama(d: int = 32, layers: int = 2, heads: int = 4, vocab: int = 97, *,
 
 
 def make_bert(d: int = 32, layers: int = 2, heads: int = 4, vocab: int = 97, *, intermediate: int | None = None,
-              seed: int = 0, **config: Any) -> torch.nn.Module:
+              seed: int | None = 0, **config: Any) -> torch.nn.Module:
     """``BertModel`` (post-LN encoder), eval mode; ``intermediate`` defaults to 2·d."""
     import transformers as T
 
-    torch.manual_seed(seed)
+    _seed(seed)
     cfg = T.BertConfig(**_config_kwargs(dict(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
                                              intermediate_size=intermediate or 2 * d, vocab_size=vocab), config))
     return T.BertModel(cfg).eval()
