@@ -102,6 +102,16 @@ def test_swap_test_cli(gpt2_folder, tmp_path, capsys):
         cli("swap-test", str(gpt2_folder), "--out", str(out))
 
 
+def test_swap_test_threads_restored(gpt2_folder):
+    """``--threads`` applies to the command only: torch's thread count is restored when main() returns."""
+    from normscope._threads import threads
+
+    with threads(2):
+        assert cli("swap-test", str(gpt2_folder), "--seq-len", "16", "--max-tokens", "32", "--per", "all",
+                   "--no-angles", "--threads", "1") == 0
+        assert torch.get_num_threads() == 2
+
+
 def test_train_tiny_cli(tmp_path, capsys):
     out = tmp_path / "tiny"
     assert cli("train-tiny", "--out", str(out), "--steps", "2", "--batch-size", "2", "--seq-len", "32",
