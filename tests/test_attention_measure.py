@@ -3,29 +3,23 @@
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from normscope.attention import attention_layers, attention_section, measure_attention, unselectable
 from normscope.models import find_norms
 
+from conftest import make_bert, make_gpt2, make_llama
+
 
 def _gpt2():
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=16, n_layer=2, n_head=4, vocab_size=97, n_positions=64, bos_token_id=0, eos_token_id=0)
-    return GPT2LMHeadModel(cfg).eval()
+    return make_gpt2(d=16, vocab=97, bos_token_id=0, eos_token_id=0)
 
 
 def _llama():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=97, bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
+    return make_llama(d=16, kv_heads=2, vocab=97, bos_token_id=0, eos_token_id=0, pad_token_id=0)
 
 
 def _bert():
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=97)
-    return BertModel(cfg).eval()
+    return make_bert(d=16, vocab=97)
 
 
 def _randomise_norm_affine(model):

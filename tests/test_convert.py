@@ -16,42 +16,25 @@ from normscope.convert import NotConvertibleError, compare, load, plan, residual
 from normscope.convert import families
 from normscope.nn import RMSNorm
 
+from conftest import LM_D, LM_SMALL, LM_VOCAB, layernorm_lm_configs, lm_ids, perturbed_lm
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 T.logging.set_verbosity_error()
 
-V, D = 97, 32
-SMALL = dict(vocab_size=V, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+V, D, SMALL = LM_VOCAB, LM_D, LM_SMALL
 
 
 def _configs() -> dict[str, T.PretrainedConfig]:
     return {
-        "gpt2": T.GPT2Config(n_layer=2, n_embd=D, n_head=4, n_positions=64, **SMALL),
-        "gpt_neo": T.GPTNeoConfig(num_layers=2, hidden_size=D, num_heads=4, max_position_embeddings=64,
-                                  attention_types=[[["global", "local"], 1]], window_size=8, **SMALL),
-        "gpt_bigcode": T.GPTBigCodeConfig(n_layer=2, n_embd=D, n_head=4, n_positions=64, **SMALL),
-        "gpt_neox": T.GPTNeoXConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, intermediate_size=64,
-                                    max_position_embeddings=64, **SMALL),
+        **layernorm_lm_configs(),
         "gpt_neox_sequential": T.GPTNeoXConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4,
                                                intermediate_size=64, max_position_embeddings=64,
                                                use_parallel_residual=False, **SMALL),
-        "gptj": T.GPTJConfig(n_layer=2, n_embd=D, n_head=4, n_positions=64, rotary_dim=4, **SMALL),
-        "codegen": T.CodeGenConfig(n_layer=2, n_embd=D, n_head=4, n_positions=64, n_ctx=64, rotary_dim=4, **SMALL),
-        "opt": T.OPTConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, ffn_dim=64,
-                           max_position_embeddings=64, word_embed_proj_dim=D, **SMALL),
-        "opt_project_in_out": T.OPTConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, ffn_dim=64,
-                                          max_position_embeddings=64, word_embed_proj_dim=16, **SMALL),
-        "phi": T.PhiConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, intermediate_size=64,
-                           max_position_embeddings=64, **SMALL),
-        "phi_qk_layernorm": T.PhiConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, intermediate_size=64,
-                                        max_position_embeddings=64, qk_layernorm=True, **SMALL),
-        "bloom": T.BloomConfig(n_layer=2, hidden_size=D, n_head=4, **SMALL),
         "falcon": T.FalconConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, bias=True, **SMALL),
         "falcon_new_arch": T.FalconConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, num_kv_heads=2,
                                           new_decoder_architecture=True, **SMALL),
         "falcon_sequential": T.FalconConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4,
                                             parallel_attn=False, alibi=True, **SMALL),
-        "stablelm": T.StableLmConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, num_key_value_heads=4,
-                                     intermediate_size=64, **SMALL),
         "stablelm_parallel_qk": T.StableLmConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4,
                                                  num_key_value_heads=4, intermediate_size=64, use_parallel_residual=True,
                                                  qk_layernorm=True, **SMALL),
@@ -63,22 +46,10 @@ CONFIGS = _configs()
 
 def make(name: str, seed: int = 0) -> nn.Module:
     """A random-init model whose stream is far from centred and whose LN affines are not trivial."""
-    torch.manual_seed(seed)
-    m = T.AutoModelForCausalLM.from_config(copy.deepcopy(CONFIGS[name])).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.LayerNorm) and mod.weight is not None:
-                mod.weight.copy_(1 + 0.3 * torch.randn(mod.weight.shape, generator=g))
-                if mod.bias is not None:
-                    mod.bias.copy_(0.3 * torch.randn(mod.bias.shape, generator=g))
-            elif isinstance(mod, nn.Embedding):  # a shared offset along 1: the mean the conversion must remove
-                mod.weight.add_(0.5 + 0.1 * torch.randn(mod.weight.shape[-1], generator=g))
-    return m
+    return perturbed_lm(CONFIGS[name], seed)
 
 
-def ids(seed: int = 1, batch: int = 2, seq: int = 16) -> torch.Tensor:
-    return torch.randint(1, V, (batch, seq), generator=torch.Generator().manual_seed(seed))
+ids = lm_ids
 
 
 def naive_swap(model: nn.Module) -> nn.Module:

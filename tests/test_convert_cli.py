@@ -12,6 +12,8 @@ import transformers as T
 
 from normscope.models.tiny import byte_tokenizer
 
+from conftest import make_bert, make_gpt2, save_model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 T.logging.set_verbosity_error()
 
@@ -31,18 +33,14 @@ def cli(*argv: str) -> int:
 @pytest.fixture(scope="module")
 def gpt2_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("src") / "gpt2"
-    torch.manual_seed(0)
-    m = T.GPT2LMHeadModel(T.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=257,
-                                       bos_token_id=256, eos_token_id=256))
+    m = make_gpt2(d=32, vocab=257, bos_token_id=256, eos_token_id=256)
     with torch.no_grad():
         m.transformer.wte.weight.add_(0.3)
         for mod in m.modules():
             if isinstance(mod, torch.nn.LayerNorm):
                 mod.weight.uniform_(0.5, 1.5)
                 mod.bias.normal_(0, 0.2)
-    m.save_pretrained(folder)
-    byte_tokenizer(64).save_pretrained(folder)
-    return folder
+    return save_model(m, folder)  # with the byte-level tokenizer (context 64)
 
 
 def test_convert_writes_verified_model(gpt2_folder, tmp_path, capsys):
@@ -84,9 +82,7 @@ def test_convert_refuses_over_tolerance(gpt2_folder, tmp_path):
 
 def test_convert_refuses_post_ln(tmp_path):
     folder = tmp_path / "bert"
-    T.BertModel(T.BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                             vocab_size=257)).save_pretrained(folder)
-    byte_tokenizer(64).save_pretrained(folder)
+    save_model(make_bert(d=32, layers=1, vocab=257), folder, byte_tokenizer(64))
     with pytest.raises(ValueError, match="post-LN"):
         cli("convert", str(folder), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
@@ -104,6 +100,16 @@ def test_swap_test_cli(gpt2_folder, tmp_path, capsys):
     assert "| swapped |" in capsys.readouterr().out
     with pytest.raises(FileExistsError):
         cli("swap-test", str(gpt2_folder), "--out", str(out))
+
+
+def test_swap_test_threads_restored(gpt2_folder):
+    """``--threads`` applies to the command only: torch's thread count is restored when main() returns."""
+    from normscope._threads import threads
+
+    with threads(2):
+        assert cli("swap-test", str(gpt2_folder), "--seq-len", "16", "--max-tokens", "32", "--per", "all",
+                   "--no-angles", "--threads", "1") == 0
+        assert torch.get_num_threads() == 2
 
 
 def test_train_tiny_cli(tmp_path, capsys):

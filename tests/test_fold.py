@@ -7,7 +7,6 @@ so a missed fold moves the logits by ≫ 1e-3 (checked by the negative control).
 
 from __future__ import annotations
 
-import copy
 import os
 
 import pytest
@@ -17,42 +16,25 @@ from torch import nn
 
 from normscope.convert import compare
 
+from conftest import LM_D, LM_SMALL, LM_VOCAB, layernorm_lm_configs, lm_ids, perturbed_lm
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 T.logging.set_verbosity_error()
 
-V, D = 97, 32
-SMALL = dict(vocab_size=V, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+V, D, SMALL = LM_VOCAB, LM_D, LM_SMALL
 LLAMA = dict(hidden_size=D, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, num_hidden_layers=2,
              max_position_embeddings=64, **SMALL)
 
 
 def _configs() -> dict[str, T.PretrainedConfig]:
     return {
-        "gpt2": T.GPT2Config(n_layer=2, n_embd=D, n_head=4, n_positions=64, **SMALL),
-        "gpt_neo": T.GPTNeoConfig(num_layers=2, hidden_size=D, num_heads=4, max_position_embeddings=64,
-                                  attention_types=[[["global", "local"], 1]], window_size=8, **SMALL),
-        "gpt_bigcode": T.GPTBigCodeConfig(n_layer=2, n_embd=D, n_head=4, n_positions=64, **SMALL),
-        "gpt_neox": T.GPTNeoXConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, intermediate_size=64,
-                                    max_position_embeddings=64, **SMALL),
-        "gptj": T.GPTJConfig(n_layer=2, n_embd=D, n_head=4, n_positions=64, rotary_dim=4, **SMALL),
-        "codegen": T.CodeGenConfig(n_layer=2, n_embd=D, n_head=4, n_positions=64, n_ctx=64, rotary_dim=4, **SMALL),
-        "opt": T.OPTConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, ffn_dim=64,
-                           max_position_embeddings=64, word_embed_proj_dim=D, **SMALL),
-        "phi": T.PhiConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, intermediate_size=64,
-                           max_position_embeddings=64, **SMALL),
-        "bloom": T.BloomConfig(n_layer=2, hidden_size=D, n_head=4, **SMALL),
+        **layernorm_lm_configs(),
         "falcon": T.FalconConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, **SMALL),
-        "stablelm": T.StableLmConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, num_key_value_heads=4,
-                                     intermediate_size=64, **SMALL),
         "stablelm_parallel": T.StableLmConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4,
                                               num_key_value_heads=4, intermediate_size=64, use_parallel_residual=True,
                                               **SMALL),
         "falcon_new_arch": T.FalconConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, num_kv_heads=2,
                                           new_decoder_architecture=True, bias=True, **SMALL),
-        "opt_project_in_out": T.OPTConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, ffn_dim=64,
-                                          max_position_embeddings=64, word_embed_proj_dim=16, **SMALL),
-        "phi_qk_layernorm": T.PhiConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, intermediate_size=64,
-                                        max_position_embeddings=64, qk_layernorm=True, **SMALL),
         "llama": T.LlamaConfig(**LLAMA),
         "llama_tied": T.LlamaConfig(**LLAMA, tie_word_embeddings=True),
         "mistral": T.MistralConfig(**LLAMA),
@@ -71,25 +53,11 @@ CONFIGS = _configs()
 
 def make(name: str, seed: int = 0) -> nn.Module:
     """Random-init model with every norm gain and bias perturbed and an offset along 𝟙 in the embeddings."""
-    torch.manual_seed(seed)
-    m = T.AutoModelForCausalLM.from_config(copy.deepcopy(CONFIGS[name])).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, mod in m.named_modules():
-            w = getattr(mod, "weight", None)
-            if "norm" in type(mod).__name__.lower() and isinstance(w, torch.Tensor) and w.dim() == 1:
-                offset = "Gemma" in type(mod).__name__
-                w.copy_((0.0 if offset else 1.0) + 0.3 * torch.randn(w.shape, generator=g))
-                b = getattr(mod, "bias", None)
-                if isinstance(b, torch.Tensor):
-                    b.copy_(0.3 * torch.randn(b.shape, generator=g))
-            elif isinstance(mod, nn.Embedding):
-                mod.weight.add_(0.5 + 0.1 * torch.randn(mod.weight.shape[-1], generator=g))
-    return m
+    return perturbed_lm(CONFIGS[name], seed, all_norms=True)
 
 
 def ids(seed: int = 1, batch: int = 2, seq: int = 12) -> torch.Tensor:
-    return torch.randint(1, V, (batch, seq), generator=torch.Generator().manual_seed(seed))
+    return lm_ids(seed, batch, seq)
 
 
 def _float64_norms(monkeypatch) -> None:

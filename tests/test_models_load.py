@@ -10,7 +10,9 @@ from normscope.models import available_models, find_norms, load
 from normscope.models.text import context_length, default_texts, token_batches
 from normscope.probe import run
 
-torch.set_num_threads(1)
+from conftest import make_bert, make_gpt2, save_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_available_models():
@@ -24,18 +26,12 @@ def test_unknown_name_lists_valid_ones(monkeypatch):
 
 
 def test_load_local_folder_causal_and_encoder(tmp_path):
-    torch.manual_seed(0)
-    gpt = tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32))
-    gpt.save_pretrained(tmp_path / "gpt")
-    bert = tf.BertModel(tf.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=32, vocab_size=50, max_position_embeddings=32))
-    bert.save_pretrained(tmp_path / "bert")
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
-    tok.save_pretrained(tmp_path / "gpt")
-    tok.save_pretrained(tmp_path / "bert")
+    save_model(make_gpt2(d=16, layers=1, heads=2, vocab=50, positions=32), tmp_path / "gpt", tok)
+    save_model(make_bert(d=16, layers=1, heads=2, vocab=50, max_position_embeddings=32), tmp_path / "bert", tok)
     lg = load(tmp_path / "gpt", dtype=torch.float64)
     assert isinstance(lg.model, tf.GPT2LMHeadModel) and lg.family == "gpt2" and not lg.model.training
     assert next(lg.model.parameters()).dtype == torch.float64

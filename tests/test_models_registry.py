@@ -14,7 +14,7 @@ from torch import nn
 from normscope.models import NormSite, find_norms
 from normscope.probe import norm_hooks
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=97)
 

@@ -88,8 +88,7 @@ def _walk(a, b, path=""):
         assert a == b, path
 
 
-def test_two_process_gloo_equals_single(tmp_path):
-    torch.set_num_threads(1)
+def test_two_process_gloo_equals_single(tmp_path, one_thread):
     store, out = str(tmp_path / "store"), str(tmp_path / "stats")
     mp.spawn(_worker, args=(2, store, out), nprocs=2, join=True)
     with pytest.warns(UserWarning, match="registry"):

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import transformers as tf
 
 from normscope.models import find_norms
 from normscope.probe import norm_hooks, run
@@ -13,7 +12,9 @@ from normscope.probe.metrics import METRIC_ROWS, ROW, token_metrics
 from normscope.probe.runner import SiteProbe, layer_geometry
 from normscope.probe.stats import SPECS, StreamStats, hist_edges
 
-torch.set_num_threads(1)
+from conftest import make_batches, make_gpt2, make_llama
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dense_metrics(x, z, kind, eps, g, b):
@@ -159,16 +160,12 @@ def test_histogram_under_overflow_and_nan():
 
 
 def _tiny_llama():
-    torch.manual_seed(0)
-    cfg = tf.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, vocab_size=61, max_position_embeddings=64, pad_token_id=0,
-                         bos_token_id=1, eos_token_id=2)
-    return tf.LlamaForCausalLM(cfg).eval()
+    return make_llama(d=32, kv_heads=2, vocab=61, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                      eos_token_id=2)
 
 
 def _tiny_gpt2():
-    torch.manual_seed(0)
-    model = tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=61, n_positions=64))
+    model = make_gpt2(d=32, vocab=61)
     with torch.no_grad():  # non-trivial gains/biases
         for n, p in model.named_parameters():
             if "ln" in n:
@@ -177,8 +174,7 @@ def _tiny_gpt2():
 
 
 def _batches(n=3, b=2, s=9, seed=5):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 61, (b, s), generator=gen) for _ in range(n)]
+    return make_batches(n, b, s, 61, seed=seed)
 
 
 @pytest.mark.parametrize("make", [_tiny_gpt2, _tiny_llama])

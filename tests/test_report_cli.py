@@ -16,6 +16,8 @@ import torch
 
 from normscope.cli import report as cli_report
 
+from conftest import make_bert, make_gpt2, make_llama
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="normscope")
@@ -59,20 +61,14 @@ def _save(model, folder: Path) -> str:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
     """Folders of tiny random-init GPT-2 (pre-LN LayerNorm), BERT (post-LN) and Llama (RMSNorm)."""
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
     v = 64
-    return {
-        "gpt2": _save(GPT2LMHeadModel(GPT2Config(vocab_size=v, n_positions=64, n_embd=32, n_layer=3, n_head=2,
-                                                         bos_token_id=2, eos_token_id=2)),
+    return {  # one random stream (seed 0) for the three models, in this order
+        "gpt2": _save(make_gpt2(d=32, layers=3, heads=2, vocab=v, positions=64, bos_token_id=2, eos_token_id=2),
                       root / "gpt2"),
-        "bert": _save(BertModel(BertConfig(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                           intermediate_size=64, max_position_embeddings=64)), root / "bert"),
-        "llama": _save(LlamaForCausalLM(LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64,
-                                                    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                                    max_position_embeddings=64)), root / "llama"),
+        "bert": _save(make_bert(d=32, heads=2, vocab=v, max_position_embeddings=64, seed=None), root / "bert"),
+        "llama": _save(make_llama(d=32, heads=2, vocab=v, kv_heads=2, max_position_embeddings=64, seed=None),
+                       root / "llama"),
     }
 
 

@@ -13,6 +13,8 @@ from torch import nn
 from normscope.convert import swap_markdown, swap_test, swap_test_section, swapped, to_rmsnorm
 from normscope.nn import RMSNorm
 
+from conftest import make_batches, make_bert, make_gpt2, make_llama
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 T.logging.set_verbosity_error()
 
@@ -20,14 +22,11 @@ V, D = 97, 32
 
 
 def batches(n: int = 2, seq: int = 16) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return [torch.randint(5, V, (2, seq), generator=g) for _ in range(n)]
+    return make_batches(n, 2, seq, V, low=5)
 
 
 def gpt2(offset: float = 0.5) -> nn.Module:
-    torch.manual_seed(0)
-    m = T.GPT2LMHeadModel(T.GPT2Config(n_layer=2, n_embd=D, n_head=4, n_positions=64, vocab_size=V,
-                                       bos_token_id=0, eos_token_id=0)).eval()
+    m = make_gpt2(d=D, vocab=V, bos_token_id=0, eos_token_id=0)
     with torch.no_grad():
         m.transformer.wte.weight.add_(offset)  # residual stream with a large mean: naive swap must hurt
     return m
@@ -100,9 +99,7 @@ def test_centred_stream_makes_naive_swap_exact():
 
 
 def test_rmsnorm_model_swaps_to_layernorm():
-    torch.manual_seed(0)
-    m = T.LlamaForCausalLM(T.LlamaConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4,
-                                         intermediate_size=64, vocab_size=V)).eval()
+    m = make_llama(d=D, vocab=V)
     with torch.no_grad():
         m.model.embed_tokens.weight.add_(1.0)
     seen = []
@@ -121,16 +118,14 @@ def test_rmsnorm_model_swaps_to_layernorm():
 
 
 def test_encoder_embedding_and_mlm_losses():
-    cfg = T.BertConfig(num_hidden_layers=2, hidden_size=D, num_attention_heads=4, intermediate_size=64, vocab_size=V)
-    torch.manual_seed(0)
-    enc = T.BertModel(cfg).eval()
+    enc = make_bert(d=D, vocab=V)
     r = swap_test(enc, batches(), progress=False)
     assert r["loss_kind"] == "embedding"
     assert r["baseline"]["loss"] == 0.0 and r["baseline"]["cos_mean"] == pytest.approx(1.0)
     assert all(-1 <= row["cos_min"] <= row["cos_mean"] <= 1 + 1e-12 for row in r["rows"])
     assert len(r["rows"]) == 5 + 1  # embeddings.LayerNorm + 2 per layer, then all
 
-    mlm = T.BertForMaskedLM(cfg).eval()
+    mlm = T.BertForMaskedLM(enc.config).eval()  # continues the RNG stream after enc
 
     class Tok:
         mask_token_id = 4

@@ -15,6 +15,8 @@ from normscope.convert import swap as sw
 from normscope.convert import swap_test
 from normscope.probe import run
 
+from conftest import make_batches, make_llama
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 T.logging.set_verbosity_error()
 
@@ -22,15 +24,11 @@ V, D = 211, 32
 
 
 def batches(n: int = 3, seq: int = 12) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return [torch.randint(3, V, (2, seq), generator=g) for _ in range(n)]
+    return make_batches(n, 2, seq, V, low=3)
 
 
 def llama() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = T.LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return T.LlamaForCausalLM(cfg).eval()
+    return make_llama(d=D, vocab=V, kv_heads=2, max_position_embeddings=64)
 
 
 def dense_loss(model, xs):

@@ -32,17 +32,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from normscope._io import refuse_existing
+    from normscope._threads import threads
+
+    if args.out is not None:
+        refuse_existing(args.out, force=args.force, inputs=[args.model])
+    with threads(args.threads):  # restores torch's thread count when main() runs in-process
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from normscope._io import atomic_write_json, atomic_write_text, output_dir, refuse_existing
+    from normscope._io import atomic_write_json, atomic_write_text, output_dir
     from normscope.convert import swap_markdown, swap_test
     from normscope.models import load
     from normscope.models.text import context_length, default_texts, token_batches
 
-    if args.out is not None:
-        refuse_existing(args.out, force=args.force, inputs=[args.model])
-    if args.threads:
-        torch.set_num_threads(args.threads)
     lm = load(args.model, dtype=torch.float32)
     ctx = context_length(lm.model)
     seq_len = min(args.seq_len, ctx) if ctx else args.seq_len

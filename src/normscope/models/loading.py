@@ -14,7 +14,8 @@ Packaged names (no hub access needed):
 
 Any other ``.gguf`` path is handled the same way, cached in ``$NORMSCOPE_CACHE/gguf/<stem>-<hash>``
 (the hash covers the file's path, size and modification time). While dequantising, the GGUF's
-metadata is parsed once (transformers would parse it four times).
+metadata is parsed once (transformers would parse it four times). The GGUF cache lives in
+``normscope.models.gguf``, the folder checks in ``normscope.models.folder_checks``.
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ from typing import Any, Callable
 
 import torch
 
+from normscope.models.folder_checks import check_model_folder as _check_model_folder
+from normscope.models.folder_checks import safetensors_problem  # noqa: F401  (public here too)
+from normscope.models.gguf import CACHE_VERSION as _CACHE_VERSION  # noqa: F401
+from normscope.models.gguf import build_cache as _build_smollm2_cache
+from normscope.models.gguf import cache_ok as _smollm2_cache_ok
+
 __all__ = ["LoadedModel", "load", "available_models", "cache_dir"]
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_CACHE_VERSION = 1
 
 
 @dataclass
@@ -135,74 +141,6 @@ def load(
         ) from e
 
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
-                    "spiece.model", "sentencepiece.bpe.model")
-
-
-def safetensors_problem(path: str | os.PathLike) -> str | None:
-    """Why a ``.safetensors`` file is unusable (truncated, bad header), or None if its layout is sound.
-
-    Reads only the header: an 8-byte little-endian length N, N bytes of JSON mapping each tensor
-    to ``data_offsets`` [begin, end) in the data section; the file must be exactly
-    8 + N + max(end) bytes long.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return f"only {size} bytes long"
-            n = int.from_bytes(head, "little")
-            if n > size - 8:
-                return f"header of {n} bytes does not fit in the file's {size} bytes (truncated)"
-            header = json.loads(f.read(n))
-    except OSError as e:
-        return f"unreadable ({e.strerror})"
-    except (ValueError, UnicodeDecodeError):
-        return "its header is not valid JSON"
-    try:
-        end = max([int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"], default=0)
-    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
-        return "its header has no valid data_offsets"
-    if size != 8 + n + end:
-        return f"{size} bytes long but its header describes {8 + n + end} (truncated or padded)"
-    return None
-
-
-def _check_model_folder(folder: Path) -> None:
-    """Refuse a local model folder with a bad config, no weights, corrupt safetensors or no tokenizer.
-
-    Runs before any weights are loaded, so the user hears about it at once, in one line.
-    """
-    from normscope.errors import UserError
-
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        raise UserError(f"model folder {folder} has no config.json; save the model with model.save_pretrained(folder)")
-    try:
-        json.loads(cfg.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        where = f" ({e.msg}, line {e.lineno} column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
-        raise UserError(f"{cfg} is not valid JSON{where}; restore it from the original download or re-save the model") from None
-    if not any((folder / w).is_file() for w in _WEIGHT_FILES) and not any(folder.glob("*.safetensors")):
-        raise UserError(
-            f"model folder {folder} has no weights (no model.safetensors or pytorch_model.bin); "
-            "save them with model.save_pretrained(folder)"
-        )
-    for st in sorted(folder.glob("*.safetensors")):
-        why = safetensors_problem(st)
-        if why:
-            raise UserError(f"weights file {st} is corrupt: {why}; re-download it or re-save the model")
-    if not any((folder / t).is_file() for t in _TOKENIZER_FILES):
-        raise UserError(
-            f"model folder {folder} has no tokenizer (no tokenizer.json, tokenizer_config.json or vocab file); "
-            "save the model's tokenizer into it with tokenizer.save_pretrained(folder)"
-        )
-
-
 def _is_conversion(folder: Path) -> bool:
     """True for a folder written by ``normscope convert`` (its config records the conversion)."""
     cfg = folder / "config.json"
@@ -293,23 +231,6 @@ def _load_minilm(*, dtype: torch.dtype, device_map: Any) -> LoadedModel:
     return lm
 
 
-def _smollm2_cache_ok(folder: Path, gguf: Path) -> bool:
-    """Whether the cache folder is complete and sound: metadata matches the GGUF, config.json parses
-    and model.safetensors is exactly as long as its header says (a truncated or corrupted cache is
-    rebuilt, not loaded)."""
-    meta = folder / "normscope_cache.json"
-    if not (meta.is_file() and (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()):
-        return False
-    try:
-        info = json.loads(meta.read_text())
-        json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    if not isinstance(info, dict) or safetensors_problem(folder / "model.safetensors") is not None:
-        return False
-    return info.get("version") == _CACHE_VERSION and info.get("gguf_size") == gguf.stat().st_size
-
-
 def _load_smollm2(*, dtype: torch.dtype, device_map: Any) -> LoadedModel:
     gguf = _smollm2_gguf()
     folder = cache_dir() / "smollm2"
@@ -318,43 +239,6 @@ def _load_smollm2(*, dtype: torch.dtype, device_map: Any) -> LoadedModel:
     lm = _load_hf(folder, name="smollm2", dtype=dtype, device_map=device_map)
     lm.source = f"{gguf} (dequantised, cached in {folder})"
     return lm
-
-
-def _build_smollm2_cache(gguf: Path, folder: Path) -> None:
-    """Dequantise the GGUF once (float32) and save a plain HF folder atomically.
-
-    ``save_pretrained`` refuses GGUF-loaded models, so the state dict is written with
-    safetensors directly: the tied ``lm_head.weight`` is dropped (re-tied on load) and
-    ``config.quantization_config`` is deleted (a GGUF-loaded model keeps it, and transformers would try to re-quantize on load).
-    """
-    from safetensors.torch import save_file
-
-    lm = _dequantise_gguf(gguf)
-    model, tok = lm.model, lm.tokenizer
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if getattr(model.config, "tie_word_embeddings", False):
-        sd.pop("lm_head.weight", None)
-    from normscope import _io
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    _io.clean_stale(folder.parent)  # temporaries of builds that were killed
-    with _io.temp_dir(folder.parent, folder.name) as tmp:
-        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            delattr(config, "quantization_config")
-        config.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "normscope_cache.json").write_text(
-            json.dumps({"version": _CACHE_VERSION, "gguf": str(gguf), "gguf_size": gguf.stat().st_size})
-        )
-        if _smollm2_cache_ok(folder, gguf):  # another process finished first: keep theirs
-            return
-        try:  # a stale or corrupt cache (other version / GGUF, truncated file) is replaced atomically
-            _io.replace_dir(tmp, folder)
-        except OSError:
-            if not _smollm2_cache_ok(folder, gguf):  # another process did not win either
-                raise
 
 
 def _gguf_cache_folder(gguf: Path) -> Path:
@@ -375,58 +259,6 @@ def _load_gguf(gguf: Path, *, name: str, dtype: torch.dtype, device_map: Any) ->
     lm = _load_hf(folder, name=name, dtype=dtype, device_map=device_map)
     lm.source = f"{gguf} (dequantised, cached in {folder})"
     return lm
-
-
-def _dequantise_gguf(gguf: Path) -> LoadedModel:
-    """Load a GGUF file through transformers (float32), its metadata parsed once (see below)."""
-    with _gguf_parsed_once():
-        return _load_hf(gguf.parent, name=gguf.stem, dtype=torch.float32, device_map=None, gguf_file=gguf.name)
-
-
-@contextlib.contextmanager
-def _gguf_parsed_once():
-    """Within the block, each GGUF file is parsed once.
-
-    transformers reads a GGUF's metadata separately for the config, the model's config, the
-    tokenizer and the tensors (four ``GGUFReader`` parses of every field, ~3.5 s each for
-    smollm2's 49k-token vocabulary) and rebuilds gguf's tensor-name map once per module. Here the
-    reader is shared per path, metadata-only ``load_gguf_checkpoint`` results are memoised (a deep
-    copy is returned, callers mutate them) and the name map is memoised per (arch, blocks).
-    Everything is restored on exit.
-    """
-    import copy
-    import functools
-
-    import gguf as _gguf
-    import transformers.modeling_gguf_pytorch_utils as _tgu
-
-    readers: dict[str, Any] = {}
-    metas: dict[str, Any] = {}
-    reader_cls, load_ckpt, name_map = _gguf.GGUFReader, _tgu.load_gguf_checkpoint, _gguf.get_tensor_name_map
-
-    def reader(path, *args, **kwargs):
-        key = str(Path(path).resolve())
-        if args or kwargs:
-            return reader_cls(path, *args, **kwargs)
-        if key not in readers:
-            readers[key] = reader_cls(path)
-        return readers[key]
-
-    def load_checkpoint(path, return_tensors=False, *args, **kwargs):
-        if return_tensors or args or kwargs:
-            return load_ckpt(path, return_tensors, *args, **kwargs)
-        key = str(Path(path).resolve())
-        if key not in metas:
-            metas[key] = load_ckpt(path, False)
-        return copy.deepcopy(metas[key])
-
-    _gguf.GGUFReader = reader
-    _tgu.load_gguf_checkpoint = load_checkpoint
-    _gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
-    try:
-        yield
-    finally:
-        _gguf.GGUFReader, _tgu.load_gguf_checkpoint, _gguf.get_tensor_name_map = reader_cls, load_ckpt, name_map
 
 
 _PACKAGED["minilm"] = _load_minilm

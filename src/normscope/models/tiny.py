@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from normscope._threads import threads as torch_threads
+
 __all__ = ["byte_tokenizer", "train_tiny", "split_texts", "heldout_loss"]
 
 EOS = "<|endoftext|>"
@@ -139,9 +141,7 @@ def train_tiny(
         raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
     out = Path(out)
     refuse_existing(out, force=force)
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads))
-    try:
+    with torch_threads(max(1, threads)):  # restored on exit
         torch.manual_seed(seed)
         tok = byte_tokenizer(seq_len)
         train_texts, held_texts = split_texts(texts if texts is not None else default_texts())
@@ -228,8 +228,6 @@ def train_tiny(
             tok.save_pretrained(tmp)
             atomic_write_json(tmp / "training.json", summary | {"train_losses": losses})
         return summary
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def load_heldout(tokenizer, texts: list[str] | None = None) -> torch.Tensor:

@@ -7,6 +7,8 @@ renderers turn them into HTML and Markdown. Swap-test and attention sections liv
 
 from __future__ import annotations
 
+from typing import Callable
+
 from normscope.probe.schema import BLOCK_ROLES, GROUP_LABELS, RunInfo, get_path, layer_index, num
 from normscope.report import prose
 from normscope.report.document import Card, Section, not_measured_section
@@ -159,21 +161,20 @@ def per_site_section(stats: dict) -> Section:
     return Section("Per norm site", f"Role groups: {groups}.", tables=[per_site_table(m) for m in stats["models"]])
 
 
-def swap_sections(model: dict) -> list[Section]:
-    res = model.get("swap")
-    title = f"Naive norm swap: {model.get('name')}"
+def _measured_sections(res: dict | None, title: str, section: Callable[[dict], Section]) -> list[Section]:
+    """No section when ``res`` is None, a "not measured" note when it says so, else ``section(res)``."""
     if res is None:
         return []
     if res.get("status") == "not measured":
         return [not_measured_section(title, res.get("reason", "?"))]
-    return [swap_report_section(res)]
+    return [section(res)]
+
+
+def swap_sections(model: dict) -> list[Section]:
+    return _measured_sections(model.get("swap"), f"Naive norm swap: {model.get('name')}", swap_report_section)
 
 
 def attention_sections(model: dict) -> list[Section]:
-    res = model.get("attention")
-    title = f"Attention: unselectable keys and query angles ({model.get('name')})"
-    if res is None:
-        return []
-    if res.get("status") == "not measured":
-        return [not_measured_section(title, res.get("reason", "?"))]
-    return [attention_report_section(res)]
+    return _measured_sections(model.get("attention"),
+                              f"Attention: unselectable keys and query angles ({model.get('name')})",
+                              attention_report_section)

@@ -11,7 +11,6 @@ setup here is our reconstruction, and the outputs say so.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 
@@ -34,28 +33,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run torch single-threaded (the README's timings are single-thread), restoring the setting after."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def run(args: argparse.Namespace) -> int:
     from normscope import _io
+    from normscope._threads import single_thread
     from normscope.experiments.ni import runs
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     parts = args.only or ["construct", "theory", "capacity", "activation"]
     results, timing = {}, {}
-    with _one_thread(), _io.output_dir(args.out, force=args.force) as out:
+    with single_thread(), _io.output_dir(args.out, force=args.force) as out:
         for name in parts:
             t0 = time.perf_counter()
             print(f"[ni] {name} ...", flush=True)
