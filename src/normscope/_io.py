@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -180,17 +181,34 @@ def temp_dir(parent: str | os.PathLike, name: str) -> Iterator[Path]:
     """
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
+    # SIGTERM/SIGINT are held back while the folder is created, so that the exception their handler
+    # raises can only surface inside the try below, whose finally removes the folder.
+    held = _hold_signals()
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent))
     except OSError as e:  # name the folder the user chose, not our hidden temporary
+        _release_signals(held)
         raise type(e)(e.errno, e.strerror, str(parent)) from None
     try:
+        _release_signals(held)
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions
         _marker(tmp, "incomplete")
         yield tmp
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hold_signals() -> Any:
+    """Block SIGTERM and SIGINT at the OS level (delivered later, on release); None where unsupported."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+
+
+def _release_signals(held: Any) -> None:
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 # renameat2(2) flags (Linux >= 3.15; glibc >= 2.28 exports the wrapper)
@@ -290,8 +308,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    held = _hold_signals()  # see temp_dir: the temporary file exists only inside the try
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except BaseException:
+        _release_signals(held)
+        raise
+    try:
+        _release_signals(held)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
