@@ -332,3 +332,32 @@ def test_swap_by_role_and_stage_times(two_model_report):
     from normscope.report import markup
 
     assert markup.inline(v["headline"]) in page
+
+
+def test_image_and_audio_models_get_a_report(tmp_path):
+    """A ViT folder and a Whisper folder (no tokenizer) are probed on the offline inputs
+    (scikit-learn digits, synthetic audio); the run table names them and the text-only swap test
+    says why it was not measured."""
+    from transformers import ViTConfig, ViTModel, WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=8)).save_pretrained(tmp_path / "vit")
+    WhisperForConditionalGeneration(WhisperConfig(
+        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=97, num_mel_bins=16, max_source_positions=16,
+        max_target_positions=32, decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )).save_pretrained(tmp_path / "whisper")
+    out = tmp_path / "o"
+    rc = run_cli(["--model", str(tmp_path / "vit"), "--model", str(tmp_path / "whisper"), "--out", str(out),
+                  "--max-tokens", "256", "--quiet"])
+    assert rc == 0
+    stats = json.loads((out / "stats.json").read_text())
+    vit, whisper = stats["models"]
+    assert vit["run"]["input"].startswith("scikit-learn digits") and vit["tokens"] > 0
+    assert whisper["run"]["input"].startswith("synthetic tones") and whisper["tokens"] > 0
+    assert {s["stack"] for s in whisper["layers"]} == {"encoder", "decoder"}
+    for m in (vit, whisper):
+        assert m["swap"]["status"] == "not measured" and "needs token windows of text" in m["swap"]["reason"]
+    page = (out / "report.html").read_text()
+    assert "scikit-learn digits" in page and "synthetic tones" in page

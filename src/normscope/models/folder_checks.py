@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["check_model_folder", "safetensors_problem"]
+__all__ = ["check_model_folder", "reads_text", "safetensors_problem"]
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
@@ -59,7 +59,7 @@ def check_model_folder(folder: Path) -> None:
     if not cfg.is_file():
         raise UserError(f"model folder {folder} has no config.json; save the model with model.save_pretrained(folder)")
     try:
-        json.loads(cfg.read_text(encoding="utf-8"))
+        config = json.loads(cfg.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         where = f" ({e.msg}, line {e.lineno} column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
         raise UserError(f"{cfg} is not valid JSON{where}; restore it from the original download or re-save the model") from None
@@ -72,8 +72,20 @@ def check_model_folder(folder: Path) -> None:
         why = safetensors_problem(st)
         if why:
             raise UserError(f"weights file {st} is corrupt: {why}; re-download it or re-save the model")
-    if not any((folder / t).is_file() for t in _TOKENIZER_FILES):
+    if reads_text(config) and not any((folder / t).is_file() for t in _TOKENIZER_FILES):
         raise UserError(
             f"model folder {folder} has no tokenizer (no tokenizer.json, tokenizer_config.json or vocab file); "
             "save the model's tokenizer into it with tokenizer.save_pretrained(folder)"
         )
+
+
+def reads_text(config: dict) -> bool:
+    """Whether a model with this ``config.json`` reads token ids (and so needs a tokenizer).
+
+    Image models (ViT-style: ``image_size`` without a text tower) and audio encoders-decoders
+    (Whisper-style: ``num_mel_bins``) are probed on normscope's offline images and synthetic audio
+    (``normscope.models.inputs``), which need no tokenizer.
+    """
+    if "num_mel_bins" in config:
+        return False
+    return not ("image_size" in config and "text_config" not in config)

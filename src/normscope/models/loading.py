@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from normscope.models.folder_checks import check_model_folder as _check_model_folder
+from normscope.models.folder_checks import reads_text
 from normscope.models.folder_checks import safetensors_problem  # noqa: F401  (public here too)
 from normscope.models.gguf import CACHE_VERSION as _CACHE_VERSION  # noqa: F401
 from normscope.models.gguf import build_cache as _build_smollm2_cache
@@ -201,9 +202,15 @@ def _load_hf(
                 model = AutoModel.from_pretrained(where, **mkw)
         else:
             model = AutoModel.from_pretrained(where, **mkw)
-        tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+        except (OSError, ValueError, TypeError, KeyError):
+            if reads_text(config.to_dict()):
+                raise
+            tokenizer = None  # an image or audio model: probed on offline images / synthetic audio
     model.eval()
-    if not tokenizer("hello world", add_special_tokens=False).get("input_ids"):
+    if tokenizer is not None and reads_text(config.to_dict()) and not tokenizer("hello world",
+                                                                              add_special_tokens=False).get("input_ids"):
         raise UserError(
             f"the tokenizer of {where} turns text into no tokens (empty vocabulary?); "
             "save the model's own tokenizer into the folder with tokenizer.save_pretrained(folder)"
