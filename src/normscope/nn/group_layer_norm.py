@@ -15,6 +15,8 @@ from normscope.nn.functional import NormTrace, decompose, rows_dynamic, stats_re
 
 _compiled = None
 _choice: dict[tuple, str] = {}  # bucket (see normscope.nn._autotune) -> fastest measured backend
+_BLOCK_ELEMS = 1 << 18  # rows per block of the single-thread kernel: ~1 MiB of float32, one L2
+_BLOCKED_MAX_GROUP = 512  # wider groups: native_layer_norm on the grouped view (its long-row case)
 
 
 def _lng_kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, groups: int, eps: float):
@@ -134,6 +136,11 @@ class GroupLayerNorm(nn.Module):
             if not stats_reliable(ms) or not bool(torch.isfinite(mean).all()):
                 return self.trace(x).output
             return z.reshape(x.shape)
+        if self._blocked_ok(x):
+            out = self._blocked(x)
+            if out is not None:
+                return out
+            return self.trace(x).output
         xg = self._grouped(x)
         z, mean, rstd = torch.native_layer_norm(xg, (self.group_size,), None, None, self.eps)
         if not stats_reliable(rstd=rstd):
@@ -142,6 +149,49 @@ class GroupLayerNorm(nn.Module):
         if self.weight is None and self.bias is None:
             return z
         return self._affine(z, x.dtype)
+
+    def _blocked_ok(self, x: torch.Tensor) -> bool:
+        """Whether the blocked single-thread kernel applies: CPU, float32/float64, one intra-op
+        thread, nothing to differentiate (it writes in place), a weight/bias of the input's dtype."""
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.get_num_threads() != 1:
+            return False
+        if x.dim() < 1 or x.shape[-1] != self.normalized_shape[0] or self.group_size > _BLOCKED_MAX_GROUP:
+            return False
+        params = [t for t in (self.weight, self.bias) if t is not None]
+        if any(t.dtype != x.dtype or t.device != x.device for t in params):
+            return False
+        return not (torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params)))
+
+    def _blocked(self, x: torch.Tensor) -> torch.Tensor | None:
+        """LN-G in row blocks of ~1 MiB that stay in L2 between the passes (see the class
+        docstring); ``None`` when a group's mean(p²) + ε is non-finite or below tiny/ε, for the
+        caller to recompute with the rescaled :meth:`trace` path."""
+        d, n = self.normalized_shape[0], self.group_size
+        g, w, b = self.num_groups, self.weight, self.bias
+        x2 = x.reshape(-1, d)
+        rows = x2.shape[0]
+        out = torch.empty_like(x2, memory_format=torch.contiguous_format)
+        ms_all = x2.new_empty(rows * g)
+        step = max(1, _BLOCK_ELEMS // d)
+        ones = x2.new_ones(n)
+        for i in range(0, rows, step):
+            xs = x2[i : i + step].reshape(-1, n)
+            o = out[i : i + step]
+            p = o.view(-1, n)
+            k = p.shape[0]
+            mean = torch.mv(xs, ones).div_(n)  # Σ x / n per group
+            torch.sub(xs, mean.unsqueeze(-1), out=p)  # p = x − μ (centred: no cancellation below)
+            ms = torch.linalg.vector_norm(p, 2, -1, out=ms_all[i * g : i * g + k])  # ‖p‖₂: one read, no p² buffer
+            p.mul_(ms.square_().div_(n).add_(self.eps).rsqrt().unsqueeze(-1))  # ms := mean(p²) + ε, kept for the check
+            if w is not None and b is not None:
+                torch.addcmul(b, o, w, out=o)
+            elif w is not None:
+                o.mul_(w)
+            elif b is not None:
+                o.add_(b)
+        if not stats_reliable(ms_all):
+            return None
+        return out.view(x.shape)
 
     def _affine(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """g ⊙ z + b, computed in float32/float64 and rounded once to ``dtype``."""
