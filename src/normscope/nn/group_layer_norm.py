@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -15,8 +16,28 @@ from normscope.nn.functional import NormTrace, decompose, rows_dynamic, stats_re
 
 _compiled = None
 _choice: dict[tuple, str] = {}  # bucket (see normscope.nn._autotune) -> fastest measured backend
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, threads) -> workers of the blocked kernel
 _BLOCK_ELEMS = 1 << 18  # rows per block of the single-thread kernel: ~1 MiB of float32, one L2
 _BLOCKED_MAX_GROUP = 256  # wider groups: native_layer_norm on the grouped view (on par at 256, measured)
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """The process's worker pool for the blocked kernel (a new one after a fork)."""
+    key = (os.getpid(), threads)
+    if key not in _pools:
+        _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix="normscope-lng")
+    return _pools[key]
+
+
+def _one_thread(restore: int, fn, *args) -> None:
+    """Run ``fn`` in a pool worker with one intra-op thread (OpenMP/MKL thread counts are
+    per thread, so the caller's stay as they are), without autograd, then reset the count."""
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            fn(*args)
+    finally:
+        torch.set_num_threads(restore)
 
 
 def _lng_kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, groups: int, eps: float):
@@ -66,9 +87,9 @@ class GroupLayerNorm(nn.Module):
     the exactly rescaled :meth:`trace` path.
 
     **Backends** (``benchmarks/bench_nn.py`` measures both against ``F.layer_norm``): ``"eager"``
-    — on CPU with one intra-op thread, float32/float64, nothing to differentiate and groups of
-    ≤ 256 neurons, a blocked kernel: rows are taken in blocks of ~1 MiB (2^18 elements) so the
-    block stays in L2 across its passes, and per block, viewing it as (rows·g, n),
+    — on CPU, float32/float64, nothing to differentiate and groups of ≤ 256 neurons, a
+    blocked kernel: rows are taken in blocks of ~1 MiB (2^18 elements) so a block stays in L2
+    across its passes, and per block, viewing it as (rows·g, n),
 
     .. math::
         \mu = (X\mathbb 1)/n \;(\text{BLAS gemv}),\quad P = X - \mu\mathbb 1^\top,\quad
@@ -76,16 +97,20 @@ class GroupLayerNorm(nn.Module):
         Z = g \odot (P \,/\, \sqrt m) + b \;(\text{in place, one } \texttt{addcmul}),
 
     i.e. the two-pass (centred) variance, so no Σx² − nμ² cancellation; its accuracy matches
-    ``native_layer_norm`` (float64 oracle per group, ``tests/test_nn_compat.py``). At
-    4096×4096 float32, 64 groups, one thread it ran at ~1.15–1.25× a full-width
-    ``F.layer_norm`` against ~1.6× for the grouped ``native_layer_norm`` (whose per-row
-    overhead dominates on 64-wide rows). Otherwise (more threads — there the per-block ops'
-    thread synchronisation costs more than L2 reuse saves —, autograd, half precision, wider
-    groups): one fused ``native_layer_norm`` over the (…, groups, C/g) view plus one in-place
-    ``addcmul`` for the affine. Rejected after measuring: ``F.group_norm`` and
-    ``F.batch_norm`` on a (1, rows·g, n) view (slower), the same passes unblocked (~2.4×),
-    smaller blocks (Python overhead); not tried: group sums via a (C × g) 0/1 indicator matmul,
-    2·C·g flops per row where gemv needs 2·C.
+    ``native_layer_norm`` (float64 oracle per group, ``tests/test_nn_compat.py``). With T > 1
+    intra-op threads the caller and T − 1 pool workers each take a contiguous share of the
+    blocks on one intra-op thread apiece (OpenMP/MKL counts are per thread: each sets its own
+    and restores it; per-op thread teams on 1-MiB blocks cost more in synchronisation
+    than they gain); the output is bit-identical for any T. At 4096×4096 float32, 64 groups
+    it measured ~1.15–1.25× a full-width ``F.layer_norm`` with 1 thread and ~1.1–1.3× with 2
+    (same count on both sides, noisy shared machine), against ~1.6× for the grouped
+    ``native_layer_norm``, whose per-row overhead dominates on 64-wide rows. Otherwise
+    (autograd, half precision, wider groups, fewer than 2·T blocks): one fused
+    ``native_layer_norm`` over the (…, groups, C/g) view plus one in-place ``addcmul`` for the
+    affine. Rejected after measuring: ``F.group_norm`` and ``F.batch_norm`` on a
+    (1, rows·g, n) view (slower), the same passes unblocked (~2.4×), smaller blocks (Python
+    overhead), a p² buffer plus gemv for m (slower than ``vector_norm``); not tried: group sums
+    via a (C × g) 0/1 indicator matmul, 2·C·g flops per row where gemv needs 2·C.
 
     ``"compile"`` — a ``torch.compile``'d kernel that fuses the affine into the
     normalising pass (compiled once per process, ~20 s; eager with a warning where no compiler
@@ -169,11 +194,16 @@ class GroupLayerNorm(nn.Module):
         return self._affine(z, x.dtype)
 
     def _blocked_ok(self, x: torch.Tensor) -> bool:
-        """Whether the blocked single-thread kernel applies: CPU, float32/float64, one intra-op
-        thread, nothing to differentiate (it writes in place), a weight/bias of the input's dtype."""
-        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.get_num_threads() != 1:
+        """Whether the blocked kernel applies: CPU, float32/float64, groups ≤ 256 wide, nothing to
+        differentiate (it writes in place), a weight/bias of the input's dtype, and with T > 1
+        intra-op threads at least 2·T row blocks to share out."""
+        d = self.normalized_shape[0]
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or self.group_size > _BLOCKED_MAX_GROUP:
             return False
-        if x.dim() < 1 or x.shape[-1] != self.normalized_shape[0] or self.group_size > _BLOCKED_MAX_GROUP:
+        if x.dim() < 1 or x.shape[-1] != d:
+            return False
+        threads = torch.get_num_threads()
+        if threads > 1 and -(-(x.numel() // d) // max(1, _BLOCK_ELEMS // d)) < 2 * threads:
             return False
         params = [t for t in (self.weight, self.bias) if t is not None]
         if any(t.dtype != x.dtype or t.device != x.device for t in params):
@@ -182,24 +212,43 @@ class GroupLayerNorm(nn.Module):
 
     def _blocked(self, x: torch.Tensor) -> torch.Tensor | None:
         """LN-G in row blocks of ~1 MiB that stay in L2 between the passes (see the class
-        docstring); ``None`` when a group's mean(p²) + ε is non-finite or below tiny/ε, for the
-        caller to recompute with the rescaled :meth:`trace` path."""
-        d, n = self.normalized_shape[0], self.group_size
-        g, w, b = self.num_groups, self.weight, self.bias
+        docstring); with T intra-op threads, the caller and T − 1 pool workers, each on one
+        intra-op thread, take a contiguous share of the blocks. ``None`` when a group's mean(p²) + ε is non-finite or below tiny/ε,
+        for the caller to recompute with the rescaled :meth:`trace` path."""
+        d = self.normalized_shape[0]
         x2 = x.reshape(-1, d)
         rows = x2.shape[0]
         out = torch.empty_like(x2, memory_format=torch.contiguous_format)
-        ms_all = x2.new_empty(rows * g)
+        ms_all = x2.new_empty(rows * self.num_groups)
         step = max(1, _BLOCK_ELEMS // d)
+        threads = torch.get_num_threads()
+        if threads == 1:
+            self._blocked_rows(x2, out, ms_all, 0, rows, step)
+        else:
+            share = -(-rows // (step * threads)) * step  # the caller takes the first share itself
+            jobs = [_pool(threads - 1).submit(_one_thread, threads, self._blocked_rows, x2, out, ms_all, r, min(r + share, rows), step)
+                    for r in range(share, rows, share)]
+            try:
+                _one_thread(threads, self._blocked_rows, x2, out, ms_all, 0, share, step)
+            finally:
+                for job in jobs:
+                    job.result()
+        if not stats_reliable(ms_all):
+            return None
+        return out.view(x.shape)
+
+    def _blocked_rows(self, x2: torch.Tensor, out: torch.Tensor, ms_all: torch.Tensor, r0: int, r1: int, step: int) -> None:
+        """Rows r0..r1 of the blocked kernel, block by block, into ``out`` (mean(p²) + ε into ``ms_all``)."""
+        n, g, w, b = self.group_size, self.num_groups, self.weight, self.bias
         ones = x2.new_ones(n)
-        for i in range(0, rows, step):
-            xs = x2[i : i + step].reshape(-1, n)
-            o = out[i : i + step]
+        for i in range(r0, r1, step):
+            j = min(i + step, r1)
+            xs = x2[i:j].reshape(-1, n)
+            o = out[i:j]
             p = o.view(-1, n)
-            k = p.shape[0]
             mean = torch.mv(xs, ones).div_(n)  # Σ x / n per group
             torch.sub(xs, mean.unsqueeze(-1), out=p)  # p = x − μ (centred: no cancellation below)
-            ms = torch.linalg.vector_norm(p, 2, -1, out=ms_all[i * g : i * g + k])  # ‖p‖₂: one read, no p² buffer
+            ms = torch.linalg.vector_norm(p, 2, -1, out=ms_all[i * g : j * g])  # ‖p‖₂: one read, no p² buffer
             p.mul_(ms.square_().div_(n).add_(self.eps).rsqrt().unsqueeze(-1))  # ms := mean(p²) + ε, kept for the check
             if w is not None and b is not None:
                 torch.addcmul(b, o, w, out=o)
@@ -207,9 +256,6 @@ class GroupLayerNorm(nn.Module):
                 o.mul_(w)
             elif b is not None:
                 o.add_(b)
-        if not stats_reliable(ms_all):
-            return None
-        return out.view(x.shape)
 
     def _affine(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """g ⊙ z + b, computed in float32/float64 and rounded once to ``dtype``."""
