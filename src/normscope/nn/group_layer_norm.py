@@ -240,16 +240,18 @@ class GroupLayerNorm(nn.Module):
     def _blocked_rows(self, x2: torch.Tensor, out: torch.Tensor, ms_all: torch.Tensor, r0: int, r1: int, step: int) -> None:
         """Rows r0..r1 of the blocked kernel, block by block, into ``out`` (mean(p²) + ε into ``ms_all``)."""
         n, g, w, b = self.group_size, self.num_groups, self.weight, self.bias
-        ones = x2.new_ones(n)
+        inv_n = x2.new_full((n,), 1.0 / n)  # exact for n a power of two, else one rounding (≤ u relative)
+        eps = x2.new_full((), self.eps)
         for i in range(r0, r1, step):
             j = min(i + step, r1)
             xs = x2[i:j].reshape(-1, n)
             o = out[i:j]
             p = o.view(-1, n)
-            mean = torch.mv(xs, ones).div_(n)  # Σ x / n per group
+            mean = torch.mv(xs, inv_n)  # Σ x / n per group
             torch.sub(xs, mean.unsqueeze(-1), out=p)  # p = x − μ (centred: no cancellation below)
             ms = torch.linalg.vector_norm(p, 2, -1, out=ms_all[i * g : j * g])  # ‖p‖₂: one read, no p² buffer
-            p.mul_(ms.square_().div_(n).add_(self.eps).rsqrt().unsqueeze(-1))  # ms := mean(p²) + ε, kept for the check
+            torch.addcmul(eps, ms, ms, value=1.0 / n, out=ms)  # ms := ‖p‖²/n + ε, kept for the check
+            p.mul_(ms.rsqrt().unsqueeze(-1))
             if w is not None and b is not None:
                 torch.addcmul(b, o, w, out=o)
             elif w is not None:
