@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -98,12 +99,13 @@ class GroupLayerNorm(nn.Module):
 
     i.e. the two-pass (centred) variance, so no Σx² − nμ² cancellation; its accuracy matches
     ``native_layer_norm`` (float64 oracle per group, ``tests/test_nn_compat.py``). With T > 1
-    intra-op threads the caller and T − 1 pool workers each take a contiguous share of the
-    blocks on one intra-op thread apiece (OpenMP/MKL counts are per thread: each sets its own
-    and restores it; per-op thread teams on 1-MiB blocks cost more in synchronisation
-    than they gain); the output is bit-identical for any T. At 4096×4096 float32, 64 groups
-    it measured ~1.15–1.25× a full-width ``F.layer_norm`` with 1 thread and ~1.1–1.3× with 2
-    (same count on both sides, noisy shared machine), against ~1.6× for the grouped
+    intra-op threads the caller and T − 1 pool workers, on one intra-op thread apiece, take
+    the blocks one by one from a shared counter (OpenMP/MKL counts are per thread: each sets
+    its own and restores it; per-op thread teams on 1-MiB blocks cost more in synchronisation
+    than they gain); each block is computed the same way, so the output is bit-identical for
+    any T. At 4096×4096 float32, 64 groups it measured 1.15–1.25× a full-width
+    ``F.layer_norm`` with 1 thread and 1.2–1.45× with 2 (same count on both sides; shared,
+    noisy 2-core machine), against ~1.6× for the grouped
     ``native_layer_norm``, whose per-row overhead dominates on 64-wide rows. Otherwise
     (autograd, half precision, wider groups, fewer than 2·T blocks): one fused
     ``native_layer_norm`` over the (…, groups, C/g) view plus one in-place ``addcmul`` for the
@@ -213,7 +215,7 @@ class GroupLayerNorm(nn.Module):
     def _blocked(self, x: torch.Tensor) -> torch.Tensor | None:
         """LN-G in row blocks of ~1 MiB that stay in L2 between the passes (see the class
         docstring); with T intra-op threads, the caller and T − 1 pool workers, each on one
-        intra-op thread, take a contiguous share of the blocks. ``None`` when a group's mean(p²) + ε is non-finite or below tiny/ε,
+        intra-op thread, take blocks from a shared counter. ``None`` when a group's mean(p²) + ε is non-finite or below tiny/ε,
         for the caller to recompute with the rescaled :meth:`trace` path."""
         d = self.normalized_shape[0]
         x2 = x.reshape(-1, d)
@@ -222,14 +224,14 @@ class GroupLayerNorm(nn.Module):
         ms_all = x2.new_empty(rows * self.num_groups)
         step = max(1, _BLOCK_ELEMS // d)
         threads = torch.get_num_threads()
+        starts = iter(range(0, rows, step))  # shared by all participants: each takes the next block
         if threads == 1:
-            self._blocked_rows(x2, out, ms_all, 0, rows, step)
+            self._blocked_rows(x2, out, ms_all, starts, step)
         else:
-            share = -(-rows // (step * threads)) * step  # the caller takes the first share itself
-            jobs = [_pool(threads - 1).submit(_one_thread, threads, self._blocked_rows, x2, out, ms_all, r, min(r + share, rows), step)
-                    for r in range(share, rows, share)]
+            jobs = [_pool(threads - 1).submit(_one_thread, threads, self._blocked_rows, x2, out, ms_all, starts, step)
+                    for _ in range(threads - 1)]
             try:
-                _one_thread(threads, self._blocked_rows, x2, out, ms_all, 0, share, step)
+                _one_thread(threads, self._blocked_rows, x2, out, ms_all, starts, step)
             finally:
                 for job in jobs:
                     job.result()
@@ -237,13 +239,16 @@ class GroupLayerNorm(nn.Module):
             return None
         return out.view(x.shape)
 
-    def _blocked_rows(self, x2: torch.Tensor, out: torch.Tensor, ms_all: torch.Tensor, r0: int, r1: int, step: int) -> None:
-        """Rows r0..r1 of the blocked kernel, block by block, into ``out`` (mean(p²) + ε into ``ms_all``)."""
+    def _blocked_rows(self, x2: torch.Tensor, out: torch.Tensor, ms_all: torch.Tensor, starts: Iterator[int], step: int) -> None:
+        """Blocks of the blocked kernel, rows i..i+step for each i taken from ``starts`` (an
+        iterator the participants share: next() on it is atomic under the GIL), into ``out``
+        (mean(p²) + ε into ``ms_all``)."""
         n, g, w, b = self.group_size, self.num_groups, self.weight, self.bias
         inv_n = x2.new_full((n,), 1.0 / n)  # exact for n a power of two, else one rounding (≤ u relative)
         eps = x2.new_full((), self.eps)
-        for i in range(r0, r1, step):
-            j = min(i + step, r1)
+        rows = x2.shape[0]
+        for i in starts:
+            j = min(i + step, rows)
             xs = x2[i:j].reshape(-1, n)
             o = out[i:j]
             p = o.view(-1, n)
