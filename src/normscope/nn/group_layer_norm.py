@@ -14,11 +14,10 @@ from normscope.nn._autotune import bucket, measure
 from normscope.nn._checks import check_eps, check_input, resolve_affine
 from normscope.nn.functional import NormTrace, decompose, rows_dynamic, stats_reliable
 
-
 _compiled = None
 _choice: dict[tuple, str] = {}  # bucket (see normscope.nn._autotune) -> fastest measured backend
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, threads) -> workers of the blocked kernel
-_BLOCK_ELEMS = 1 << 18  # rows per block of the single-thread kernel: ~1 MiB of float32, one L2
+_BLOCK_ELEMS = 1 << 18  # elements per block of the blocked kernel: 1 MiB of float32 (2^17, 2^19 measured slower)
 _BLOCKED_MAX_GROUP = 256  # wider groups: native_layer_norm on the grouped view (on par at 256, measured)
 
 
