@@ -7,8 +7,9 @@ with 1 thread and with all cores (the same count for every contender):
 - RMSNorm: every backend of ``normscope.nn.RMSNorm`` (eager, compile, and auto — which measures
   and picks per shape; here with ``NORMSCOPE_COMPILE=1`` so compile is a candidate) vs
   ``F.rms_norm`` and compiled ``F.rms_norm``;
-- GroupLayerNorm (LN-G, Ni et al., arXiv:2406.01255), 64 groups: eager and compile vs
-  ``F.layer_norm`` over the full width (the target: ≤ 1.2×) and compiled ``F.layer_norm``;
+- GroupLayerNorm (LN-G, Ni et al., arXiv:2406.01255), 64 groups: eager (its blocked kernel under
+  no_grad), the grouped ``native_layer_norm`` path it falls back to, and compile vs ``F.layer_norm``
+  over the full width (the target: ≤ 1.2×) and compiled ``F.layer_norm``;
 - a plain copy (``x.clone()``), the memory-bandwidth floor; every contender allocates its output.
 
 Ratios (ours / reference, medians) go to ``benchmarks/results/bench_nn.json`` with the spread
@@ -86,6 +87,8 @@ def main() -> None:
     ours_ln = load(nsn.LayerNorm(d))
     rms = {k: load(nsn.RMSNorm(d, eps=1e-5, backend=k)) for k in ("eager", "compile", "auto")}
     lng = {k: load(nsn.GroupLayerNorm(d, args.groups, backend=k)) for k in ("eager", "compile")}
+    lng["grouped"] = load(nsn.GroupLayerNorm(d, args.groups, backend="eager"))
+    lng["grouped"]._blocked_ok = lambda t: False  # the autograd / half-precision path, for comparison
     ln_c = _compiled(lambda t: F.layer_norm(t, (d,), w, b, 1e-5))
     rms_c = _compiled(lambda t: F.rms_norm(t, (d,), w, 1e-5))
     have_c = ln_c is not None and _try(ln_c, x) and rms_c is not None and _try(rms_c, x)
@@ -104,6 +107,7 @@ def main() -> None:
                 "nn.RMSNorm eager": lambda: rms["eager"](x),
                 "nn.RMSNorm auto": lambda: rms["auto"](x),
                 f"nn.GroupLayerNorm g={args.groups} eager": lambda: lng["eager"](x),
+                f"nn.GroupLayerNorm g={args.groups} grouped": lambda: lng["grouped"](x),
             }
             if have_c:
                 contenders["compiled F.layer_norm"] = lambda: ln_c(x)
@@ -123,7 +127,7 @@ def main() -> None:
                         what="RMSNorm(backend='auto') vs the faster of F.rms_norm and compiled F.rms_norm")
             bench.ratio(c, "nn.RMSNorm eager", best_rms, key=f"rmsnorm_eager_vs_best_torch_{tag}",
                         what="the eager two-pass kernel vs the faster torch RMSNorm")
-            for kind in ("eager", "compile"):
+            for kind in ("eager", "grouped", "compile"):
                 name = f"nn.GroupLayerNorm g={args.groups} {kind}"
                 if name in c.timings:
                     bench.ratio(c, name, "F.layer_norm", key=f"lng_{kind}_vs_F.layer_norm_{tag}", target="<= 1.2",

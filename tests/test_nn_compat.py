@@ -329,3 +329,50 @@ def test_group_layernorm_compiled_backend_agrees(scale):
 def test_group_layernorm_bad_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         nsn.GroupLayerNorm(8, 2, backend="triton")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("scale", ["huge", "tiny", "one", "1e30"])
+@pytest.mark.parametrize("affine", ["both", "weight", "none"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_group_layernorm_blocked_path(dtype, scale, affine, threads, monkeypatch):
+    """The no-grad blocked kernel (row blocks, see GroupLayerNorm's doc) against the float64
+    per-group oracle, with rows that straddle block and thread-share edges; huge/tiny may fall
+    back to trace. With 2 threads: the same bits as with 1, and the caller's count restored."""
+    from normscope.nn import group_layer_norm as lng
+
+    monkeypatch.setattr(lng, "_BLOCK_ELEMS", 3 * N)  # 3 rows per block: 13 rows = 5 blocks, the last partial
+    used, blocked = [], nsn.GroupLayerNorm._blocked
+
+    def spy(self, x):
+        used.append(blocked(self, x))
+        return used[-1]
+
+    monkeypatch.setattr(nsn.GroupLayerNorm, "_blocked", spy)
+    x = _input(dtype, _magnitudes(dtype)[scale], rows=13)
+    m = nsn.GroupLayerNorm(N, 8, eps=1e-5, elementwise_affine=affine != "none", bias=affine == "both", dtype=dtype)
+    if m.weight is not None:
+        with torch.no_grad():
+            m.weight.uniform_(1.0, 1.5)
+            if m.bias is not None:
+                m.bias.normal_()
+    prev = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            one = m(x)
+            torch.set_num_threads(threads)
+            out, tr = m(x), m.trace(x).output
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(prev)
+    assert len(used) == 2 and out.dtype == dtype and out.shape == x.shape and torch.equal(out, one)
+    assert used[-1] is not None or scale != "one"  # elsewhere mean(p²) may over/underflow: trace recomputes
+    groups = x.double().unflatten(-1, (8, N // 8))
+    ref = torch.cat([_oracle("layernorm", groups[:, k], None, None, 1e-5) for k in range(8)], -1)
+    w = m.weight.double() if m.weight is not None else torch.ones(N, dtype=torch.float64)
+    b = m.bias.double() if m.bias is not None else None
+    ref = ref * w + (b if b is not None else 0.0)
+    tol = _tol(dtype, N // 8, ref, bias=b) + _u(dtype) * w.abs().max().item() * 4  # as in the test above
+    assert (out.double() - ref).abs().max().item() <= tol * math.sqrt(N // 8)
+    assert (out.double() - tr.double()).abs().max().item() <= 2 * tol * math.sqrt(N // 8)
