@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -16,28 +15,8 @@ from normscope.nn.functional import NormTrace, decompose, rows_dynamic, stats_re
 
 _compiled = None
 _choice: dict[tuple, str] = {}  # bucket (see normscope.nn._autotune) -> fastest measured backend
-_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, threads) -> workers of the blocked kernel
 _BLOCK_ELEMS = 1 << 18  # elements per block of the blocked kernel: 1 MiB of float32 (2^17, 2^19 measured slower)
 _BLOCKED_MAX_GROUP = 256  # wider groups: native_layer_norm on the grouped view (on par at 256, measured)
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """The process's worker pool for the blocked kernel (a new one after a fork)."""
-    key = (os.getpid(), threads)
-    if key not in _pools:
-        _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix="normscope-lng")
-    return _pools[key]
-
-
-def _one_thread(restore: int, fn, *args) -> None:
-    """Run ``fn`` in a pool worker with one intra-op thread (OpenMP/MKL thread counts are
-    per thread, so the caller's stay as they are), without autograd, then reset the count."""
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            fn(*args)
-    finally:
-        torch.set_num_threads(restore)
 
 
 def _lng_kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, groups: int, eps: float):
@@ -97,15 +76,14 @@ class GroupLayerNorm(nn.Module):
         Z = g \odot (P \,/\, \sqrt m) + b \;(\text{in place, one } \texttt{addcmul}),
 
     i.e. the two-pass (centred) variance, so no Σx² − nμ² cancellation; its accuracy matches
-    ``native_layer_norm`` (float64 oracle per group, ``tests/test_nn_compat.py``). With T > 1
-    intra-op threads the caller and T − 1 pool workers, on one intra-op thread apiece, take
-    the blocks one by one from a shared counter (OpenMP/MKL counts are per thread: each sets
-    its own and restores it; per-op thread teams on 1-MiB blocks cost more in synchronisation
-    than they gain); each block is computed the same way, so the output is bit-identical for
-    any T. At 4096×4096 float32, 64 groups it measured 1.15–1.25× a full-width
-    ``F.layer_norm`` with 1 thread and 1.2–1.45× with 2 (same count on both sides; shared,
-    noisy 2-core machine), against ~1.6× for the grouped
-    ``native_layer_norm``, whose per-row overhead dominates on 64-wide rows. Otherwise
+    ``native_layer_norm`` (float64 oracle per group, ``tests/test_nn_compat.py``). It runs with
+    one intra-op thread (``torch.get_num_threads() == 1``); at 4096×4096 float32, 64 groups it
+    measured 1.15–1.25× a full-width ``F.layer_norm`` (same thread count) against ~1.6× for the
+    grouped ``native_layer_norm``, whose per-row overhead dominates on 64-wide rows. With more
+    threads the grouped ``native_layer_norm`` runs (~1.5×): sharing the blocks out over a
+    private thread pool reached ~1.35× at 2 threads but had to reset the intra-op thread count
+    of every participant, a global side effect a norm layer should not have. Otherwise
+``native_layer_norm``, whose per-row overhead dominates on 64-wide rows. Otherwise
     (autograd, half precision, wider groups, fewer than 2·T blocks): one fused
     ``native_layer_norm`` over the (…, groups, C/g) view plus one in-place ``addcmul`` for the
     affine. Rejected after measuring: ``F.group_norm`` and ``F.batch_norm`` on a
@@ -195,16 +173,14 @@ class GroupLayerNorm(nn.Module):
         return self._affine(z, x.dtype)
 
     def _blocked_ok(self, x: torch.Tensor) -> bool:
-        """Whether the blocked kernel applies: CPU, float32/float64, groups ≤ 256 wide, nothing to
-        differentiate (it writes in place), a weight/bias of the input's dtype, and with T > 1
-        intra-op threads at least 2·T row blocks to share out."""
+        """Whether the blocked kernel applies: CPU, one intra-op thread, float32/float64, groups ≤ 256
+        wide, nothing to differentiate (it writes in place), a weight/bias of the input's dtype."""
         d = self.normalized_shape[0]
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or self.group_size > _BLOCKED_MAX_GROUP:
             return False
         if x.dim() < 1 or x.shape[-1] != d:
             return False
-        threads = torch.get_num_threads()
-        if threads > 1 and -(-(x.numel() // d) // max(1, _BLOCK_ELEMS // d)) < 2 * threads:
+        if torch.get_num_threads() != 1:
             return False
         params = [t for t in (self.weight, self.bias) if t is not None]
         if any(t.dtype != x.dtype or t.device != x.device for t in params):
@@ -213,34 +189,21 @@ class GroupLayerNorm(nn.Module):
 
     def _blocked(self, x: torch.Tensor) -> torch.Tensor | None:
         """LN-G in row blocks of ~1 MiB that stay in L2 between the passes (see the class
-        docstring); with T intra-op threads, the caller and T − 1 pool workers, each on one
-        intra-op thread, take blocks from a shared counter. ``None`` when a group's mean(p²) + ε is non-finite or below tiny/ε,
-        for the caller to recompute with the rescaled :meth:`trace` path."""
+        docstring). ``None`` when a group's mean(p²) + ε is non-finite or below tiny/ε, for the
+        caller to recompute with the rescaled :meth:`trace` path."""
         d = self.normalized_shape[0]
         x2 = x.reshape(-1, d)
-        rows = x2.shape[0]
         out = torch.empty_like(x2, memory_format=torch.contiguous_format)
-        ms_all = x2.new_empty(rows * self.num_groups)
+        ms_all = x2.new_empty(x2.shape[0] * self.num_groups)
         step = max(1, _BLOCK_ELEMS // d)
-        threads = torch.get_num_threads()
-        starts = iter(range(0, rows, step))  # shared by all participants: each takes the next block
-        if threads == 1:
-            self._blocked_rows(x2, out, ms_all, starts, step)
-        else:
-            jobs = [_pool(threads - 1).submit(_one_thread, threads, self._blocked_rows, x2, out, ms_all, starts, step)
-                    for _ in range(threads - 1)]
-            try:
-                _one_thread(threads, self._blocked_rows, x2, out, ms_all, starts, step)
-            finally:
-                for job in jobs:
-                    job.result()
+        with torch.no_grad():
+            self._blocked_rows(x2, out, ms_all, iter(range(0, x2.shape[0], step)), step)
         if not stats_reliable(ms_all):
             return None
         return out.view(x.shape)
 
     def _blocked_rows(self, x2: torch.Tensor, out: torch.Tensor, ms_all: torch.Tensor, starts: Iterator[int], step: int) -> None:
-        """Blocks of the blocked kernel, rows i..i+step for each i taken from ``starts`` (an
-        iterator the participants share: next() on it is atomic under the GIL), into ``out``
+        """Blocks of the blocked kernel, rows i..i+step for each i in ``starts``, into ``out``
         (mean(p²) + ε into ``ms_all``)."""
         n, g, w, b = self.group_size, self.num_groups, self.weight, self.bias
         inv_n = x2.new_full((n,), 1.0 / n)  # exact for n a power of two, else one rounding (≤ u relative)
