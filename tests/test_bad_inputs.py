@@ -265,6 +265,8 @@ def test_signal_mid_run_cleans_up(models, tmp_path, sig, code, word):
     while not any(n.startswith(".rep.tmp-") for n in os.listdir(tmp_path)):  # the run is under way
         assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else "slow"
         time.sleep(0.02)
+    time.sleep(0.5)  # well inside the run (its imports done), which lasts seconds longer
+    assert p.poll() is None, "the run ended before the signal could be sent"
     p.send_signal(sig)
     rc, err = p.wait(timeout=60), p.stderr.read()
     assert rc == code and "Traceback" not in err
