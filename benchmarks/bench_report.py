@@ -5,9 +5,10 @@
    stats.json (load and probe per model, swap test / extras, rendering = the rest).
 2. In another fresh process, times the **unavoidable work** of that report: loading each model
    and the forward passes it needs: the probe's base-model forward over the probe tokens (no hooks),
-   and one forward over the swap-test tokens per swap variant (the default ``--swap-test all``:
-   all norms swapped; plus the exact conversion for LayerNorm decoders it supports). The original
-   model's swap-test baseline is *not* counted: it shares the probe's forward.
+   and, per swap variant, one forward over the swap-test tokens with its loss (the default
+   ``--swap-test role``: one variant per role group of norms plus all norms at once; plus the
+   exact conversion for LayerNorm decoders it supports). The original model's swap-test baseline
+   is *not* counted: it shares the probe's forward.
 3. ``--cold``: the same report with an empty model cache (smollm2 is dequantised from its GGUF).
 
 Targets: peak RSS <= 1.5 GB; wall / unavoidable <= 1.25; cold first run <= 45 s.
@@ -48,7 +49,7 @@ import json, math, sys, time
 import torch; torch.set_num_threads(int(sys.argv[1]))
 from normscope import models as nm
 from normscope.models import text as nt
-from normscope.convert.swap import swapped, _pick_loss
+from normscope.convert.swap import swapped, _pick_loss, _groups, _Evaluator
 opts = json.loads(sys.argv[2])
 texts = nt.default_texts()
 out = {}
@@ -71,11 +72,16 @@ for name in opts["models"]:
             sb = batches(opts["swap_tokens"])
             block = [s for s in sites if s.role != "other"]
             base = getattr(lm.model, "base_model", lm.model)
+            kind = _pick_loss(lm.model, "auto")
+            n_variants = len(_groups(block, "role")) + 1  # each role group, then all norms at once
             t = time.perf_counter()
             with swapped(lm.model, block):
-                for b in sb:
-                    base(input_ids=b, **kw)
-            swap_fwd = time.perf_counter() - t
+                if kind == "mlm":  # masked inputs need the tokenizer's mask: time the forward alone
+                    for b in sb:
+                        base(input_ids=b, **kw)
+                else:  # the forward and its loss, exactly as one swap variant is scored
+                    _Evaluator(lm.model, sb, kind, None)()
+            swap_fwd = (time.perf_counter() - t) * n_variants
             if sorted({s.kind for s in block}) == ["layernorm"]:
                 from normscope.convert.exact import to_rmsnorm
                 from normscope.convert.families import NotConvertibleError
@@ -112,7 +118,7 @@ def report_run(args, extra: list[str], env: dict | None = None) -> dict:
     run = stats["run"]
     stages = {f"{m['name']}_load_s": m["run"]["load_seconds"] for m in stats["models"]}
     stages.update({f"{m['name']}_probe_s": m["run"]["probe_seconds"] for m in stats["models"]})
-    stages["extras_s"] = run.get("extras_seconds", 0.0)
+    stages["swap_s"] = (run.get("stages") or {}).get("swap", 0.0)
     stages["render_s"] = max(res["wall_s"] - run["seconds"], 0.0)
     res["stages"] = stages
     return res
