@@ -31,7 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _harness import Bench
+from _harness import Bench, peak_rss_mb
 
 FULL = {"hidden_size": 2048, "num_hidden_layers": 22, "intermediate_size": 5632, "num_attention_heads": 32,
         "num_key_value_heads": 4, "vocab_size": 32000}
@@ -67,14 +67,6 @@ def batches(vocab: int, tokens: int, seq: int, bs: int):
     gen = torch.Generator().manual_seed(1)
     n = max(1, tokens // (seq * bs))
     return [torch.randint(0, vocab, (bs, seq), generator=gen) for _ in range(n)]
-
-
-def peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def throughput(model, bl, device: str) -> dict:
@@ -214,7 +206,7 @@ def main() -> None:
             "ours_s": res["tokens"] / r["probe_tokens_per_s"], "reference_s": res["tokens"] / r["bare_tokens_per_s"],
             "target": "<= 1.05", "label": f"Llama {n_params / 1e9:.2f}B bf16, {res['tokens']} tokens, {args.device}",
             "what": f"probed / bare forward time ({clock}), random-init Llama in bfloat16"}
-    peak = peak_mb()
+    peak = peak_rss_mb()
     print(f"peak RSS {peak:.0f} MB, model {size_mb:.0f} MB: excess {peak - size_mb:.0f} MB (target <= 1024 MB)",
           flush=True)
     b.record("throughput", res)

@@ -194,7 +194,8 @@ def test_force_never_replaces_home(work, capsys, monkeypatch):
     assert (home / "keep").read_text() == "x"
 
 
-@pytest.mark.parametrize("argv", [("convert", "m", "m"), ("convert", "m", "."), ("report", "--text", "data/corpus.txt",
+@pytest.mark.parametrize("argv", [("convert", "m", "m"), ("convert", "m", "."), ("fold", "m", "m"),
+                                  ("fold", "m", "m", "--streaming"), ("report", "--text", "data/corpus.txt",
                                                                                  "--model", "m", "--out", "data")])
 def test_inputs_are_never_written_over(models, work, capsys, argv):
     shutil.copytree(models["ok"], work / "m")

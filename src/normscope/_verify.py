@@ -77,6 +77,9 @@ def finite_max_abs_diff(
     """
     if a.shape != b.shape:
         raise ValueError(f"cannot compare {what} of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    d = (a.double() - b.double()).abs()
+    if bool(torch.isfinite(d).all()):  # the usual case: NaN/Inf in a or b would make d non-finite too
+        return float(d.max()) if d.numel() else 0.0
     at = f"batch {batch}, " if batch is not None else ""
     for t, name in ((a, names[0]), (b, names[1])):
         nf = first_nonfinite(t)
@@ -85,8 +88,5 @@ def finite_max_abs_diff(
                 f"the {name} model's {what} are not finite: {nf.count} NaN/Inf value(s), the first ({nf.value}) "
                 f"at {at}{nf.where(axes)}; nothing was certified - check the model's weights and inputs"
             )
-    d = (a.double() - b.double()).abs()
-    nf = first_nonfinite(d)
-    if nf is not None:  # finite float64 inputs whose difference overflows
-        raise NonFiniteError(f"the {what} difference overflows float64 at {at}{nf.where(axes)}; nothing was certified")
-    return float(d.max()) if d.numel() else 0.0
+    nf = first_nonfinite(d)  # finite inputs whose float64 difference overflows
+    raise NonFiniteError(f"the {what} difference overflows float64 at {at}{nf.where(axes)}; nothing was certified")

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from normscope.convert import compare
     from normscope.surgery import fold, write
 
-    out = refuse_existing(Path(args.out), force=args.force)
+    out = refuse_existing(Path(args.out), force=args.force, inputs=[args.model])
     if args.streaming:
         return _run_streaming(args, out)
     dtype = getattr(torch, args.dtype)
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         "foldability": res.map.to_json(),
         "verification": {"text": text, args.dtype: check, "float64": fp64, "tolerance": args.tol},
     }
-    with output_dir(out, force=args.force) as tmp:
+    with output_dir(out, force=args.force, inputs=[args.model]) as tmp:
         files = write(folded, tmp, tokenizer=lm.tokenizer, max_shard_size=args.max_shard_size)
         manifest["verification"]["stock_reload"] = _stock_reload(tmp, folded, batches[:1], args.tol)
         manifest["files"] = files
@@ -173,7 +173,7 @@ def _run_streaming(args: argparse.Namespace, out: Path) -> int:
     src = Path(args.model)
     if not src.is_dir():
         raise ValueError(f"--streaming needs a safetensors checkpoint folder, got {args.model!r}")
-    with output_dir(out, force=args.force) as tmp:
+    with output_dir(out, force=args.force, inputs=[args.model]) as tmp:
         rep = fold_checkpoint(src, tmp, max_shard_size=args.max_shard_size)
         print(rep.map.table())
         lm = load_for_surgery(str(src), torch.float32)

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from normscope.nn._checks import check_finite
+
 ArrayLike = Any  # numpy array, torch tensor or nested sequence
 
 
@@ -32,9 +34,7 @@ def _as_batch(x: ArrayLike, n: int, what: str) -> tuple[torch.Tensor, bool, torc
     if t.ndim == 0 or t.shape[-1] != n:
         raise ValueError(f"{what} must have last dimension N = {n}, got shape {list(t.shape)}")
     t = t.to("cpu", torch.float64)
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        raise ValueError(f"{what} contains {int(bad.sum())} NaN/Inf value(s) out of {t.numel()}")
+    check_finite(t, what)
     return t, is_torch, dtype
 
 

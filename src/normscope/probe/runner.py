@@ -77,7 +77,8 @@ class SiteProbe:
             x2, z2, kind=site.kind, eps=site.eps, gain=self.gain, bias=self.bias, dtype=self.dtype
         )
         ok = fin_in & fin_out
-        if not bool(ok.all()):
+        all_ok = bool(ok.all())  # one device sync per call
+        if not all_ok:
             bad_in, bad_out = ~fin_in, ~fin_out
             self.nonfinite["input_tokens"] += int(bad_in.sum())
             self.nonfinite["output_tokens"] += int(bad_out.sum())
@@ -85,7 +86,7 @@ class SiteProbe:
             self.nonfinite["output_values"] += int((~torch.isfinite(z2[bad_out])).sum())
             values = values[:, ok]
         self.stats.update(values)
-        self._update_tail(lead, values[ROW[("input", "cos2")]], None if bool(ok.all()) else ok)
+        self._update_tail(lead, values[ROW[("input", "cos2")]], None if all_ok else ok)
 
     def _update_tail(self, lead: tuple, share: torch.Tensor, ok: torch.Tensor | None) -> None:
         """Tail statistics of the input's share along 𝟙 (stats.TailStats) for this batch."""
@@ -233,6 +234,7 @@ def run(
         p(site, x, z, context["batch_seq"])
 
     device = _device_of(model)
+    call_kwargs, takes_ids = _call_kwargs(fwd, config)
     dist = _dist()
     rank = dist.get_rank() if dist else 0
     was_training = model.training
@@ -243,7 +245,7 @@ def run(
                        desc=f"probing {name or family or type(model).__name__}")
             for batch in bar:
                 context["batch_seq"] = _batch_seq(batch)
-                out = _call(fwd, batch, device, config)
+                out = _call(fwd, batch, device, call_kwargs, takes_ids)
                 if on_output is not None:
                     on_output(batch, out)
                 del out
@@ -295,16 +297,22 @@ def _as_example(fwd: nn.Module, batch: Any) -> Any:
     return batch
 
 
-def _call(fwd: nn.Module, batch: Any, device: torch.device, config: Any) -> Any:
-    """One forward on ``batch``: a token-id tensor (``input_ids=``, or positional for modules without
-    that argument), a dict of keyword tensors, or a callable ``f(model)``."""
+def _call_kwargs(fwd: nn.Module, config: Any) -> tuple[dict[str, Any], bool]:
+    """(keyword arguments every forward gets, whether token ids go in as ``input_ids=``), found once
+    per run from ``fwd``'s signature rather than per batch."""
     kwargs: dict[str, Any] = {}
     if config is not None and hasattr(config, "use_cache") and _forward_accepts(fwd, "use_cache"):
         kwargs["use_cache"] = False
+    return kwargs, _forward_accepts(fwd, "input_ids")
+
+
+def _call(fwd: nn.Module, batch: Any, device: torch.device, kwargs: dict[str, Any], takes_ids: bool) -> Any:
+    """One forward on ``batch``: a token-id tensor (``input_ids=``, or positional for modules without
+    that argument), a dict of keyword tensors, or a callable ``f(model)``."""
     if isinstance(batch, dict):
         return fwd(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, **kwargs)
     elif isinstance(batch, torch.Tensor):
-        if _forward_accepts(fwd, "input_ids"):
+        if takes_ids:
             if batch.ndim != 2:
                 raise ValueError("each token batch must be a LongTensor of shape (batch, seq)")
             return fwd(input_ids=batch.to(device), **kwargs)

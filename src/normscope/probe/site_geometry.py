@@ -16,10 +16,10 @@ import torch
 
 from ..geometry import LayerNormGeometry
 from ..models.registry import NormSite
+from .schema import not_measured
 
-__all__ = ["layer_geometry", "NOT_MEASURED"]
+__all__ = ["layer_geometry"]
 
-NOT_MEASURED = "not measured"
 
 
 def layer_geometry(site: NormSite) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def layer_geometry(site: NormSite) -> dict[str, Any]:
     b = None if b is None else b.detach().to("cpu", torch.float64)
     bad = _unusable(site.name, g, b)
     if bad:
-        return {"status": NOT_MEASURED, "reason": bad}
+        return not_measured(bad)
     d = g.numel()
     out: dict[str, Any] = {
         "d": d, "eps": site.eps,
@@ -60,7 +60,7 @@ def layer_geometry(site: NormSite) -> dict[str, Any]:
             geo = LayerNormGeometry(g.numpy(), None if b is None else b.numpy(), eps=0.0)
             axes = _ln_axes(geo)
         except (ValueError, RuntimeError, np.linalg.LinAlgError) as err:
-            return {"status": NOT_MEASURED, "reason": f"{site.name}: {err}"}
+            return not_measured(f"{site.name}: {err}")
         if b is not None and geo.zero_gains.size == 0:
             out["offset"] = geo.offset
             out["offset_normalized"] = geo.plane_distance

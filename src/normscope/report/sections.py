@@ -148,14 +148,6 @@ def per_site_table(model: dict) -> Table:
                   "rotation", "ρ", "gap"], rows, css="sites", collapsed=f"{model.get('name')}: {n} norm sites")
 
 
-def per_site_markdown(model: dict) -> str:
-    """The per-site table of one model as Markdown (no heading)."""
-    from normscope.report.format import md_table
-
-    t = per_site_table(model)
-    return md_table(t.header, t.rows)
-
-
 def per_site_section(stats: dict) -> Section:
     groups = ", ".join(f"{k} = {v}" for k, v in GROUP_LABELS.items())
     return Section("Per norm site", f"Role groups: {groups}.", tables=[per_site_table(m) for m in stats["models"]])

@@ -128,11 +128,6 @@ class Table:
 
         return table_md(self)
 
-    def to_html(self) -> str:
-        from normscope.report.render_html import table_html
-
-        return table_html(self)
-
 
 def _label(model: dict) -> str:
     lab = str(model.get("name", "?"))

@@ -13,13 +13,13 @@ whatever the checkpoint size, instead of the two model copies an in-memory fold 
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from normscope.surgery.folding import effective_gain
 from normscope.surgery.sites import FoldMap, NotFoldableError, foldability
 from normscope.surgery.tensors import INDEX, WEIGHTS, Spec, read_infos, read_tensor, write_shards
 
@@ -168,8 +168,7 @@ def fold_checkpoint(src: str | Path, dst: str | Path, *, max_shard_size: str | i
     created = _plan_created_biases(fmap, meta, infos)
     for s in fmap.folded:
         norm = modules[s.name]
-        gain = norm.weight.detach().to(torch.float64)
-        gain = 1.0 + gain if offset else gain
+        gain = effective_gain(norm, fmap.kind)
         beta = norm.bias.detach().to(torch.float64) if isinstance(getattr(norm, "bias", None), torch.Tensor) else None
         step(f"{s.name}.weight", ("fill", 0.0 if offset else 1.0))
         if beta is not None:
@@ -269,11 +268,3 @@ def _copy_side_files(src: Path, dst: Path) -> None:
         if f.is_file() and f.name not in skip and not f.name.endswith((".safetensors", ".bin", ".pt", ".gguf")):
             if f.stat().st_size < 64 * 2**20:
                 shutil.copy2(f, dst / f.name)
-
-
-def index_files(folder: str | Path) -> list[str]:
-    """The weight files of a checkpoint folder (from its index, or the single file)."""
-    folder = Path(folder)
-    if (folder / INDEX).is_file():
-        return sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))
-    return [WEIGHTS]

@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normscope._verify import finite_max_abs_diff
+from normscope.convert.exact import evaluating
+from normscope.errors import NonFiniteError  # re-exported: a model produced NaN/Inf at some site
+
 __all__ = ["SiteError", "Verification", "NonFiniteError", "verify", "error_table", "DEFAULT_C"]
 
 DEFAULT_C = 8.0
-
-
-class NonFiniteError(ValueError):
-    """A model produced NaN or inf at some site."""
 
 
 @dataclass
@@ -135,11 +135,8 @@ def _capture(model: nn.Module, ids: torch.Tensor) -> tuple[dict[str, torch.Tenso
         if _norm_like(m):
             handles.append(m.register_forward_pre_hook(lambda mod, args, k=f"{name}|norm": keep(k, args[0] if args else None)))
     try:
-        training = model.training
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             res = model(input_ids=ids)
-        model.train(training)
     finally:
         for h in handles:
             h.remove()
@@ -204,13 +201,10 @@ def verify(
         r.sites.append(SiteError(name, what, d, err, rel, tol, bad))
         if bad and r.first_divergence is None:
             r.first_divergence = f"{name} ({what})"
-    for t, who in ((la, "A"), (lb, "B")):
-        if not torch.isfinite(t).all():
-            raise NonFiniteError(f"model {who}'s logits are not finite; check its weights and dtype")
     if la.shape != lb.shape:
         raise ValueError(f"the models' logits have different shapes {tuple(la.shape)} vs {tuple(lb.shape)}; "
                          "compare models with the same vocabulary")
-    r.max_abs_dlogits = float((la - lb).abs().max())
+    r.max_abs_dlogits = finite_max_abs_diff(la, lb, names=("A", "B"))  # fails on NaN/Inf, saying where
     r.max_abs_logit = float(la.abs().max())
     pa, pb = F.log_softmax(la, -1), F.log_softmax(lb, -1)
     kl = (pa.exp() * (pa - pb)).sum(-1).clamp_min(0.0)
