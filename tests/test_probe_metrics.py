@@ -436,3 +436,26 @@ def test_tail_merge_equals_one_pass():
     assert [t["share"] for t in one.summary()["top"]][:5] == [2.0] * 5
     assert [t["token"] for t in one.summary()["top"]][:5] == [0, 1, 2, 3, 4]  # ties: earliest location first
     assert torch.equal(merged.pos_n, one.pos_n) and torch.equal(merged.above, one.above)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("rows", ["all", "some"])
+def test_small_rotations_are_float64_exact(dtype, rows):
+    """Rotations below 5° are recomputed in float64 (scratch buffers, all rows or a subset): they
+    match the dense float64 chord formula on the same (rounded) values to ~1e-9 relative (the
+    chord of unit vectors rounds at u64·√d ≈ 1e-15 absolute, c ≳ 1e-4 here)."""
+    gen = torch.Generator().manual_seed(7)
+    t, d = 40, 96
+    x = torch.randn(t, d, generator=gen, dtype=torch.float64)
+    tilt = 1 + 1e-2 * torch.randn(t, d, generator=gen, dtype=torch.float64)
+    if rows == "some":
+        tilt[::2] = 1 + torch.rand(t // 2, d, generator=gen, dtype=torch.float64) * 3  # large angles
+    x, z = x.to(dtype), (x * tilt).to(dtype)
+    g = torch.ones(d, dtype=torch.float64)
+    tm = token_metrics(x, z, kind="rmsnorm", eps=1e-6, gain=g, bias=None)
+    want = dense_metrics(x.double().numpy(), z.double().numpy(), "rmsnorm", 1e-6, g.numpy(), None)
+    got = tm.get(None, "rotation_deg").numpy()
+    small = want[(None, "rotation_deg")] < 5.0
+    assert small.sum() >= (t if rows == "all" else t // 2)
+    np.testing.assert_allclose(got[small], want[(None, "rotation_deg")][small], rtol=1e-9)
+    assert x.dtype == dtype and z.dtype == dtype  # inputs untouched (scratch copies only)

@@ -1,9 +1,11 @@
 """Cross-entropy for the swap test without full-vocabulary float64 logits.
 
 The LM head ℓ = head(h) is applied to ⌊2²²/V⌋ tokens at a time (V the vocabulary) and each
-chunk's −log softmax(ℓ)[target] is taken in float64, so the largest temporary is a 32 MB chunk
-instead of a (tokens × V) float64 tensor (+1.6 GB for a SmolLM2 batch of 8 × 256). Non-finite
-per-token losses are counted, never summed or raised.
+chunk's −log softmax(ℓ)[target] = log Σ exp(ℓ − max ℓ) + max ℓ − ℓ[target] is taken in float64
+inside two buffers allocated once per call (the head's output dtype and float64, 32 MB at most),
+so no (tokens × V) float64 tensor exists (it would be +1.6 GB for a SmolLM2 batch of 8 × 256) and
+no chunk allocates afresh: per-chunk allocations of tens of MB fragment glibc's heap and held
+~600 MB of RSS in the default report. Non-finite per-token losses are counted, never summed or raised.
 """
 
 from __future__ import annotations
@@ -31,10 +33,32 @@ class LossSum(NamedTuple):
     first: tuple[int, int] | None = None
 
 
-def _ce_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-row cross-entropy −log softmax(logits)[target] in float64 (logits of any dtype)."""
-    lg = logits.double()
-    return torch.logsumexp(lg, dim=-1) - lg.gather(-1, targets[:, None]).squeeze(-1)
+class _Chunks:
+    """Reusable float64 scratch for −log softmax(ℓ)[target] over chunks of ``step`` rows × V."""
+
+    def __init__(self, step: int, vocab: int, device: torch.device) -> None:
+        self.buf = torch.empty(step, vocab, dtype=torch.float64, device=device)
+
+    def ce(self, logits: torch.Tensor, targets: torch.Tensor, cap: float | None = None) -> torch.Tensor:
+        """Per-row cross-entropy of ``logits`` (n ≤ step rows, any float dtype) in float64,
+        soft-capped first as cap·tanh(ℓ/cap) when ``cap`` is set. Overwrites the scratch."""
+        lg = self.buf[: logits.shape[0]]
+        lg.copy_(logits)
+        if cap:
+            lg.div_(cap).tanh_().mul_(cap)
+        m = lg.amax(-1, keepdim=True)
+        lg.sub_(m)
+        picked = lg.gather(-1, targets[:, None]).squeeze(-1)
+        return lg.exp_().sum(-1).log_().sub_(picked)
+
+
+def _linear_into(head: nn.Module, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``head(h)`` written into ``out`` for a plain ``nn.Linear`` (same mm/addmm as F.linear);
+    any other head module is called and its result returned."""
+    if type(head) is nn.Linear and head.weight.dtype == h.dtype == out.dtype:
+        w, b = head.weight, head.bias
+        return torch.mm(h, w.t(), out=out) if b is None else torch.addmm(b, h, w.t(), out=out)
+    return head(h)
 
 
 def _sum_ce(losses: torch.Tensor, where: torch.Tensor, seq: int) -> LossSum:
@@ -78,14 +102,14 @@ def lm_loss_from_hidden(model: nn.Module, hidden: torch.Tensor, ids: torch.Tenso
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     tgt = ids[:, 1:].reshape(-1).to(h.device)
     vocab = head.weight.shape[0]
-    step = max(1, _CHUNK_ELEMENTS // vocab)
-    parts = []
+    step = max(1, min(_CHUNK_ELEMENTS // vocab, h.shape[0]))
+    scratch = _Chunks(step, vocab, h.device)
+    raw = torch.empty(step, vocab, dtype=h.dtype, device=h.device)
+    losses = torch.empty(h.shape[0], dtype=torch.float64, device=h.device)
     for a in range(0, h.shape[0], step):
-        logits = head(h[a:a + step])
-        if cap:
-            logits = cap * torch.tanh(logits.double() / cap)
-        parts.append(_ce_rows(logits, tgt[a:a + step]))
-    losses = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+        n = min(step, h.shape[0] - a)
+        logits = _linear_into(head, h[a:a + n], raw[:n])
+        losses[a:a + n] = scratch.ce(logits, tgt[a:a + n], cap)
     return _sum_ce(losses, torch.arange(losses.numel(), device=losses.device), seq)
 
 
@@ -98,9 +122,13 @@ def lm_loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> LossSum:
     keep = targets != -100
     where = keep.nonzero().flatten()
     logits, targets = logits[keep], targets[keep]
-    step = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
-    parts = [_ce_rows(logits[a:a + step], targets[a:a + step]) for a in range(0, logits.shape[0], step)]
-    return _sum_ce(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64), where, seq)
+    n = logits.shape[0]
+    step = max(1, min(_CHUNK_ELEMENTS // logits.shape[-1], n))
+    scratch = _Chunks(step, logits.shape[-1], logits.device)
+    losses = torch.empty(n, dtype=torch.float64, device=logits.device)
+    for a in range(0, n, step):
+        losses[a:a + step] = scratch.ce(logits[a:a + step], targets[a:a + step])
+    return _sum_ce(losses, where, seq)
 
 
 def hidden_of(out: Any) -> torch.Tensor:

@@ -205,8 +205,8 @@ def token_metrics(
     if dtype is None:
         dtype = torch.float64 if torch.float64 in (x.dtype, z.dtype) else torch.float32
     f64 = torch.float64
-    xd = x.to(dtype)
-    zd = z.to(dtype)
+    xd = _as_dtype(x, dtype, "x")
+    zd = _as_dtype(z, dtype, "z")
     s = token_sums(xd, zd, eps=eps, gain=gain, bias=bias)
     fin_in = torch.isfinite(s.sxx) & torch.isfinite(s.sx)
     fin_out = torch.isfinite(s.szz) & torch.isfinite(s.sz)
@@ -237,11 +237,12 @@ def token_metrics(
 _WORK: dict = {}
 
 
-def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A reused scratch buffer. Fresh multi-MB allocations are returned to the OS and
-    page-faulted back in on every call, which costs more than the arithmetic itself on CPU."""
+def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device, slot: str = "scratch") -> torch.Tensor:
+    """A reused scratch buffer per (slot, dtype, device). Fresh multi-MB allocations are returned
+    to the OS and page-faulted back in on every call, which costs more than the arithmetic itself
+    on CPU. :func:`release_workspace` frees them (the runner calls it after a run)."""
     n = shape[0] * shape[1]
-    key = (dtype, device)
+    key = (slot, dtype, device)
     buf = _WORK.get(key)
     if buf is None or buf.numel() < n:
         with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
@@ -250,15 +251,33 @@ def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.
     return buf[:n].view(shape)
 
 
+def release_workspace() -> None:
+    """Free the scratch buffers of :func:`token_metrics` (they are re-created on the next call)."""
+    _WORK.clear()
+
+
+def _as_dtype(v: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor:
+    """``v`` in ``dtype``: itself when it already is, else a copy in the ``slot`` scratch buffer."""
+    if v.dtype == dtype:
+        return v
+    return _workspace(tuple(v.shape), dtype, v.device, slot).copy_(v)
+
+
 def _refine_rotation(rotation: torch.Tensor, x: torch.Tensor, z: torch.Tensor, sxx: torch.Tensor, szz: torch.Tensor) -> None:
     """Small angles (< 5°) lose digits in sin² = 1 − cos²; recompute them in float64 from the
-    chord between the unit vectors, θ = 2·asin(‖x/‖x‖ − z/‖z‖‖/2)."""
+    chord between the unit vectors, θ = 2·asin(c/2) with c = ‖x/‖x‖ − z/‖z‖‖ taken as
+    ‖x·(‖z‖/‖x‖) − z‖/‖z‖, norms included in float64 (a float32 norm would leak its ~1e-7
+    relative error into c), in float64 scratch buffers (no allocation per call)."""
     rows = torch.nonzero((rotation < 5.0) & (sxx > 0) & (szz > 0)).flatten()
     if rows.numel() == 0:
         return
-    xs = x[rows].to(torch.float64) * sxx[rows].rsqrt()[:, None]
-    zs = z[rows].to(torch.float64) * szz[rows].rsqrt()[:, None]
-    chord = torch.linalg.vector_norm(xs - zs, dim=-1)
+    every = rows.numel() == x.shape[0]
+    xs, zs = (x, z) if every else (x[rows], z[rows])
+    xd = _as_dtype(xs, torch.float64, "f64")
+    zd = _as_dtype(zs, torch.float64, "f64z")
+    nx, nz = torch.linalg.vector_norm(xd, dim=-1), torch.linalg.vector_norm(zd, dim=-1)
+    diff = torch.mul(xd, (nz / nx)[:, None], out=xd) if xd is not x else xd * (nz / nx)[:, None]
+    chord = torch.linalg.vector_norm(diff.sub_(zd), dim=-1) / nz
     rotation[rows] = 2.0 * torch.asin((chord / 2).clamp(max=1.0)) * _DEG
 
 

@@ -18,7 +18,7 @@ from .. import __version__
 from ..models.registry import NormSite, find_norms
 from ..models._dataflow import _no_fastpath
 from .hooks import norm_hooks
-from .metrics import METRIC_ROWS, ROW, token_metrics
+from .metrics import METRIC_ROWS, ROW, release_workspace, token_metrics
 from .site_geometry import layer_geometry
 from .stats import SPECS, StreamStats, TailStats, token_locations
 
@@ -252,6 +252,7 @@ def run(
                 bar.set_postfix(tokens=_tokens(probes))
     finally:
         model.train(was_training)
+        release_workspace()
     tokens = _tokens(probes)
 
     if dist:
