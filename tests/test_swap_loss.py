@@ -86,3 +86,36 @@ def test_nonfinite_loss_is_nan_with_count():
     s = lo.lm_loss_from_logits(logits, torch.tensor([0, 1, 2, -100]))
     assert s.count == 3 and s.nonfinite == 1
     assert s.total == pytest.approx(2 * math.log(7), rel=1e-15)  # 2 finite rows of uniform logits
+
+
+class _ScaledHead(torch.nn.Linear):
+    """A head that is not a plain nn.Linear (the chunked loss must call it, not its weight)."""
+
+    def forward(self, h):
+        return 0.5 * super().forward(h)
+
+
+@pytest.mark.parametrize("head_kind", ["linear", "linear+bias", "custom"])
+@pytest.mark.parametrize("cap", [None, 3.0])
+def test_chunked_loss_head_variants_match_dense(monkeypatch, head_kind, cap):
+    """Heads with a bias, heads that are not nn.Linear, and soft-capped logits, in ragged chunks:
+    the same float32 logits as calling the head, so the float64 loss agrees to ~1e-6 relative
+    (float32 matmul blocking, see above); float64 inputs agree to ~1e-12."""
+    monkeypatch.setattr(lo, "_CHUNK_ELEMENTS", V * 7 + 5)
+    gen = torch.Generator().manual_seed(3)
+    for dtype, rel in ((torch.float32, 1e-6), (torch.float64, 1e-12)):
+        cls = _ScaledHead if head_kind == "custom" else torch.nn.Linear
+        head = cls(D, V, bias=head_kind != "linear").to(dtype)
+        cfg = type("Cfg", (), {"final_logit_softcapping": cap})()
+        model = type("M", (torch.nn.Module,), {"get_output_embeddings": lambda self: head})()
+        model.config = cfg
+        hidden = torch.randn(3, 17, D, generator=gen, dtype=dtype)
+        ids = torch.randint(0, V, (3, 17), generator=gen)
+        with torch.no_grad():
+            s = lo.lm_loss_from_hidden(model, hidden, ids)
+            lg = head(hidden[:, :-1]).double()
+            if cap:
+                lg = cap * torch.tanh(lg / cap)
+            want = float(F.cross_entropy(lg.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
+        assert s.count == 3 * 16 and s.nonfinite == 0
+        assert s.total == pytest.approx(want, rel=rel)
