@@ -104,22 +104,19 @@ def overhead(b: Bench, lm, batches, n_threads: int, tag: str) -> dict:
 
 _CHILD = r"""
 import json, os, sys, time
-def peak_kb():  # VmHWM is this process's own high-water mark (ru_maxrss would inherit the parent's via fork)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, sys.argv[1])
+from _harness import peak_rss_mb  # VmHWM: this process's own peak (ru_maxrss would inherit the parent's)
 from bench_probe import _batches
 from normscope.models import load
 from normscope.probe import run
 import torch; torch.set_num_threads(1)
 lm = load(sys.argv[2])
-loaded = peak_kb()
+loaded = peak_rss_mb()
 t = time.perf_counter()
 s = run(lm, _batches(lm, int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])), progress=False)
 print(json.dumps({"tokens": s["models"][0]["tokens"], "seconds": time.perf_counter() - t,
-                  "rss_after_load_mb": loaded / 1024, "peak_rss_mb": peak_kb() / 1024}))
+                  "rss_after_load_mb": loaded, "peak_rss_mb": peak_rss_mb()}))
 """
 
 

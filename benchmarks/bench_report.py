@@ -26,22 +26,21 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))  # benchmarks/: the harness, for this script and its children
+sys.path.insert(0, _HERE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _harness import Bench
 
 _REPORT = r"""
-import json, os, sys, time
-def peak_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-import torch; torch.set_num_threads(int(sys.argv[1]))
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from _harness import peak_rss_mb
+import torch; torch.set_num_threads(int(sys.argv[2]))
 from normscope.cli import main
 t = time.perf_counter()
-rc = main(["report", "--quiet", "--out", sys.argv[2]] + sys.argv[3:])
-print(json.dumps({"rc": rc, "wall_s": time.perf_counter() - t, "peak_rss_mb": peak_mb()}))
+rc = main(["report", "--quiet", "--out", sys.argv[3]] + sys.argv[4:])
+print(json.dumps({"rc": rc, "wall_s": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb()}))
 """
 
 _WORK = r"""
@@ -112,7 +111,7 @@ def _child(code: str, *argv: str, env: dict | None = None) -> dict:
 def report_run(args, extra: list[str], env: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "report")
-        res = _child(_REPORT, str(args.threads), out, *extra, env=env)
+        res = _child(_REPORT, _HERE, str(args.threads), out, *extra, env=env)
         with open(os.path.join(out, "stats.json")) as f:
             stats = json.load(f)
     run = stats["run"]

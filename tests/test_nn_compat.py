@@ -9,6 +9,7 @@ at most ~2·N·u_c·|x̂|. Hence tol(z) = (2·u + 4·N·u_c)·(max|g|·max|x̂| 
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -273,13 +274,14 @@ def test_compiled_backend_agrees_at_every_scale(scale):
 
 
 def test_auto_backend_measures_and_caches(monkeypatch):
+    from normscope.nn import _autotune
     from normscope.nn import rms_norm as rms_mod
 
     monkeypatch.setattr(rms_mod, "_auto_candidates", lambda: ["eager", "torch"])
-    monkeypatch.setattr(rms_mod, "_choice", {})
+    monkeypatch.setattr(_autotune, "_CHOICES", {})
     calls = []
-    real = rms_mod.measure
-    monkeypatch.setattr(rms_mod, "measure", lambda *a: calls.append(1) or real(*a))
+    real = _autotune.measure
+    monkeypatch.setattr(_autotune, "measure", lambda *a: calls.append(1) or real(*a))
     m = _module("rmsnorm", torch.float32, 1e-5)
     m.backend = "auto"
     x = torch.randn(33, N)
@@ -295,14 +297,35 @@ def test_auto_backend_measures_and_caches(monkeypatch):
 
 
 def test_auto_without_compile_opt_in_is_eager(monkeypatch):
-    from normscope.nn import group_layer_norm as lng
+    from normscope.nn import _autotune
     from normscope.nn import rms_norm as rms_mod
 
     monkeypatch.delenv("NORMSCOPE_COMPILE", raising=False)
     assert rms_mod._auto_candidates() == ["eager"]
-    monkeypatch.setattr(lng, "_choice", {})
+    monkeypatch.setattr(_autotune, "_CHOICES", {})
     nsn.GroupLayerNorm(N, 8)(torch.randn(3, N))
-    assert list(lng._choice.values()) == ["eager"]
+    assert list(_autotune.choices(nsn.GroupLayerNorm).values()) == ["eager"]
+
+
+def test_lazy_compiled_falls_back_with_one_warning(monkeypatch):
+    """A kernel whose compiled probe call fails: one warning naming the module, then None, and
+    "auto" offers "eager" only even with NORMSCOPE_COMPILE=1."""
+    from normscope.nn import _autotune
+
+    probes = []
+
+    def probe(k):
+        probes.append(1)
+        raise RuntimeError("no compiler")
+
+    lazy = _autotune.LazyCompiled(lambda x: x, probe, "SomeNorm")
+    monkeypatch.setenv("NORMSCOPE_COMPILE", "1")
+    with pytest.warns(UserWarning, match=r"torch.compile is unavailable here \(RuntimeError\); SomeNorm uses the eager kernel"):
+        assert lazy() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lazy() is None and lazy.candidates() == ["eager"]
+    assert len(probes) == 1  # tried once per process
 
 
 @pytest.mark.parametrize("scale", ["one", "1e30"])

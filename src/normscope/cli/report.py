@@ -19,7 +19,7 @@ import datetime as _dt
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_MODELS = ("minilm", "smollm2")
 # Chosen so the default run (both packaged models, first smollm2 load included) stays well under
@@ -29,6 +29,17 @@ DEFAULT_SEQ_LEN = 256
 DEFAULT_BATCH_SIZE = 8
 # Stages timed into stats["run"]["stages"] (figures and write are added by report.build).
 STAGES = ("load", "probe", "swap", "attention")
+
+
+class _Loaded(NamedTuple):
+    """One model loaded before any probing: its norm sites, context (None unless text) and input modality."""
+
+    name: str
+    lm: Any
+    sites: list
+    ctx: int | None
+    load_s: float
+    kind: str  # normscope.models.inputs.modality: "text", "image", "audio" or "image+text"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -133,47 +144,29 @@ def run(args: argparse.Namespace) -> int:
     # Refuse an existing --out before any slow work; the folder appears only when the run ends (with
     # stats.json of whatever was measured, even when a later stage failed).
     with output_dir(args.out, force=args.force, inputs=[*names, *(args.text or [])]) as tmp:
-        from normscope import models as nm
         from normscope.models import text as nt
-        from normscope.models.inputs import modality
         from normscope.report.build import build, write_stats
 
         texts = nt.read_texts(args.text) if args.text else nt.default_texts()
         if sum(len(t.split()) for t in texts) == 0:
             raise ValueError("the text is empty")
 
-        loaded = []
-        for name in names:
-            _say(args, f"loading {name} ...")
-            t = time.perf_counter()
-            lm = nm.load(name)
-            load_s = time.perf_counter() - t
-            stages["load"] += load_s
-            sites = nm.find_norms(lm.model)  # ValueError if the model has no norm layer
-            ctx = nt.context_length(lm.model) if modality(lm.model) == "text" else None
-            if ctx is not None and args.seq_len > ctx:
-                raise ValueError(
-                    f"--seq-len {args.seq_len} is longer than {name}'s context ({ctx} positions); use --seq-len <= {ctx}"
-                )
-            if hist_layers and name in hist_layers:
-                _check_blocks(name, sites, hist_layers[name])
-            loaded.append((name, lm, sites, ctx, load_s))
-
+        loaded: list[_Loaded | None] = _load_all(args, names, hist_layers, stages)
         models_out: list[dict] = []
         meta: dict[str, Any] = {}
-        for i, (name, lm, sites, ctx, load_s) in enumerate(loaded):
+        for i, entry in enumerate(loaded):
             try:
-                m, top = _probe_one(args, name, lm, sites, ctx, texts, stages, load_s)
+                m, top = _probe_one(args, entry, texts, stages)
             except Exception as e:  # noqa: BLE001 — keep the models already measured
                 if not models_out and i == len(loaded) - 1:
                     for f in failures:
                         print(f"error: {f}", file=sys.stderr)
                     raise
-                failures.append(_fail(f"probe of {name}", e))
+                failures.append(_fail(f"probe of {entry.name}", e))
             else:
                 models_out.append(m)
                 meta = meta or top
-            loaded[i] = lm = None  # free the weights before the next model
+            loaded[i] = entry = None  # free the weights before the next model
         if not models_out:
             raise RuntimeError(f"no model could be probed: {'; '.join(failures)}")
 
@@ -208,6 +201,33 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _load_all(args: argparse.Namespace, names: list[str], hist_layers: dict[str, list[int]] | None,
+              stages: dict[str, float]) -> list[_Loaded]:
+    """Load every model and check the options against it (context, --layers-hist) before any probing."""
+    from normscope import models as nm
+    from normscope.models import text as nt
+    from normscope.models.inputs import modality
+
+    loaded = []
+    for name in names:
+        _say(args, f"loading {name} ...")
+        t = time.perf_counter()
+        lm = nm.load(name)
+        load_s = time.perf_counter() - t
+        stages["load"] += load_s
+        sites = nm.find_norms(lm.model)  # ValueError if the model has no norm layer
+        kind = modality(lm.model)
+        ctx = nt.context_length(lm.model) if kind == "text" else None
+        if ctx is not None and args.seq_len > ctx:
+            raise ValueError(
+                f"--seq-len {args.seq_len} is longer than {name}'s context ({ctx} positions); use --seq-len <= {ctx}"
+            )
+        if hist_layers and name in hist_layers:
+            _check_blocks(name, sites, hist_layers[name])
+        loaded.append(_Loaded(name, lm, sites, ctx, load_s, kind))
+    return loaded
+
+
 def _run_block(args: argparse.Namespace, names: list[str], started: str, stages: dict[str, float],
                failures: list[str], t0: float) -> dict[str, Any]:
     """The top-level ``run`` block of stats.json (``RUN`` in probe/SCHEMA.md)."""
@@ -239,8 +259,7 @@ def _fail(stage: str, e: BaseException) -> str:
     return f"{stage} failed: {type(e).__name__}" + (f": {msg}" if msg else "")
 
 
-def _probe_one(args: argparse.Namespace, name: str, lm: Any, sites: list, ctx: int | None, texts: list[str],
-               stages: dict[str, float], load_s: float) -> tuple[dict, dict]:
+def _probe_one(args: argparse.Namespace, entry: _Loaded, texts: list[str], stages: dict[str, float]) -> tuple[dict, dict]:
     """Probe one model, then its swap test and attention (each recorded, or 'not measured' with the reason).
 
     **Returns:** the model's stats entry (with ``run``, ``swap``, ``attention``) and the top-level
@@ -248,12 +267,11 @@ def _probe_one(args: argparse.Namespace, name: str, lm: Any, sites: list, ctx: i
     """
     from normscope import probe
     from normscope.models import text as nt
+    from normscope.models.inputs import DEFAULT_TEXT, probe_batches
 
-    from normscope.models.inputs import DEFAULT_TEXT, modality, probe_batches
-
+    name, lm, sites, ctx, load_s, kind = entry
     # text windows for language models and encoders; offline images (ViT, CLIP) or synthetic audio
     # (Whisper) for the others, with a one-line description of what was used
-    kind = modality(lm.model)
     inp = probe_batches(lm, texts, seq_len=args.seq_len, max_tokens=args.max_tokens, batch_size=args.batch_size,
                         context=ctx, text_label=", ".join(map(str, args.text)) if args.text else DEFAULT_TEXT)
     collector = None
@@ -272,7 +290,7 @@ def _probe_one(args: argparse.Namespace, name: str, lm: Any, sites: list, ctx: i
     m["run"] = {"load_seconds": load_s, "probe_seconds": probe_s, "source": str(getattr(lm, "source", "")),
                 "context": ctx, "seq_len": args.seq_len, "input": inp.description, "modality": kind}
     steps = (("swap", lambda: _text_only(kind, "swap test", args.swap_test != "off")
-              or _swap(args, name, lm, texts, ctx, probed=m, baseline=collector)),
+              or _swap(args, name, lm, probed=m, baseline=collector)),
              ("attention", lambda: _text_only(kind, "attention measurement", bool(args.attention))
               or _attention(args, name, lm, texts, ctx)))
     for key, step in steps:
@@ -301,24 +319,20 @@ def _text_only(kind: str, what: str, wanted: bool) -> None:
                          "on the offline inputs named in the run table)")
 
 
-def _swap(args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None,
-          probed: dict | None = None, baseline: Any = None) -> dict | None:
+def _swap(args: argparse.Namespace, name: str, lm: Any, *, probed: dict, baseline: Any) -> dict | None:
     """The naive LN<->RMSNorm swap test of one model (None when --swap-test off).
 
-    Angles come from the report's own probe entry ``probed`` and the original model's loss from
-    ``baseline`` (a :class:`~normscope.convert.swap.BaselineCollector` fed by the probe's forward),
-    so neither the probe nor the original model runs a second time."""
+    Angles come from the report's own probe entry ``probed``, the token windows and the original
+    model's loss from ``baseline`` (the :class:`~normscope.convert.swap.BaselineCollector` fed by
+    the probe's forward, which exists whenever the swap test runs), so neither the probe nor the
+    original model runs a second time."""
     if args.swap_test == "off":
         return None
     from normscope.convert import swap_test
-    from normscope.models import text as nt
 
     _say(args, f"swap test on {name} ({args.swap_test}) ...")
-    batches = baseline.batches if baseline is not None else nt.token_batches(
-        lm.tokenizer, texts, seq_len=args.seq_len, max_tokens=args.swap_tokens, batch_size=args.batch_size,
-        context=ctx)
-    return swap_test(lm, batches, per=args.swap_test, angles=probed if probed is not None else True,
-                     progress=not args.quiet, baseline=baseline)
+    return swap_test(lm, baseline.batches, per=args.swap_test, angles=probed, progress=not args.quiet,
+                     baseline=baseline)
 
 
 def _attention(args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None) -> dict | None:

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import warnings
-
 import torch
 from torch import nn
 
-from normscope.nn._autotune import bucket, measure
+from normscope.nn import _autotune
 from normscope.nn._checks import check_eps, check_input, resolve_affine
 from normscope.nn.functional import NormTrace, decompose, rows_dynamic, stats_reliable
 
-_compiled = None
-_choice: dict[tuple, str] = {}  # bucket (see normscope.nn._autotune) -> fastest measured backend
 _BLOCK_ELEMS = 1 << 18  # elements per block of the blocked kernel: 1 MiB of float32 (2^17, 2^19 measured slower)
 _BLOCKED_MAX_GROUP = 256  # wider groups: native_layer_norm on the grouped view (on par at 256, measured)
 
 
 def _lng_kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, groups: int, eps: float):
+    """LN-G and its statistics (z, mean(p²)+ε, μ per group): once compiled, one fused pass for the
+    statistics and one for the output and affine."""
     xg = x.unflatten(-1, (groups, x.shape[-1] // groups))
     xg = xg.float() if xg.dtype not in (torch.float32, torch.float64) else xg
     mean = xg.mean(-1, keepdim=True)
@@ -32,18 +29,9 @@ def _lng_kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor
     return z.to(x.dtype), ms, mean
 
 
-def compiled_kernel():
-    """torch.compile'd LN-G (one fused pass for the statistics, one for output and affine),
-    built once per process; ``None`` where no compiler works (a warning says so once)."""
-    global _compiled
-    if _compiled is None:
-        try:
-            _compiled = torch.compile(_lng_kernel, dynamic=False)  # rows marked dynamic per call
-            _compiled(torch.ones(2, 4), torch.ones(4), torch.zeros(4), 2, 1e-5)
-        except Exception as err:  # no C++ compiler, unsupported platform, ...
-            warnings.warn(f"torch.compile is unavailable here ({type(err).__name__}); GroupLayerNorm uses the eager kernel")
-            _compiled = False
-    return _compiled or None
+# the torch.compile'd _lng_kernel, or None where no compiler works (see normscope.nn._autotune)
+compiled_kernel = _autotune.LazyCompiled(
+    _lng_kernel, lambda k: k(torch.ones(2, 4), torch.ones(4), torch.zeros(4), 2, 1e-5), "GroupLayerNorm")
 
 
 class GroupLayerNorm(nn.Module):
@@ -93,8 +81,7 @@ class GroupLayerNorm(nn.Module):
     normalising pass (compiled once per process, ~20 s; eager with a warning where no compiler
     works). ``"auto"`` — ``"eager"``, unless ``NORMSCOPE_COMPILE=1`` is set and a compiler works:
     then the faster of the two, measured per (device, dtype, width, rows, threads, groups) bucket
-    on first sight and cached (``normscope.nn._autotune``; a library must not start a 20-s
-    compile, or need a C++ toolchain, unasked).
+    on first sight and cached (``normscope.nn._autotune``).
 
     **Arguments:** ``normalized_shape`` (C, an int), ``num_groups`` (divides C), ``eps`` ≥ 0,
     ``elementwise_affine`` (alias ``affine``: per-neuron ``weight`` and ``bias`` of shape (C,)),
@@ -142,11 +129,8 @@ class GroupLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = self.backend
         if backend == "auto":
-            key = bucket(x, self.normalized_shape[0], self.num_groups)
-            if key not in _choice:
-                compiles = os.environ.get("NORMSCOPE_COMPILE") == "1" and compiled_kernel() is not None
-                _choice[key] = measure(self, x, ["eager", "compile"]) if compiles else "eager"
-            backend = _choice[key]
+            backend = _autotune.choose(self, x, _autotune.bucket(x, self.normalized_shape[0], self.num_groups),
+                                       compiled_kernel.candidates)
         kernel = compiled_kernel() if backend == "compile" else None
         if kernel is not None:
             check_input(x, self.normalized_shape, type(self).__name__)

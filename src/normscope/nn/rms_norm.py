@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import math
-import os
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normscope.nn._autotune import bucket, measure
+from normscope.nn import _autotune
 from normscope.nn._checks import Shape, as_shape, check_eps, check_input, resolve_affine
 from normscope.nn.functional import NormTrace, _affine, decompose, rms_norm, rows_dynamic, safe_normalize, stats_reliable
 
 BACKENDS = ("auto", "eager", "compile", "torch")
-_compiled = None
-_choice: dict[tuple, str] = {}  # (device type, dtype, log2 width, log4 rows, threads) -> fastest measured
 
 
 def _kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
+    """(x, g, b) ↦ (g ⊙ x/√(mean(x²)+ε) + b, mean(x²)+ε): one fused pass per reduction once compiled."""
     xf = x.float() if x.dtype not in (torch.float32, torch.float64) else x
     ms = xf.square().mean(-1, keepdim=True) + eps
     z = xf * torch.rsqrt(ms)
@@ -30,22 +27,9 @@ def _kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
     return z.to(x.dtype), ms
 
 
-def compiled_kernel():
-    """torch.compile'd (x, g, b) ↦ (g ⊙ x/√(mean(x²)+ε) + b, mean(x²)+ε), one fused pass per
-    reduction; ``None`` when no compiler works here (a warning says so once)."""
-    global _compiled
-    if _compiled is None:
-        try:
-            _compiled = torch.compile(_kernel, dynamic=False)  # rows marked dynamic per call
-            _compiled(torch.ones(2, 4), torch.ones(4), None, 1e-5)
-        except Exception as err:  # no C++ compiler, unsupported platform, ...
-            warnings.warn(f"torch.compile is unavailable here ({type(err).__name__}); RMSNorm uses the eager kernel")
-            _compiled = False
-    return _compiled or None
-
-
-def _auto_candidates() -> list[str]:
-    return ["eager", "compile"] if os.environ.get("NORMSCOPE_COMPILE") == "1" and compiled_kernel() else ["eager"]
+# the torch.compile'd _kernel, or None where no compiler works (see normscope.nn._autotune)
+compiled_kernel = _autotune.LazyCompiled(_kernel, lambda k: k(torch.ones(2, 4), torch.ones(4), None, 1e-5), "RMSNorm")
+_auto_candidates = compiled_kernel.candidates
 
 
 class RMSNorm(nn.Module):
@@ -67,15 +51,11 @@ class RMSNorm(nn.Module):
       width and dtype, ~20 s), falling back to eager with a warning where no compiler works.
     - ``"torch"``: ``F.rms_norm`` verbatim (fused on CUDA), including torch's overflow for
       |x| ≳ 1e19 in float32; the other backends recompute such rows exactly.
-    - ``"auto"`` (default): the fastest *measured* of the candidate backends, per (device type,
-      dtype, width rounded to a power of 2, rows rounded to a power of 4, torch threads), decided the first time
-      such a shape is seen by a micro-benchmark (3 interleaved calls each on the real input,
-      a few ms) and cached for the process. Candidates: ``"eager"``, plus ``"compile"`` when
-      ``NORMSCOPE_COMPILE=1`` is set and a compiler works. Why not always compile: the first
-      compile costs ~20 s and needs a C++ toolchain, which a library must not impose on import
-      or in a test run; why measure rather than a fixed table: the winner depends on device,
-      dtype, width, rows and thread count (``benchmarks/bench_nn.py`` measures them), and a
-      table written on one machine goes stale on the next.
+    - ``"auto"`` (default): the fastest *measured* candidate per (device type, dtype, width,
+      rows, threads) bucket, decided on first sight and cached for the process
+      (``normscope.nn._autotune``). Candidates: ``"eager"``, plus ``"compile"`` when
+      ``NORMSCOPE_COMPILE=1`` is set and a compiler works (a library must not start a 20-s
+      compile, or need a C++ toolchain, unasked).
 
     **Arguments:** ``normalized_shape``; ``eps`` (ε ≥ 0 or ``None``); ``elementwise_affine``
     (alias ``affine``: the gain ``weight``); ``device``, ``dtype``; keyword-only ``bias`` (a
@@ -130,11 +110,8 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def _auto(self, x: torch.Tensor) -> str:
-        key = bucket(x, self.dim)
-        if key not in _choice:
-            cands = _auto_candidates() if len(self.normalized_shape) == 1 else ["eager"]
-            _choice[key] = cands[0] if len(cands) == 1 else measure(self, x, cands)
-        return _choice[key]
+        one_dim = len(self.normalized_shape) == 1
+        return _autotune.choose(self, x, _autotune.bucket(x, self.dim), lambda: _auto_candidates() if one_dim else ["eager"])
 
     def trace(self, x: torch.Tensor) -> NormTrace:
         """Step-by-step run: ``NormTrace(input, projected=x, denom, normalized, output)``."""
@@ -152,4 +129,4 @@ class RMSNorm(nn.Module):
 
 def auto_choices() -> dict[tuple, str]:
     """The backends ``RMSNorm(backend="auto")`` chose so far, by (device, dtype, log2 width, log4 rows, threads)."""
-    return dict(_choice)
+    return _autotune.choices(RMSNorm)

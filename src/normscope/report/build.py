@@ -128,7 +128,7 @@ def build(
     """
     if not isinstance(stats, dict) or not isinstance(stats.get("models"), list) or not stats["models"]:
         raise ValueError("stats must be a dict with a non-empty 'models' list (the normscope.probe schema)")
-    parse_extra(extra_sections)  # reject a malformed extra section before writing anything
+    extra = parse_extra(extra_sections)  # reject a malformed extra section before writing anything
     out = Path(out_dir)
     write_stats(stats, out)
     clean = sanitize(stats)
@@ -139,7 +139,7 @@ def build(
     if isinstance(clean.get("run"), dict):  # the page shows the figures stage too (write is in stats.json only)
         clean["run"].setdefault("stages", {})["figures"] = t_fig
     t = time.perf_counter()
-    doc = build_document(clean, figs, extra=extra_sections, title=title)
+    doc = build_document(clean, figs, extra=extra, title=title)
     (out / "figures").mkdir(exist_ok=True)
     for f in figs:
         atomic_write_bytes(out / "figures" / f"{f.stem}.png", f.image)

@@ -129,11 +129,12 @@ def build_document(
     stats: dict,
     figures: Sequence[Figure],
     *,
-    extra: Sequence[Any] = (),
+    extra: Sequence[Section] = (),
     title: str = "normscope report — is LayerNorm's mean removal redundant?",
 ) -> Document:
     """Every section of the report, in page order (summary, run, metrics, deviations, tables,
-    plots, per-site tables, swap tests, attention, extras)."""
+    plots, per-site tables, swap tests, attention, then ``extra``: sections already checked by
+    :func:`parse_extra`)."""
     from normscope.report import prose, sections as S
 
     secs: list[Section] = []
@@ -148,5 +149,5 @@ def build_document(
     for m in stats["models"]:
         secs += _guard(f"Naive norm swap: {m.get('name')}", lambda m=m: S.swap_sections(m))
         secs += _guard(f"Attention: {m.get('name')}", lambda m=m: S.attention_sections(m))
-    secs += parse_extra(extra)
+    secs += extra
     return Document(title, _subtitle(stats), secs, prose.FOOTER)
