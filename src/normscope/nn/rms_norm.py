@@ -16,7 +16,10 @@ BACKENDS = ("auto", "eager", "compile", "torch")
 
 
 def _kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
-    """(x, g, b) ↦ (g ⊙ x/√(mean(x²)+ε) + b, mean(x²)+ε): one fused pass per reduction once compiled."""
+    """(x, g, b) ↦ (g ⊙ x/√(mean(x²)+ε) + b, [min, max] of mean(x²)+ε over the rows): one fused
+    pass once compiled. Only the two extremes leave the kernel (for :func:`stats_reliable`):
+    storing the per-row mean squares as a second output measured ~7% slower than
+    ``F.rms_norm`` compiled alone."""
     xf = x.float() if x.dtype not in (torch.float32, torch.float64) else x
     ms = xf.square().mean(-1, keepdim=True) + eps
     z = xf * torch.rsqrt(ms)
@@ -24,7 +27,8 @@ def _kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         z = z * weight
     if bias is not None:
         z = z + bias
-    return z.to(x.dtype), ms
+    lo, hi = torch.aminmax(ms)
+    return z.to(x.dtype), torch.stack([lo, hi])
 
 
 # the torch.compile'd _kernel, or None where no compiler works (see normscope.nn._autotune)
@@ -92,15 +96,15 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.normalized_shape, type(self).__name__)
         backend = self.backend if self.backend != "auto" else self._auto(x)
-        if backend == "compile" and len(self.normalized_shape) == 1:
+        if backend == "compile" and len(self.normalized_shape) == 1 and x.numel():
             kernel = compiled_kernel()
             if kernel is not None:
                 eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
                 cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
                 w = self.weight.to(cdt) if self.weight is not None else None
                 b = self.bias.to(cdt) if self.bias is not None else None
-                z, ms = kernel(rows_dynamic(x), w, b, eps)
-                if not stats_reliable(ms):
+                z, extremes = kernel(rows_dynamic(x), w, b, eps)
+                if not stats_reliable(extremes):
                     _, xhat, _ = safe_normalize(x.to(cdt), (-1,), eps, project=False)
                     return _affine(xhat, self.weight, self.bias, x.dtype)
                 return z.reshape(x.shape)
