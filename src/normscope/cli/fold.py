@@ -86,11 +86,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from normscope import __version__
-    from normscope._io import atomic_write_json, output_dir, refuse_existing
+    from normscope._io import atomic_write_json, check_out, output_dir
     from normscope.convert import compare
     from normscope.surgery import fold, write
 
-    out = refuse_existing(Path(args.out), force=args.force, inputs=[args.model])
+    out = check_out(Path(args.out), force=args.force, inputs=[args.model])
     if args.streaming:
         return _run_streaming(args, out)
     dtype = getattr(torch, args.dtype)
