@@ -21,7 +21,6 @@ import copy
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from normscope.convert.families import Plan, centre_, plan
@@ -185,9 +184,10 @@ def compare(
 ) -> dict:
     """Logit agreement of two models on token batches; a verification, so NaN/Inf fails it.
 
-    Every batch's logits go through :func:`normscope._verify.finite_max_abs_diff`: a NaN or
-    ±Inf logit in either model raises :class:`normscope.errors.NonFiniteError` naming the model
-    (``names``), batch, row, position and output, instead of being dropped by ``max``.
+    Runs both models (in eval mode) on each batch and hands the logits to
+    :func:`normscope._verify.logit_agreement`: a NaN or ±Inf logit in either model raises
+    :class:`normscope.errors.NonFiniteError` naming the model (``names``), batch, row, position
+    and output, instead of being dropped by ``max``.
 
     **Arguments:** ``original``, ``converted`` (HF models), ``batches`` (LongTensor
     ``(batch, seq)``), ``names`` (how the two models are called in error messages).
@@ -196,33 +196,14 @@ def compare(
     KL divergence KL(p_original ‖ p_converted) of next-token distributions (``kl_mean``,
     ``kl_max``, in nats), over ``tokens`` positions.
     """
-    from normscope._verify import finite_max_abs_diff
+    from normscope._verify import logit_agreement
 
-    mx = mean_num = kl_sum = kl_max = big = 0.0
-    n_tok = n_el = 0
-    for i, ids in enumerate(batches):
-        with evaluating(original, converted):
-            a, b = _logits(original, ids), _logits(converted, ids)
-        mx = max(mx, finite_max_abs_diff(a, b, names=names, batch=i))
-        d = (a.double() - b.double()).abs()
-        mean_num += float(d.sum())
-        n_el += d.numel()
-        big = max(big, float(a.abs().max()))
-        la, lb = F.log_softmax(a.double(), -1), F.log_softmax(b.double(), -1)
-        kl = (la.exp() * (la - lb)).sum(-1).clamp_min(0.0)
-        kl_sum += float(kl.sum())
-        kl_max = max(kl_max, float(kl.max()))
-        n_tok += kl.numel()
-    if n_tok == 0:
-        raise ValueError("compare() got no batches")
-    return {
-        "tokens": n_tok,
-        "max_abs_dlogits": mx,
-        "mean_abs_dlogits": mean_num / n_el,
-        "max_abs_logit": big,
-        "kl_mean": kl_sum / n_tok,
-        "kl_max": kl_max,
-    }
+    def pairs():
+        for ids in batches:
+            with evaluating(original, converted):
+                yield _logits(original, ids), _logits(converted, ids)
+
+    return logit_agreement(pairs(), names=names)
 
 
 @torch.no_grad()

@@ -24,10 +24,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from normscope._verify import finite_max_abs_diff
+from normscope._verify import logit_agreement
 from normscope.convert.exact import evaluating
 from normscope.errors import NonFiniteError  # re-exported: a model produced NaN/Inf at some site
 
@@ -204,11 +203,9 @@ def verify(
     if la.shape != lb.shape:
         raise ValueError(f"the models' logits have different shapes {tuple(la.shape)} vs {tuple(lb.shape)}; "
                          "compare models with the same vocabulary")
-    r.max_abs_dlogits = finite_max_abs_diff(la, lb, names=("A", "B"))  # fails on NaN/Inf, saying where
-    r.max_abs_logit = float(la.abs().max())
-    pa, pb = F.log_softmax(la, -1), F.log_softmax(lb, -1)
-    kl = (pa.exp() * (pa - pb)).sum(-1).clamp_min(0.0)
-    r.kl_mean, r.kl_max = float(kl.mean()), float(kl.max())
+    agree = logit_agreement([(la, lb)], names=("A", "B"))  # fails on NaN/Inf, saying where
+    r.max_abs_dlogits, r.max_abs_logit = agree["max_abs_dlogits"], agree["max_abs_logit"]
+    r.kl_mean, r.kl_max = agree["kl_mean"], agree["kl_max"]
     r.top1_agreement = float((la.argmax(-1) == lb.argmax(-1)).double().mean())
     return r
 
