@@ -23,7 +23,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from normscope.convert.families import Plan, centre_, plan
+from normscope.convert.families import centre_, plan
+from normscope.models.tying import untie_embedding
 from normscope.nn import RMSNorm
 
 FORMAT = 1
@@ -47,21 +48,6 @@ def rmsnorm_like(ln: nn.LayerNorm) -> RMSNorm:
         if ln.bias is not None:
             norm.bias.copy_(ln.bias)
     return norm
-
-
-def _untie(model: nn.Module, p: Plan) -> bool:
-    """Give the unembedding its own copy of a tied input-embedding matrix. Returns True if it was tied."""
-    if p.unembedding is None:
-        return False
-    head = model.get_submodule(p.unembedding)
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is None or head.weight.data_ptr() != emb.weight.data_ptr():
-        return False
-    head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
-    model.config.tie_word_embeddings = False
-    if hasattr(model, "get_expanded_tied_weights_keys"):
-        model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
-    return True
 
 
 class CentredLayerNorm(nn.LayerNorm):
@@ -119,7 +105,8 @@ def to_rmsnorm(model: nn.Module) -> nn.Module:
     # behind an embedding LN the table's row means do not reach the stream: centre the LN's output instead
     writers = [w for w in p.writers if not (p.embedding_norm and modules[w] is emb)]
     touches_table = any(modules[w] is emb for w in writers)
-    untied = _untie(new, p) if touches_table else False
+    head = new.get_submodule(p.unembedding) if touches_table and p.unembedding else None
+    untied = head is not None and untie_embedding(new, head) > 0
     if p.embedding_norm:
         _centre_embedding_norm(new, p.embedding_norm)
     removed = {w: centre_(modules[w]) for w in writers}

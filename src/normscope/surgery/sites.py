@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from normscope.models.architectures import ROLE_GROUPS, architecture
+from normscope.models.tying import tied_to_input
 
 __all__ = ["Site", "FoldMap", "NotFoldableError", "foldability", "REASONS"]
 
@@ -109,14 +110,6 @@ def _nonzero_bias(norm: nn.Module) -> bool:
     return b.is_meta or bool(b.detach().ne(0).any())  # shapes only: assume a bias is there to fold
 
 
-def _tied_to_input(model: nn.Module, reader: nn.Module) -> bool:
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    w = getattr(reader, "weight", None)
-    if emb is None or w is None or w.is_meta:
-        return w is not None and w.is_meta and w is emb.weight
-    return w.data_ptr() == emb.weight.data_ptr()
-
-
 def foldability(model: nn.Module) -> FoldMap:
     """Classify every norm site of ``model`` as foldable or kept (with the reason).
 
@@ -162,7 +155,7 @@ def foldability(model: nn.Module) -> FoldMap:
                 site.reason = REASONS["no_bias"].format(reader=bad[0], cls=cls)
                 return site
             site.create_bias = flag[0] if lacking else None
-        site.untie = any(_tied_to_input(model, r) for r in readers)
+        site.untie = any(tied_to_input(model, r) for r in readers)
         site.foldable = True
         return site
 

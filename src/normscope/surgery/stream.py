@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from normscope.models.tying import untie_config
 from normscope.surgery.folding import effective_gain
 from normscope.surgery.sites import FoldMap, NotFoldableError, foldability
 from normscope.surgery.tensors import INDEX, WEIGHTS, Spec, read_infos, read_tensor, write_shards
@@ -216,9 +217,7 @@ def fold_checkpoint(src: str | Path, dst: str | Path, *, max_shard_size: str | i
     for flag in record["created_biases"]:
         setattr(config, flag, True)
     if source:
-        config.tie_word_embeddings = False
-        if hasattr(config, "get_text_config"):
-            config.get_text_config().tie_word_embeddings = False
+        untie_config(config)
     config.save_pretrained(dst)
     _copy_side_files(src, dst)
     return StreamReport(fmap, files, untied, record)
