@@ -121,11 +121,11 @@ def fold(model: nn.Module) -> FoldResult:
     flags = {s.create_bias for s in fmap.folded if s.create_bias}
     for flag in flags:  # e.g. Falcon: config.bias=True gives every block Linear a (zero) bias
         from normscope.models.architectures import architecture
+        from normscope.models.registry import full_path
         from normscope.surgery.sites import BIAS_FLAGS
 
         setattr(new.config, flag, True)
-        base = getattr(new, "base_model", new)
-        _add_zero_biases(base.get_submodule(architecture(new).layers), BIAS_FLAGS[fmap.family][1])
+        _add_zero_biases(new.get_submodule(full_path(new, architecture(new).layers)), BIAS_FLAGS[fmap.family][1])
     for s in fmap.folded:
         norm = modules[s.name]
         readers = [new.get_submodule(r) for r in s.readers]

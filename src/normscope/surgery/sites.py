@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from normscope.models.architectures import ROLE_GROUPS, architecture
+from normscope.models.registry import full_path
 from normscope.models.tying import tied_to_input
 
 __all__ = ["Site", "FoldMap", "NotFoldableError", "foldability", "REASONS"]
@@ -125,9 +126,7 @@ def foldability(model: nn.Module) -> FoldMap:
             "add it to normscope/models/architectures.py (see docs/architectures.md)"
         )
     modules = dict(model.named_modules())
-    base = getattr(model, "base_model", model)
-    prefix = next((n for n, m in model.named_modules() if m is base), "")
-    full = (lambda p: f"{prefix}.{p}") if prefix else (lambda p: p)  # noqa: E731
+    full = lambda p: full_path(model, p)  # noqa: E731
     layers = modules.get(full(arch.layers))
     if not isinstance(layers, nn.ModuleList):
         raise NotFoldableError(f"{mtype}: block list {full(arch.layers)!r} is missing; cannot map the norms")

@@ -241,14 +241,13 @@ def _add_wb_(bias: torch.Tensor, w_info, beta: torch.Tensor, axis: int) -> torch
 def _plan_created_biases(fmap: FoldMap, meta: torch.nn.Module, infos: dict) -> dict[str, tuple[torch.dtype, int]]:
     """Bias tensors the stock class gains from a config flag (Falcon ``bias``): key -> (dtype, length)."""
     from normscope.models.architectures import architecture
+    from normscope.models.registry import full_path
     from normscope.surgery.sites import BIAS_FLAGS
 
     if not any(s.create_bias for s in fmap.folded):
         return {}
     which = BIAS_FLAGS[fmap.family][1]
-    base = getattr(meta, "base_model", meta)
-    prefix = next((n for n, m in meta.named_modules() if m is base), "")
-    layers = f"{prefix}.{architecture(meta).layers}" if prefix else architecture(meta).layers
+    layers = full_path(meta, architecture(meta).layers)
     out = {}
     for i, block in enumerate(meta.get_submodule(layers)):
         names = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)] if which is None else which

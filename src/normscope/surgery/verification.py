@@ -96,12 +96,11 @@ def _norm_like(m: nn.Module) -> bool:
 def _blocks(model: nn.Module) -> list[str]:
     """Names of the transformer blocks (the architecture table's layers, else the longest ModuleList)."""
     from normscope.models.architectures import architecture
+    from normscope.models.registry import full_path
 
     arch = architecture(model)
-    base = getattr(model, "base_model", model)
-    prefix = next((n for n, m in model.named_modules() if m is base), "")
     if arch is not None:
-        path = f"{prefix}.{arch.layers}" if prefix else arch.layers
+        path = full_path(model, arch.layers)
         try:
             lst = model.get_submodule(path)
             return [f"{path}.{i}" for i in range(len(lst))]
