@@ -235,13 +235,12 @@ def load_any(x: nn.Module | str) -> nn.Module:
     """A model from a module (returned as is) or a name: normscope output folder, HF folder, packaged name, .gguf."""
     if isinstance(x, nn.Module):
         return x
-    from pathlib import Path
+    from normscope.models.loading import is_normscope_output
 
-    p = Path(str(x))
-    if (p / "config.json").is_file() and '"normscope_' in (p / "config.json").read_text():
+    if is_normscope_output(str(x)):
         from normscope.convert.saving import load
 
-        return load(p)
+        return load(str(x))
     from normscope.models import load as load_model
 
     return load_model(str(x), dtype=torch.float32).model
