@@ -11,30 +11,18 @@ source model, the float32 bounds of convert/fold (≤ 1e-4, see tests/test_fold.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import pytest
 import torch
 import transformers as T
 
-from conftest import make_gpt2, make_llama, save_model
+from conftest import make_gpt2, make_llama, run_command as cli, save_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 T.logging.set_verbosity_error()
 
 VOCAB = 257  # the byte-level tokenizer of normscope.models.tiny
-
-
-def cli(*argv: str) -> int:
-    from normscope.cli import convert, fold
-
-    parser = argparse.ArgumentParser(prog="normscope")
-    sub = parser.add_subparsers(dest="command")
-    for mod in (convert, fold):
-        mod.register(sub)
-    args = parser.parse_args(list(argv))
-    return args.func(args)
 
 
 def _perturbed(m: torch.nn.Module) -> torch.nn.Module:

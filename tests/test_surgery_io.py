@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 
@@ -10,18 +9,8 @@ import pytest
 import torch
 import transformers as T
 
+from conftest import run_command as cli
 from test_fold import compare, ids, make
-
-
-def cli(*argv: str) -> int:
-    from normscope.cli import fold, verify
-
-    parser = argparse.ArgumentParser(prog="normscope")
-    sub = parser.add_subparsers(dest="command")
-    for mod in (fold, verify):
-        mod.register(sub)
-    args = parser.parse_args(list(argv))
-    return args.func(args)
 
 
 def digest(folder) -> dict[str, str]:
