@@ -98,6 +98,15 @@ def make_batches(n: int = 2, batch: int = 2, seq: int = 16, vocab: int = 97, *, 
     return [torch.randint(low, vocab, (batch, seq), generator=g) for _ in range(n)]
 
 
+def run_command(*argv: str) -> int:
+    """Run ``normscope ARGV`` through the real parser, without ``main``'s error handling: a failure
+    raises its exception (for ``pytest.raises``) instead of printing one line and returning 1."""
+    from normscope.cli import build_parser
+
+    args = build_parser().parse_args(list(argv))
+    return args.func(args)
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2() -> Callable[..., torch.nn.Module]:
     return make_gpt2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -12,22 +11,10 @@ import transformers as T
 
 from normscope.models.tiny import byte_tokenizer
 
-from conftest import make_bert, make_gpt2, save_model
+from conftest import make_bert, make_gpt2, run_command as cli, save_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 T.logging.set_verbosity_error()
-
-
-def cli(*argv: str) -> int:
-    """Run one of our commands through its own register() (as normscope.cli.main does)."""
-    from normscope.cli import convert, swap_test, train_tiny
-
-    parser = argparse.ArgumentParser(prog="normscope")
-    sub = parser.add_subparsers(dest="command")
-    for mod in (convert, swap_test, train_tiny):
-        mod.register(sub)
-    args = parser.parse_args(list(argv))
-    return args.func(args)
 
 
 @pytest.fixture(scope="module")

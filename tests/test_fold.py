@@ -120,6 +120,31 @@ def test_input_untouched_and_tied_cost():
     assert fold(make("llama")).untied_bytes == 0  # untied model: nothing to pay
 
 
+
+def test_untie_embedding_shared_by_convert_and_fold(tmp_path):
+    """The one untying used by convert (which changes the embedding) and fold (which changes the unembedding):
+    a separate copy, the flag cleared on the config and its text config (fold did this, convert did not), so
+    neither transformers' tie_weights nor a save + stock reload ties them again; 0 bytes for an untied reader."""
+    from normscope.models.tying import tied_to_input, untie_embedding
+
+    m = make("llama_tied")
+    assert tied_to_input(m, m.lm_head) and not tied_to_input(m, m.model.layers[0].mlp.down_proj)
+    assert untie_embedding(m, m.model.layers[0].mlp.down_proj) == 0  # not tied: nothing changes
+    assert m.config.tie_word_embeddings
+    assert untie_embedding(m, m.lm_head) == V * D * 4
+    assert not m.config.tie_word_embeddings and not m.config.get_text_config().tie_word_embeddings
+    assert torch.equal(m.lm_head.weight, m.model.embed_tokens.weight) and not tied_to_input(m, m.lm_head)
+    m.tie_weights()
+    assert m.lm_head.weight is not m.model.embed_tokens.weight
+    assert untie_embedding(m, m.lm_head) == 0  # already untied
+    with torch.no_grad():
+        m.model.embed_tokens.weight.add_(1.0)  # what writer centring does to the embedding only
+    m.save_pretrained(tmp_path)
+    back = T.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(back.model.embed_tokens.weight, m.model.embed_tokens.weight)
+    assert torch.equal(back.lm_head.weight, m.lm_head.weight)
+    assert not torch.equal(back.lm_head.weight, back.model.embed_tokens.weight)
+
 def test_foldability_reasons():
     from normscope.surgery import NotFoldableError, fold, foldability
 

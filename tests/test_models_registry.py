@@ -265,3 +265,15 @@ def test_norm_site_keywords_and_reference():
     ref = torch.nn.functional.layer_norm(x, (6,), ln.weight.double(), ln.bias.double(), 1e-3)
     torch.testing.assert_close(site.reference(x), ref, rtol=0, atol=0)  # same float64 kernel, same inputs
     assert site.group == "final" and site.seq_dim == 1
+
+
+def test_full_path_is_the_one_base_model_prefix_lookup():
+    """The table's base-model-relative paths, as names in the LM wrapper, the bare base model and a non-HF module
+    (surgery's foldability, streamed fold, verify and convert's plan all go through this one lookup)."""
+    from normscope.models.registry import full_path
+
+    lm = _tiny("gpt2")
+    assert isinstance(lm, tf.GPT2LMHeadModel)
+    assert full_path(lm, "h") == "transformer.h" and full_path(lm.transformer, "h") == "h"
+    assert lm.get_submodule(full_path(lm, "h.1.ln_2")) is lm.transformer.h[1].ln_2
+    assert full_path(nn.Sequential(nn.Linear(2, 2)), "0") == "0"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 
@@ -10,18 +9,8 @@ import pytest
 import torch
 import transformers as T
 
+from conftest import run_command as cli
 from test_fold import compare, ids, make
-
-
-def cli(*argv: str) -> int:
-    from normscope.cli import fold, verify
-
-    parser = argparse.ArgumentParser(prog="normscope")
-    sub = parser.add_subparsers(dest="command")
-    for mod in (fold, verify):
-        mod.register(sub)
-    args = parser.parse_args(list(argv))
-    return args.func(args)
 
 
 def digest(folder) -> dict[str, str]:
@@ -162,3 +151,20 @@ def test_fold_streaming_command(tmp_path, capsys):
     man = json.loads((out / "manifest.json").read_text())
     assert man["verification"]["float32"]["max_abs_dlogits"] <= 1e-4 and man["fold"]["streamed"]
     assert len(man["files"]) > 1 and "float32 (stock reload)" in capsys.readouterr().out
+    # the streamed check is the shared logit_agreement: the same fields as the in-memory fold's check
+    assert set(man["verification"]["float32"]) == {"tokens", "max_abs_dlogits", "mean_abs_dlogits", "max_abs_logit",
+                                                   "kl_mean", "kl_max"}
+
+
+def test_fold_streaming_refuses_non_finite_logits(tmp_path):
+    """A NaN weight: the streamed check names the model and position (shared comparison) and writes nothing."""
+    from normscope.errors import NonFiniteError
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    m = make("llama")
+    with torch.no_grad():
+        m.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")  # NaN in every position's residual
+    m.save_pretrained(src)
+    with pytest.raises(NonFiniteError, match=r"original model's logits are not finite: .* batch 0, row 0, position 0"):
+        cli("fold", str(src), str(out), "--streaming", "--seq-len", "16", "--max-tokens", "32")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["src"]

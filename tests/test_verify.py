@@ -84,3 +84,36 @@ def test_rotation_pair():
     # HF's Llama norm rounds to float32 inside a float64 model, so the bound is float32's
     assert r.first_divergence is None and r.max_abs_dlogits < 1e-5, r.table(every=True)
     assert verify(m, rot, ids(8)).first_divergence is not None  # without Q the streams differ
+
+
+def test_logit_agreement_refuses_nan_in_a_later_batch():
+    """The one comparison behind convert, fold (in memory and streamed) and verify: Python's ``max`` drops NaN
+    (``max(0.0, nan) == 0.0``), the fold command's former private loop did; the shared one names where it is."""
+    from normscope._verify import logit_agreement
+    from normscope.errors import NonFiniteError
+
+    a = torch.zeros(1, 2, 3, dtype=torch.float64)
+    bad = a.clone()
+    bad[0, 1, 2] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"the B model's logits .* batch 1, row 0, position 1, output 2"):
+        logit_agreement([(a, a), (a, bad)], names=("A", "B"))
+    with pytest.raises(ValueError, match="no batches"):
+        logit_agreement([])
+
+
+def test_logit_agreement_values():
+    """KL against its closed form: p_a = (1/3, 2/3), p_b = (1/2, 1/2) gives KL = ln(2/3)/3 + 2 ln(4/3)/3.
+
+    Tolerance 1e-14: a handful of float64 operations (log-softmax, exp, a 2-term sum), each ≤ 1 ulp ~ 1e-16."""
+    import math
+
+    from normscope._verify import logit_agreement
+
+    a = torch.tensor([[[0.0, math.log(2.0)]] * 3], dtype=torch.float64)  # (1, 3, 2): three positions
+    b = torch.zeros_like(a)
+    r = logit_agreement([(a, b)])
+    kl = math.log(2 / 3) / 3 + 2 * math.log(4 / 3) / 3
+    assert r["tokens"] == 3 and r["max_abs_dlogits"] == math.log(2.0) and r["max_abs_logit"] == math.log(2.0)
+    assert r["mean_abs_dlogits"] == math.log(2.0) / 2
+    assert abs(r["kl_max"] - kl) <= 1e-14 and abs(r["kl_mean"] - kl) <= 1e-14
+    assert set(r) == {"tokens", "max_abs_dlogits", "mean_abs_dlogits", "max_abs_logit", "kl_mean", "kl_max"}

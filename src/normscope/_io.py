@@ -100,9 +100,6 @@ def check_out(path: str | os.PathLike, *, force: bool = False, inputs: Iterable[
     return final
 
 
-refuse_existing = check_out  # the name older callers use
-
-
 def _check_ours(folder: Path) -> None:
     """Raise unless ``folder`` is a complete normscope output holding only the files it lists."""
     try:

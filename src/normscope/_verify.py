@@ -3,19 +3,21 @@
 Python's ``max`` drops NaN (``max(0.0, nan) == 0.0``), and ``nan <= tol`` is False while
 ``not nan > tol`` is True, so an accumulator written the obvious way certifies a model whose
 outputs are NaN as exact. Every verification in normscope (``convert``, its reload check, the
-swap test's exact control, any later ``verify``) goes through :func:`finite_max_abs_diff`,
-which refuses non-finite values with a message naming the model, batch, position and output.
+swap test's exact control, ``fold`` and its streamed check, any later ``verify``) goes through
+:func:`finite_max_abs_diff`, which refuses non-finite values with a message naming the model,
+batch, position and output. :func:`logit_agreement` is the one logit/KL comparison built on it.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from normscope.errors import NonFiniteError
 
-__all__ = ["NonFinite", "first_nonfinite", "finite_max_abs_diff"]
+__all__ = ["NonFinite", "first_nonfinite", "finite_max_abs_diff", "logit_agreement"]
 
 _AXES3 = ("row", "position", "output")
 
@@ -90,3 +92,52 @@ def finite_max_abs_diff(
             )
     nf = first_nonfinite(d)  # finite inputs whose float64 difference overflows
     raise NonFiniteError(f"the {what} difference overflows float64 at {at}{nf.where(axes)}; nothing was certified")
+
+
+@torch.no_grad()
+def logit_agreement(
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    names: tuple[str, str] = ("original", "converted"),
+) -> dict:
+    """Agreement of two models' logits, batch by batch; a verification, so NaN/Inf fails it.
+
+    Each pair goes through :func:`finite_max_abs_diff` first: a NaN or ±Inf logit raises
+    :class:`normscope.errors.NonFiniteError` naming the model (``names``), batch, row, position
+    and output, instead of being dropped by ``max``. The KL divergence of the next-token
+    distributions, KL(p_a ‖ p_b) = Σ_v p_a(v) (log p_a(v) − log p_b(v)), is computed from float64
+    log-softmaxes and clamped at 0 (rounding can make it a tiny negative number).
+
+    **Arguments:**
+
+    - ``pairs``: ``(a, b)`` logits of the same shape ``(batch, position, vocab)`` per batch, any
+      floating dtype (a generator that runs the two models is fine: one batch is held at a time).
+    - ``names``: what produced ``a`` and ``b``, for error messages.
+
+    **Returns:** a dict with ``tokens`` (positions compared), ``max_abs_dlogits`` (max |a − b|),
+    ``mean_abs_dlogits``, ``max_abs_logit`` (max |a|), ``kl_mean`` and ``kl_max`` (nats).
+    Raises ``ValueError`` when ``pairs`` is empty.
+    """
+    mx = mean_num = kl_sum = kl_max = big = 0.0
+    n_tok = n_el = 0
+    for i, (a, b) in enumerate(pairs):
+        mx = max(mx, finite_max_abs_diff(a, b, names=names, batch=i))
+        d = (a.double() - b.double()).abs()
+        mean_num += float(d.sum())
+        n_el += d.numel()
+        big = max(big, float(a.abs().max()))
+        la, lb = F.log_softmax(a.double(), -1), F.log_softmax(b.double(), -1)
+        kl = (la.exp() * (la - lb)).sum(-1).clamp_min(0.0)
+        kl_sum += float(kl.sum())
+        kl_max = max(kl_max, float(kl.max()))
+        n_tok += kl.numel()
+    if n_tok == 0:
+        raise ValueError("compare() got no batches")
+    return {
+        "tokens": n_tok,
+        "max_abs_dlogits": mx,
+        "mean_abs_dlogits": mean_num / n_el,
+        "max_abs_logit": big,
+        "kl_mean": kl_sum / n_tok,
+        "kl_max": kl_max,
+    }

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from normscope import __version__
-    from normscope._io import atomic_write_json, atomic_write_text, output_dir, refuse_existing
+    from normscope._io import atomic_write_json, atomic_write_text, check_out, output_dir
     from normscope.convert import compare, load, residual_mean, to_rmsnorm, write
     from normscope.convert.exact import describe
     from normscope.models import load as load_model
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     parse_size(args.max_shard_size)  # a bad size is refused before any slow work
     out = Path(args.out)
-    refuse_existing(out, force=args.force, inputs=[args.model])
+    check_out(out, force=args.force, inputs=[args.model])
     lm = load_model(args.model, dtype=torch.float32)
     model = lm.model.eval()
     converted = to_rmsnorm(model).eval()

@@ -86,11 +86,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from normscope import __version__
-    from normscope._io import atomic_write_json, output_dir, refuse_existing
+    from normscope._io import atomic_write_json, check_out, output_dir
     from normscope.convert import compare
     from normscope.surgery import fold, write
 
-    out = refuse_existing(Path(args.out), force=args.force, inputs=[args.model])
+    out = check_out(Path(args.out), force=args.force, inputs=[args.model])
     if args.streaming:
         return _run_streaming(args, out)
     dtype = getattr(torch, args.dtype)
@@ -167,6 +167,7 @@ def _run_streaming(args: argparse.Namespace, out: Path) -> int:
     from transformers import AutoModelForCausalLM
 
     from normscope._io import atomic_write_json, output_dir
+    from normscope._verify import logit_agreement
     from normscope.models.loading import _quiet_transformers
     from normscope.surgery import fold_checkpoint
 
@@ -188,8 +189,8 @@ def _run_streaming(args: argparse.Namespace, out: Path) -> int:
             raise ValueError(f"stock reload mismatch (missing {sorted(info['missing_keys'])[:5]}, unexpected "
                              f"{sorted(info['unexpected_keys'])[:5]}); please report this family")
         with torch.no_grad():
-            new = [stock.eval()(input_ids=b).logits.double() for b in batches]
-        check = _logit_check(ref, new)
+            new = (stock.eval()(input_ids=b).logits.double() for b in batches)
+            check = logit_agreement(zip(ref, new), names=("original", "folded (stock reload)"))
         _check("float32 (streamed, stock reload)", check, args.tol)
         manifest = dict(rep.to_json(), verification={"text": text, "float32": check, "tolerance": args.tol})
         atomic_write_json(tmp / "foldability.json", rep.map.to_json())
@@ -201,16 +202,3 @@ def _run_streaming(args: argparse.Namespace, out: Path) -> int:
     print(f"wrote {out} shard by shard ({len(rep.files)} weight file(s)); it loads with stock transformers")
     return 0
 
-
-def _logit_check(ref: list, new: list) -> dict:
-    import torch.nn.functional as F
-
-    mx = big = kl_max = kl_sum = 0.0
-    n = 0
-    for a, b in zip(ref, new):
-        mx = max(mx, float((a - b).abs().max()))
-        big = max(big, float(a.abs().max()))
-        la, lb = F.log_softmax(a, -1), F.log_softmax(b, -1)
-        kl = (la.exp() * (la - lb)).sum(-1).clamp_min(0.0)
-        kl_max, kl_sum, n = max(kl_max, float(kl.max())), kl_sum + float(kl.sum()), n + kl.numel()
-    return {"tokens": n, "max_abs_dlogits": mx, "max_abs_logit": big, "kl_mean": kl_sum / max(n, 1), "kl_max": kl_max}

@@ -32,11 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from normscope._io import refuse_existing
+    from normscope._io import check_out
     from normscope._threads import threads
 
     if args.out is not None:
-        refuse_existing(args.out, force=args.force, inputs=[args.model])
+        check_out(args.out, force=args.force, inputs=[args.model])
     with threads(args.threads):  # restores torch's thread count when main() runs in-process
         return _run(args)
 

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from normscope._io import atomic_write_json
     from normscope.cli.fold import load_for_surgery
+    from normscope.models.loading import is_normscope_output
     from normscope.models.text import context_length, default_texts, token_batches
     from normscope.surgery import error_table
     from normscope.surgery.verification import load_any
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if out is not None and out.exists():
         raise FileExistsError(f"{out} exists; choose another --out")
     la = _load(args.a, load_for_surgery)
-    b = load_any(args.b) if _is_normscope(args.b) else _load(args.b, load_for_surgery).model
+    b = load_any(args.b) if is_normscope_output(args.b) else _load(args.b, load_for_surgery).model
     a = la.model
     ctx = context_length(a)
     seq_len = min(args.seq_len, ctx) if ctx else args.seq_len
@@ -82,15 +83,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_normscope(name: str) -> bool:
-    cfg = Path(name) / "config.json"
-    return cfg.is_file() and '"normscope_' in cfg.read_text()
-
-
 def _load(name: str, loader):
     import torch
 
-    if _is_normscope(name):
+    from normscope.models.loading import is_normscope_output
+
+    if is_normscope_output(name):
         from transformers import AutoTokenizer
 
         from normscope.models import LoadedModel

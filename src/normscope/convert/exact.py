@@ -21,10 +21,10 @@ import copy
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from normscope.convert.families import Plan, centre_, plan
+from normscope.convert.families import centre_, plan
+from normscope.models.tying import untie_embedding
 from normscope.nn import RMSNorm
 
 FORMAT = 1
@@ -48,21 +48,6 @@ def rmsnorm_like(ln: nn.LayerNorm) -> RMSNorm:
         if ln.bias is not None:
             norm.bias.copy_(ln.bias)
     return norm
-
-
-def _untie(model: nn.Module, p: Plan) -> bool:
-    """Give the unembedding its own copy of a tied input-embedding matrix. Returns True if it was tied."""
-    if p.unembedding is None:
-        return False
-    head = model.get_submodule(p.unembedding)
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is None or head.weight.data_ptr() != emb.weight.data_ptr():
-        return False
-    head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
-    model.config.tie_word_embeddings = False
-    if hasattr(model, "get_expanded_tied_weights_keys"):
-        model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
-    return True
 
 
 class CentredLayerNorm(nn.LayerNorm):
@@ -120,7 +105,8 @@ def to_rmsnorm(model: nn.Module) -> nn.Module:
     # behind an embedding LN the table's row means do not reach the stream: centre the LN's output instead
     writers = [w for w in p.writers if not (p.embedding_norm and modules[w] is emb)]
     touches_table = any(modules[w] is emb for w in writers)
-    untied = _untie(new, p) if touches_table else False
+    head = new.get_submodule(p.unembedding) if touches_table and p.unembedding else None
+    untied = head is not None and untie_embedding(new, head) > 0
     if p.embedding_norm:
         _centre_embedding_norm(new, p.embedding_norm)
     removed = {w: centre_(modules[w]) for w in writers}
@@ -185,9 +171,10 @@ def compare(
 ) -> dict:
     """Logit agreement of two models on token batches; a verification, so NaN/Inf fails it.
 
-    Every batch's logits go through :func:`normscope._verify.finite_max_abs_diff`: a NaN or
-    ±Inf logit in either model raises :class:`normscope.errors.NonFiniteError` naming the model
-    (``names``), batch, row, position and output, instead of being dropped by ``max``.
+    Runs both models (in eval mode) on each batch and hands the logits to
+    :func:`normscope._verify.logit_agreement`: a NaN or ±Inf logit in either model raises
+    :class:`normscope.errors.NonFiniteError` naming the model (``names``), batch, row, position
+    and output, instead of being dropped by ``max``.
 
     **Arguments:** ``original``, ``converted`` (HF models), ``batches`` (LongTensor
     ``(batch, seq)``), ``names`` (how the two models are called in error messages).
@@ -196,33 +183,14 @@ def compare(
     KL divergence KL(p_original ‖ p_converted) of next-token distributions (``kl_mean``,
     ``kl_max``, in nats), over ``tokens`` positions.
     """
-    from normscope._verify import finite_max_abs_diff
+    from normscope._verify import logit_agreement
 
-    mx = mean_num = kl_sum = kl_max = big = 0.0
-    n_tok = n_el = 0
-    for i, ids in enumerate(batches):
-        with evaluating(original, converted):
-            a, b = _logits(original, ids), _logits(converted, ids)
-        mx = max(mx, finite_max_abs_diff(a, b, names=names, batch=i))
-        d = (a.double() - b.double()).abs()
-        mean_num += float(d.sum())
-        n_el += d.numel()
-        big = max(big, float(a.abs().max()))
-        la, lb = F.log_softmax(a.double(), -1), F.log_softmax(b.double(), -1)
-        kl = (la.exp() * (la - lb)).sum(-1).clamp_min(0.0)
-        kl_sum += float(kl.sum())
-        kl_max = max(kl_max, float(kl.max()))
-        n_tok += kl.numel()
-    if n_tok == 0:
-        raise ValueError("compare() got no batches")
-    return {
-        "tokens": n_tok,
-        "max_abs_dlogits": mx,
-        "mean_abs_dlogits": mean_num / n_el,
-        "max_abs_logit": big,
-        "kl_mean": kl_sum / n_tok,
-        "kl_max": kl_max,
-    }
+    def pairs():
+        for ids in batches:
+            with evaluating(original, converted):
+                yield _logits(original, ids), _logits(converted, ids)
+
+    return logit_agreement(pairs(), names=names)
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from normscope.models.architectures import architecture, convertible_families, post_ln_families
+from normscope.models.registry import full_path
 
 SUPPORTED = convertible_families()
 # Post-LN encoders: the residual stream *is* an LN output, and sublayers read it un-normed.
@@ -75,9 +76,7 @@ def plan(model: nn.Module) -> Plan:
     if reason:
         raise NotConvertibleError(reason)
 
-    base = getattr(model, "base_model", model)
-    prefix = next((name for name, m in model.named_modules() if m is base), "")
-    full = (lambda p: f"{prefix}.{p}") if prefix else (lambda p: p)
+    full = lambda p: full_path(model, p)  # noqa: E731
 
     def need(path: str, kinds: tuple[type, ...] | None = None) -> nn.Module:
         m = modules.get(path)

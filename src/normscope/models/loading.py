@@ -129,8 +129,8 @@ def load(
         return _load_gguf(path, name=key, dtype=dtype, device_map=device_map)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{key!r} is a file but not a .gguf; pass an HF model folder or a packaged name")
-    if path.is_dir() and _is_conversion(path):
-        return _load_converted(path, name=key, dtype=dtype)
+    if is_normscope_output(path):
+        return _load_normscope_output(path, name=key, dtype=dtype)
     try:
         return _load_hf(path if path.is_dir() else key, name=key, dtype=dtype, device_map=device_map)
     except (OSError, ValueError) as e:
@@ -142,24 +142,42 @@ def load(
         ) from e
 
 
-def _is_conversion(folder: Path) -> bool:
-    """True for a folder written by ``normscope convert`` (its config records the conversion)."""
-    cfg = folder / "config.json"
-    if not (folder / "manifest.json").is_file() or not cfg.is_file():
-        return False
+NORMSCOPE_RECORDS = ("normscope_conversion", "normscope_fold")
+
+
+def is_normscope_output(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a model written by ``normscope convert`` or ``normscope fold``.
+
+    Such a folder's ``config.json`` carries the record of what was done as a JSON object:
+    ``normscope_conversion`` (convert; also a fold of a LayerNorm model, which is centred first)
+    and/or ``normscope_fold`` (fold, in memory or ``--streaming``). The records are what
+    :func:`normscope.convert.saving.load` rebuilds the model from, and they are written by the
+    Python API too (``normscope.convert.write``, ``normscope.surgery.write``), which writes no
+    ``manifest.json`` and no ``.normscope.json`` marker, so neither file is required.
+
+    **Arguments:** ``folder`` — any path (a name that is not a folder, or a folder whose
+    ``config.json`` is missing or not JSON, gives False).
+
+    **Returns:** True if ``config.json`` holds either record as an object.
+    """
+    cfg = Path(folder).expanduser() / "config.json"
     try:
-        return isinstance(json.loads(cfg.read_text()).get("normscope_conversion"), dict)
-    except (OSError, ValueError):
+        config = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
         return False
+    return isinstance(config, dict) and any(isinstance(config.get(k), dict) for k in NORMSCOPE_RECORDS)
 
 
-def _load_converted(folder: Path, *, name: str, dtype: torch.dtype) -> LoadedModel:
-    """Load a ``normscope convert`` output: the original HF class with its recorded norms as
-    ``normscope.nn.RMSNorm`` (see ``normscope.convert.saving.load``), so its sites have kind ``rmsnorm``."""
+def _load_normscope_output(folder: Path, *, name: str, dtype: torch.dtype) -> LoadedModel:
+    """Load a ``normscope convert`` / ``fold`` output: the original HF class with its converted and
+    folded norms as ``normscope.nn.RMSNorm`` (see ``normscope.convert.saving.load``), so those sites
+    have kind ``rmsnorm``. The folder is checked first like any model folder (weights, tokenizer).
+    It loads on the CPU (``device_map`` is not used)."""
     from transformers import AutoTokenizer
 
     from normscope.convert.saving import load as load_converted
 
+    _check_model_folder(folder)
     with _quiet_transformers():
         model = load_converted(folder).to(dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -22,7 +22,7 @@ from torch import nn
 from ..nn.functional import reference
 from .architectures import KINDS, ROLE_GROUPS, ROLES, Architecture, architecture
 
-__all__ = ["NormSite", "find_norms", "ROLES", "ROLE_GROUPS", "KINDS", "is_norm_module", "sites_by_name"]
+__all__ = ["NormSite", "find_norms", "full_path", "ROLES", "ROLE_GROUPS", "KINDS", "is_norm_module", "sites_by_name"]
 
 
 @dataclass(eq=False)
@@ -165,8 +165,17 @@ def _kind_of(m: nn.Module, d: int, eps: float, memo: dict | None = None) -> str 
     return memo[key]
 
 
-def _full_path(model: nn.Module, path: str) -> str:
-    """A table path (relative to the HF base model) as a name in ``model``."""
+def full_path(model: nn.Module, path: str) -> str:
+    """A path relative to the HF base model (the architecture table's paths) as a module name in ``model``.
+
+    The base model is ``model.base_model`` (``base_model_prefix``: ``transformer``, ``model``, ...),
+    or ``model`` itself; its name in ``model`` is prefixed (``"h"`` → ``"transformer.h"`` in a
+    ``GPT2LMHeadModel``, unchanged in a ``GPT2Model``).
+
+    **Arguments:** ``model`` — any ``nn.Module``; ``path`` — a dotted path relative to its base model.
+
+    **Returns:** the dotted module name in ``model``.
+    """
     base = getattr(model, "base_model", model)
     prefix = next((n for n, m in model.named_modules() if m is base), "")
     return f"{prefix}.{path}" if prefix else path
@@ -174,7 +183,7 @@ def _full_path(model: nn.Module, path: str) -> str:
 
 def table_roles(model: nn.Module, arch: Architecture) -> dict[str, tuple[str, str, int, str | None]]:
     """``{module name: (role, note, seq_dim, reads_same_as)}`` for every norm the description names."""
-    full = lambda p: _full_path(model, p)  # noqa: E731
+    full = lambda p: full_path(model, p)  # noqa: E731
     modules = dict(model.named_modules())
     out: dict[str, tuple[str, str, int, str | None]] = {}
     layers = modules.get(full(arch.layers))
@@ -254,7 +263,7 @@ def find_norms(model: nn.Module, *, infer: bool = True, example: Any = None, tra
     table = table_roles(model, arch) if arch is not None else {}
     graph = None
     if infer and not trace and table and set(table) == {n for n, _ in named}:
-        graph = from_table(model, named, table, _full_path(model, arch.layers), example,
+        graph = from_table(model, named, table, full_path(model, arch.layers), example,
                            need_eps=[m for _, m in named if _eps_of(m) is None])
     if infer and graph is None:
         graph = infer_roles(model, [m for _, m in named], example)

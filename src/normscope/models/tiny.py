@@ -132,7 +132,7 @@ def train_tiny(
     from transformers import GPT2Config, GPT2LMHeadModel
     from tqdm.auto import tqdm
 
-    from normscope._io import atomic_write_json, output_dir, refuse_existing
+    from normscope._io import atomic_write_json, check_out, output_dir
     from normscope.models.text import default_texts
 
     if steps < 1 or batch_size < 1 or seq_len < 2:
@@ -140,7 +140,7 @@ def train_tiny(
     if n_embd % n_head:
         raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
     out = Path(out)
-    refuse_existing(out, force=force)
+    check_out(out, force=force)
     with torch_threads(max(1, threads)):  # restored on exit
         torch.manual_seed(seed)
         tok = byte_tokenizer(seq_len)

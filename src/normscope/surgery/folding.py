@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from normscope.models.tying import untie_embedding
 from normscope.surgery.sites import FoldMap, NotFoldableError, foldability
 
 __all__ = ["FoldResult", "fold", "fold_site_", "RECORD_FORMAT"]
@@ -64,18 +65,6 @@ def fold_site_(readers: list[nn.Module], gain: torch.Tensor, bias: torch.Tensor 
                 r.bias.copy_((r.bias.detach().to(torch.float64) + b_add).to(r.bias.dtype))
             shape = (1, -1) if ax == 1 else (-1, 1)
             r.weight.copy_((w * gain.view(shape)).to(r.weight.dtype))
-
-
-def _untie(model: nn.Module, reader: nn.Module) -> int:
-    """Give ``reader`` its own copy of the tied input-embedding matrix; returns the extra bytes."""
-    emb = model.get_input_embeddings()
-    reader.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
-    model.config.tie_word_embeddings = False
-    if hasattr(model.config, "get_text_config"):
-        model.config.get_text_config().tie_word_embeddings = False
-    if hasattr(model, "get_expanded_tied_weights_keys"):
-        model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
-    return reader.weight.numel() * reader.weight.element_size()
 
 
 def _add_zero_biases(layers: nn.ModuleList, which: tuple[str, ...] | None) -> None:
@@ -132,17 +121,15 @@ def fold(model: nn.Module) -> FoldResult:
     flags = {s.create_bias for s in fmap.folded if s.create_bias}
     for flag in flags:  # e.g. Falcon: config.bias=True gives every block Linear a (zero) bias
         from normscope.models.architectures import architecture
+        from normscope.models.registry import full_path
         from normscope.surgery.sites import BIAS_FLAGS
 
         setattr(new.config, flag, True)
-        base = getattr(new, "base_model", new)
-        _add_zero_biases(base.get_submodule(architecture(new).layers), BIAS_FLAGS[fmap.family][1])
+        _add_zero_biases(new.get_submodule(full_path(new, architecture(new).layers)), BIAS_FLAGS[fmap.family][1])
     for s in fmap.folded:
         norm = modules[s.name]
         readers = [new.get_submodule(r) for r in s.readers]
-        for r in readers:
-            if _tied(new, r):
-                untied += _untie(new, r)
+        untied += sum(untie_embedding(new, r) for r in readers)
         bias = norm.bias.detach().to(torch.float64) if isinstance(getattr(norm, "bias", None), torch.Tensor) else None
         fold_site_(readers, effective_gain(norm, s.kind), bias)
         make_weightless_(norm, s.kind)
@@ -159,11 +146,6 @@ def fold(model: nn.Module) -> FoldResult:
     }
     new.config.normscope_fold = record
     return FoldResult(new, fmap, untied, record)
-
-
-def _tied(model: nn.Module, reader: nn.Module) -> bool:
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return emb is not None and getattr(reader, "weight", None) is not None and reader.weight.data_ptr() == emb.weight.data_ptr()
 
 
 def check_folded(result: FoldResult) -> None:

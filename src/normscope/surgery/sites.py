@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from normscope.models.architectures import ROLE_GROUPS, architecture
+from normscope.models.registry import full_path
+from normscope.models.tying import tied_to_input
 
 __all__ = ["Site", "FoldMap", "NotFoldableError", "foldability", "REASONS"]
 
@@ -109,14 +111,6 @@ def _nonzero_bias(norm: nn.Module) -> bool:
     return b.is_meta or bool(b.detach().ne(0).any())  # shapes only: assume a bias is there to fold
 
 
-def _tied_to_input(model: nn.Module, reader: nn.Module) -> bool:
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    w = getattr(reader, "weight", None)
-    if emb is None or w is None or w.is_meta:
-        return w is not None and w.is_meta and w is emb.weight
-    return w.data_ptr() == emb.weight.data_ptr()
-
-
 def foldability(model: nn.Module) -> FoldMap:
     """Classify every norm site of ``model`` as foldable or kept (with the reason).
 
@@ -132,9 +126,7 @@ def foldability(model: nn.Module) -> FoldMap:
             "add it to normscope/models/architectures.py (see docs/architectures.md)"
         )
     modules = dict(model.named_modules())
-    base = getattr(model, "base_model", model)
-    prefix = next((n for n, m in model.named_modules() if m is base), "")
-    full = (lambda p: f"{prefix}.{p}") if prefix else (lambda p: p)  # noqa: E731
+    full = lambda p: full_path(model, p)  # noqa: E731
     layers = modules.get(full(arch.layers))
     if not isinstance(layers, nn.ModuleList):
         raise NotFoldableError(f"{mtype}: block list {full(arch.layers)!r} is missing; cannot map the norms")
@@ -162,7 +154,7 @@ def foldability(model: nn.Module) -> FoldMap:
                 site.reason = REASONS["no_bias"].format(reader=bad[0], cls=cls)
                 return site
             site.create_bias = flag[0] if lacking else None
-        site.untie = any(_tied_to_input(model, r) for r in readers)
+        site.untie = any(tied_to_input(model, r) for r in readers)
         site.foldable = True
         return site
 

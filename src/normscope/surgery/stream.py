@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from normscope.models.tying import untie_config
 from normscope.surgery.folding import effective_gain
 from normscope.surgery.sites import FoldMap, NotFoldableError, foldability
 from normscope.surgery.tensors import INDEX, WEIGHTS, Spec, read_infos, read_tensor, write_shards
@@ -216,9 +217,7 @@ def fold_checkpoint(src: str | Path, dst: str | Path, *, max_shard_size: str | i
     for flag in record["created_biases"]:
         setattr(config, flag, True)
     if source:
-        config.tie_word_embeddings = False
-        if hasattr(config, "get_text_config"):
-            config.get_text_config().tie_word_embeddings = False
+        untie_config(config)
     config.save_pretrained(dst)
     _copy_side_files(src, dst)
     return StreamReport(fmap, files, untied, record)
@@ -242,14 +241,13 @@ def _add_wb_(bias: torch.Tensor, w_info, beta: torch.Tensor, axis: int) -> torch
 def _plan_created_biases(fmap: FoldMap, meta: torch.nn.Module, infos: dict) -> dict[str, tuple[torch.dtype, int]]:
     """Bias tensors the stock class gains from a config flag (Falcon ``bias``): key -> (dtype, length)."""
     from normscope.models.architectures import architecture
+    from normscope.models.registry import full_path
     from normscope.surgery.sites import BIAS_FLAGS
 
     if not any(s.create_bias for s in fmap.folded):
         return {}
     which = BIAS_FLAGS[fmap.family][1]
-    base = getattr(meta, "base_model", meta)
-    prefix = next((n for n, m in meta.named_modules() if m is base), "")
-    layers = f"{prefix}.{architecture(meta).layers}" if prefix else architecture(meta).layers
+    layers = full_path(meta, architecture(meta).layers)
     out = {}
     for i, block in enumerate(meta.get_submodule(layers)):
         names = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)] if which is None else which

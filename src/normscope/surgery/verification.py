@@ -24,10 +24,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from normscope._verify import finite_max_abs_diff
+from normscope._verify import logit_agreement
 from normscope.convert.exact import evaluating
 from normscope.errors import NonFiniteError  # re-exported: a model produced NaN/Inf at some site
 
@@ -97,12 +96,11 @@ def _norm_like(m: nn.Module) -> bool:
 def _blocks(model: nn.Module) -> list[str]:
     """Names of the transformer blocks (the architecture table's layers, else the longest ModuleList)."""
     from normscope.models.architectures import architecture
+    from normscope.models.registry import full_path
 
     arch = architecture(model)
-    base = getattr(model, "base_model", model)
-    prefix = next((n for n, m in model.named_modules() if m is base), "")
     if arch is not None:
-        path = f"{prefix}.{arch.layers}" if prefix else arch.layers
+        path = full_path(model, arch.layers)
         try:
             lst = model.get_submodule(path)
             return [f"{path}.{i}" for i in range(len(lst))]
@@ -204,11 +202,9 @@ def verify(
     if la.shape != lb.shape:
         raise ValueError(f"the models' logits have different shapes {tuple(la.shape)} vs {tuple(lb.shape)}; "
                          "compare models with the same vocabulary")
-    r.max_abs_dlogits = finite_max_abs_diff(la, lb, names=("A", "B"))  # fails on NaN/Inf, saying where
-    r.max_abs_logit = float(la.abs().max())
-    pa, pb = F.log_softmax(la, -1), F.log_softmax(lb, -1)
-    kl = (pa.exp() * (pa - pb)).sum(-1).clamp_min(0.0)
-    r.kl_mean, r.kl_max = float(kl.mean()), float(kl.max())
+    agree = logit_agreement([(la, lb)], names=("A", "B"))  # fails on NaN/Inf, saying where
+    r.max_abs_dlogits, r.max_abs_logit = agree["max_abs_dlogits"], agree["max_abs_logit"]
+    r.kl_mean, r.kl_max = agree["kl_mean"], agree["kl_max"]
     r.top1_agreement = float((la.argmax(-1) == lb.argmax(-1)).double().mean())
     return r
 
@@ -239,13 +235,12 @@ def load_any(x: nn.Module | str) -> nn.Module:
     """A model from a module (returned as is) or a name: normscope output folder, HF folder, packaged name, .gguf."""
     if isinstance(x, nn.Module):
         return x
-    from pathlib import Path
+    from normscope.models.loading import is_normscope_output
 
-    p = Path(str(x))
-    if (p / "config.json").is_file() and '"normscope_' in (p / "config.json").read_text():
+    if is_normscope_output(str(x)):
         from normscope.convert.saving import load
 
-        return load(p)
+        return load(str(x))
     from normscope.models import load as load_model
 
     return load_model(str(x), dtype=torch.float32).model
