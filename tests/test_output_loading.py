@@ -92,3 +92,18 @@ def test_models_load_and_load_any_accept_every_output(outputs, kind):
     ids = [torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))]
     assert compare(lm.model, any_, ids)["max_abs_dlogits"] == 0.0
     assert compare(source, lm.model, ids)["max_abs_dlogits"] <= 1e-4
+
+
+def test_outputs_load_onto_one_device_and_refuse_sharding(outputs):
+    """``device_map`` naming one device moves the loaded output there; a per-module map is refused
+    in one line naming the folder (these outputs are rebuilt by normscope, not by accelerate)."""
+    from normscope import models
+
+    folder = outputs["fold_rms"][0]
+    lm = models.load(str(folder), device_map="cpu")
+    assert {p.device.type for p in lm.model.parameters()} == {"cpu"}
+    with pytest.raises(ValueError, match=r"loads on one device; pass device_map as one device") as err:
+        models.load(str(folder), device_map={"": "cpu"})
+    assert str(folder) in str(err.value) and "\n" not in str(err.value)
+    if torch.cuda.is_available():
+        assert next(models.load(str(folder), device_map="cuda").model.parameters()).is_cuda

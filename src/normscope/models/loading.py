@@ -130,7 +130,7 @@ def load(
     if path.exists() and not path.is_dir():
         raise ValueError(f"{key!r} is a file but not a .gguf; pass an HF model folder or a packaged name")
     if is_normscope_output(path):
-        return _load_normscope_output(path, name=key, dtype=dtype)
+        return _load_normscope_output(path, name=key, dtype=dtype, device_map=device_map)
     try:
         return _load_hf(path if path.is_dir() else key, name=key, dtype=dtype, device_map=device_map)
     except (OSError, ValueError) as e:
@@ -168,18 +168,28 @@ def is_normscope_output(folder: str | os.PathLike) -> bool:
     return isinstance(config, dict) and any(isinstance(config.get(k), dict) for k in NORMSCOPE_RECORDS)
 
 
-def _load_normscope_output(folder: Path, *, name: str, dtype: torch.dtype) -> LoadedModel:
+def _load_normscope_output(folder: Path, *, name: str, dtype: torch.dtype, device_map: Any = None) -> LoadedModel:
     """Load a ``normscope convert`` / ``fold`` output: the original HF class with its converted and
     folded norms as ``normscope.nn.RMSNorm`` (see ``normscope.convert.saving.load``), so those sites
     have kind ``rmsnorm``. The folder is checked first like any model folder (weights, tokenizer).
-    It loads on the CPU (``device_map`` is not used)."""
+    It loads on the CPU and moves to ``device_map`` when that names one device (``"cuda"``,
+    ``"cuda:1"``, a ``torch.device``; ``"auto"``: the GPU if there is one); a per-module map
+    (sharding) is refused in one line."""
     from transformers import AutoTokenizer
 
     from normscope.convert.saving import load as load_converted
 
+    if device_map is not None and not isinstance(device_map, (str, torch.device)):
+        raise ValueError(f"{folder}: a normscope convert/fold output loads on one device; pass device_map as one "
+                         f"device such as 'cuda' (got a {type(device_map).__name__}), or omit it for the CPU")
+    if device_map == "auto":
+        device_map = "cuda" if torch.cuda.is_available() else None
+    device = None if device_map is None else torch.device(device_map)
     _check_model_folder(folder)
     with _quiet_transformers():
         model = load_converted(folder).to(dtype)
+        if device is not None:
+            model = model.to(device)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     return LoadedModel(model.eval(), tokenizer, name, model.config.model_type, str(folder))
 
