@@ -71,3 +71,32 @@ def test_repro_block_from_ni_json(tmp_path):
     text = readme.read_text()
     assert "506–523 LN layers" in text and "LN-G g=16 (size 2) 0.24" in text
     assert rn.main(args + ["--check"]) == 0
+
+
+def test_repro_brody_from_the_commands_summary_json(tmp_path, monkeypatch):
+    """`reproduce brody` (micro random-points grid) -> summary.json -> README row; a folder without
+    summary.json is a one-line error naming the file."""
+    from normscope.cli import main as cli
+    from normscope.experiments.brody import random_points
+
+    real_settings = random_points.settings
+    monkeypatch.setattr(random_points, "settings",
+                        lambda paper_scale, runs=None: {**real_settings(paper_scale, runs), "d": [3, 8], "n": [6, 30], "runs": 3})
+    out = tmp_path / "brody"
+    assert cli(["reproduce", "brody", "--only", "random-points", "--out", str(out), "--jobs", "1"]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- normscope:speed:start -->\n<!-- normscope:speed:end -->\n"
+                      "<!-- normscope:repro:start -->\n<!-- normscope:repro:end -->\n")
+    results = _results(tmp_path, 1.0)
+    args = ["--readme", str(readme), "--results", str(results), "--repro", f"brody={out}"]
+    assert rn.main(args) == 0
+    assert (results / "repro" / "brody" / "summary.json").read_bytes() == (out / "summary.json").read_bytes()
+    text = readme.read_text()
+    assert "| `reproduce brody` (random-points) | Gaussian points, d = 3–8, n = 6–30 (2 values), 3 draws per cell" in text
+    assert "with LN, max over the grid 0.00 (paper 0, Fig. 1d: 0 everywhere)" in text
+    assert "d = 3 P ≥ 0.95 from n = 30 (paper ≈ 1 from n ≈ 5)" in text
+    assert rn.main(args + ["--check"]) == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match=r"no .*empty/summary\.json; run `normscope reproduce brody"):
+        rn.main(["--readme", str(readme), "--results", str(results), "--repro", f"brody={empty}"])
