@@ -95,6 +95,8 @@ def test_repro_brody_from_the_commands_summary_json(tmp_path, monkeypatch):
     assert "| `reproduce brody` (random-points) | Gaussian points, d = 3–8, n = 6–30 (2 values), 3 draws per cell" in text
     assert "with LN, max over the grid 0.00 (paper 0, Fig. 1d: 0 everywhere)" in text
     assert "d = 3 P ≥ 0.95 from n = 30 (paper ≈ 1 from n ≈ 5)" in text
+    # experiments the run left out get a row saying so, not a silent gap
+    assert "| `reproduce brody` (majority) | not part of the run this table comes from" in text
     assert rn.main(args + ["--check"]) == 0
     empty = tmp_path / "empty"
     empty.mkdir()
