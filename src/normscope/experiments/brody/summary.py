@@ -86,15 +86,23 @@ def lm(result: dict[str, Any]) -> dict[str, Any]:
 
 def real(result: dict[str, Any]) -> dict[str, Any]:
     """Packaged real models (extension, no paper numbers): worst layer's % unselectable hidden
-    states before / after the norm and worst key head's % unselectable W_K·y."""
+    states before / after the norm, worst key head's % unselectable W_K·y, and the same beyond
+    exact duplicates (repeated inputs, e.g. repeated tokens at layer 0 without absolute positions:
+    every copy counts as unselectable, so "after − duplicates" is the % of the other positions)."""
     models = {}
     for m in result["models"]:
         layers = m["layers"]
-        keys = [k["mean"] for L in layers for k in (L.get("keys") or [])]
-        models[m["model"]] = {"d": m["hidden_size"], "sequences": m["sequences"], "seq_len": m["seq_len"],
-                              "layers": len(layers), "before_max": max(L["before"]["mean"] for L in layers),
-                              "after_max": max(L["after"]["mean"] for L in layers),
-                              "keys_max": max(keys) if keys else None}
+        dup = [(L.get("duplicates") or {}).get("mean") or 0.0 for L in layers]
+        keys = [max((k["mean"] for k in L.get("keys") or []), default=None) for L in layers]
+        has_keys = any(k is not None for k in keys)
+        models[m["model"]] = {
+            "d": m["hidden_size"], "sequences": m["sequences"], "seq_len": m["seq_len"], "layers": len(layers),
+            "before_max": max(L["before"]["mean"] for L in layers), "after_max": max(L["after"]["mean"] for L in layers),
+            "keys_max": max(k for k in keys if k is not None) if has_keys else None,
+            "duplicates_max": max(dup),
+            "after_beyond_duplicates_max": max(L["after"]["mean"] - u for L, u in zip(layers, dup)),
+            "keys_beyond_duplicates_max": max(k - u for k, u in zip(keys, dup) if k is not None) if has_keys else None,
+        }
     return {"models": models, "paper_claim": "0% after LayerNorm (projection + scaling), except exact duplicates"}
 
 
