@@ -140,7 +140,7 @@ def _brody_majority(e: dict[str, Any]) -> str:
         parts.append(f"train loss / test accuracy at step {at['step']:,}: " + ", ".join(cells))
     angles = ", ".join(f"{_BRODY_NORM1.get(v, v)} {f['angle_start']:.0f}° → {f['angle_end']:.0f}°" for v, f in e["final"].items())
     parts.append(f"query angle to 𝟙, start → step {e['steps']:,}: {angles} (paper: {e['paper_angle']})")
-    return head + ": " + "; ".join(parts) + f". Paper's \"without projection\" = scaling to 1/√d"
+    return head + ": " + "; ".join(parts) + ". Paper's \"without projection\" = scaling to 1/√d"
 
 
 def _brody_lm(e: dict[str, Any]) -> str:
@@ -159,9 +159,11 @@ def _brody_lm(e: dict[str, Any]) -> str:
 def _brody_real(e: dict[str, Any]) -> str:
     cells = []
     for name, m in e["models"].items():
-        keys = f", worst key head (W_K·y) {m['keys_max']:.1f}" if m["keys_max"] is not None else ""
+        keys = (f", worst key head (W_K·y) {m['keys_max']:.1f} ({m['keys_beyond_duplicates_max']:.1f} beyond duplicates)"
+                if m["keys_max"] is not None else "")
         cells.append(f"{name} ({m['sequences']} × {m['seq_len']} tokens, d = {m['d']}): worst layer before the norm "
-                     f"{m['before_max']:.1f}, after {m['after_max']:.1f}{keys}")
+                     f"{m['before_max']:.1f}, after {m['after_max']:.1f} ({m['after_beyond_duplicates_max']:.1f} beyond "
+                     f"exact duplicates, which are up to {m['duplicates_max']:.1f}){keys}")
     return ("packaged models (extension, not in the paper; its claim: " + e["paper_claim"] + "), "
             "% unselectable: " + "; ".join(cells))
 

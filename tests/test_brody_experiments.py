@@ -142,3 +142,5 @@ def test_real_minilm_micro(tmp_path):
     assert (tmp_path / "real.md").exists()
     head = summary.real(json.loads((tmp_path / "real.json").read_text()))["models"]["minilm"]
     assert head["layers"] == 6 and head["d"] == 384 and head["after_max"] == max(L["after"]["mean"] for L in layers)
+    worst = max(L["after"]["mean"] - L["duplicates"]["mean"] for L in layers)
+    assert head["after_beyond_duplicates_max"] == worst and 0 <= worst <= head["after_max"]

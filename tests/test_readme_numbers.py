@@ -102,3 +102,25 @@ def test_repro_brody_from_the_commands_summary_json(tmp_path, monkeypatch):
     empty.mkdir()
     with pytest.raises(SystemExit, match=r"no .*empty/summary\.json; run `normscope reproduce brody"):
         rn.main(["--readme", str(readme), "--results", str(results), "--repro", f"brody={empty}"])
+
+
+def test_brody_majority_row_from_the_summary_of_a_majority_result():
+    """summary.majority (the command's condensing of majority.json) -> README row: the paper's
+    step-1000 readings beside ours for its two variants, final angles for all four."""
+    from normscope.experiments.brody import majority, summary
+
+    def var(loss: float, acc: float) -> dict:
+        return {"train_loss_at": {"300": [2.0, 2.2], "1000": [loss, loss + 0.1]},
+                "test_acc_at": {"300": [0.1, 0.1], "1000": [acc, acc]},
+                "final": {"train_loss": [loss, loss], "test_acc": [acc, acc], "test_seq_acc": [0.0, 0.0],
+                          "angle_mean": [40.0, 50.0]}, "initial_angle": [80.0, 82.0]}
+
+    res = {"config": {"d": 8, "steps": 1200, "batch_size": 250}, "seeds": [0, 1],
+           "summary": {v: var(0.5 + i / 10, 0.9 - i / 10) for i, v in enumerate(majority.VARIANTS)}}
+    head = summary.majority(res)
+    assert [a["step"] for a in head["at_step"]] == [1000]
+    row = rn._brody_majority(head)
+    assert row.startswith("majority task, d = 8, 1,200 steps of batch 250 (paper 14,000 of 6,000), 2 seeds")
+    assert "projection + scaling 0.55 / 0.90 (paper ≈ 0.75 / 0.74)" in row
+    assert "scaling to 1/√d 0.75 / 0.70 (paper ≈ 1.45 / 0.52)" in row and "no norm 0.85 / 0.60;" in row
+    assert "projection + scaling 81° → 45°" in row
