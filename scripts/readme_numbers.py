@@ -181,8 +181,9 @@ def _brody(folder: Path) -> list[tuple[str, str]]:
                          f"`normscope reproduce brody --out DIR` and copy it with --repro brody=DIR") from None
     if not rows:
         raise SystemExit(f"{path}: no experiments; regenerate it with `normscope reproduce brody --out DIR`")
-    return rows + [(name, f"not part of the run this table comes from (`--only` left it out); "
-                          f"`normscope reproduce brody --only {name}` measures it") for name in _BRODY if name not in exps]
+    missing = [name for name in _BRODY if name not in exps]
+    return rows + [(name, (f"not part of the run this table comes from (`--only` left it out); "
+                           f"`normscope reproduce brody --only {name}` measures it")) for name in missing]
 
 
 class Repro(NamedTuple):
