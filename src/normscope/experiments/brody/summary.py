@@ -111,8 +111,16 @@ SUMMARIES = {"random-points": random_points, "majority": majority, "lm": lm, "re
 
 def write(path: Path, done: list[tuple[str, dict[str, Any], float]], *, paper_scale: bool, seeds: int,
           jobs: int) -> dict[str, Any]:
-    """Write ``summary.json``: ``{"paper", "arxiv", "paper_scale", "seeds", "jobs", "experiments":
-    {name: {"seconds", **summary}}}`` for each (name, result, seconds) in ``done``."""
+    """Write ``summary.json`` (atomically) beside the experiments' folders.
+
+    **Arguments:** ``path`` (the file to write); ``done``: one ``(name, result, seconds)`` per
+    experiment run, ``name`` a key of :data:`SUMMARIES` and ``result`` what that experiment's
+    ``run`` returned (the content of its JSON); ``paper_scale``, ``seeds``, ``jobs``: the command's
+    settings.
+
+    **Returns:** the written dict ``{"paper", "arxiv", "paper_scale", "seeds", "jobs",
+    "experiments": {name: {"seconds", **SUMMARIES[name](result)}}}``.
+    """
     data = {"paper": PAPER, "arxiv": "2305.02582", "paper_scale": paper_scale, "seeds": seeds, "jobs": jobs,
             "experiments": {name: {"seconds": round(secs, 1), **SUMMARIES[name](res)} for name, res, secs in done}}
     atomic_write_json(path, data)
