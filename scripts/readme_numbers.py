@@ -4,7 +4,8 @@ Speed: every ``benchmarks/results/*.json`` written by the benchmark harness
 (``benchmarks/_harness.py``): one row per recorded ratio (what it compares, ours, reference,
 ratio, target, threads) and per recorded value that carries a target (peak RSS, ...).
 Reproductions: the JSON each ``normscope reproduce`` command writes into its ``--out`` folder
-(``ni/results.json``, ``riechers/claims.json``), passed as ``--repro NAME=DIR``.
+(``ni/results.json``, ``riechers/claims.json``, ``brody/summary.json``), passed as
+``--repro NAME=DIR``; a copy of it is kept in ``benchmarks/results/repro/NAME/``.
 
 The tables live between marker comments in README.md::
 
@@ -16,7 +17,7 @@ Usage::
     python scripts/readme_numbers.py                 # rewrite the blocks in README.md
     python scripts/readme_numbers.py --check         # exit 1 when README and JSON disagree
     python scripts/readme_numbers.py --print         # print the generated blocks
-    python scripts/readme_numbers.py --repro ni=out/ni --repro riechers=out/riechers
+    python scripts/readme_numbers.py --repro ni=out/ni --repro riechers=out/riechers --repro brody=out/brody
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- normscope:{name}:{end} -->"
@@ -105,9 +106,99 @@ def _riechers(folder: Path) -> str:
     return f"claims: {len(ok)}/{len(claims)} checks reproduce the reference status"
 
 
-REPRO: dict[str, tuple[str, Callable[[Path], str]]] = {
-    "ni": ("`reproduce ni`", _ni),
-    "riechers": ("`reproduce riechers`", _riechers),
+_BRODY_NORM1 = {"proj_scale": "projection + scaling", "scale_inv_sqrt_d": "scaling to 1/√d",
+                "scale_sqrt_d": "scaling to √d", "none": "no norm"}
+
+
+def _slash(values: list[float], nd: int = 1) -> str:
+    return "/".join(f"{v:.{nd}f}" for v in values)
+
+
+def _brody_random_points(e: dict[str, Any]) -> str:
+    (d0, d1), (n0, n1) = e["d"], e["n"]
+    cells = []
+    for r in e["without_ln"]:
+        ours = (f"P ≥ 0.95 from n = {r['first_n_p95']}" if r["first_n_p95"] is not None
+                else f"P = {r['p_at_n_max']:.2f} at n = {n1}")
+        cells.append(f"d = {r['d']} {ours} (paper {r['paper']})")
+    return (f"Gaussian points, d = {d0}–{d1}, n = {n0}–{n1} ({e['n_values']} values), {e['runs']} draws per cell: "
+            f"P(some point unselectable) with LN, max over the grid {e['with_ln_max_p']:.2f} "
+            f"(paper {e['paper_with_ln_max_p']:g}, {e['paper_with_ln_source']}); without LN: " + ", ".join(cells))
+
+
+def _brody_majority(e: dict[str, Any]) -> str:
+    head = (f"majority task, d = {e['d']}, {e['steps']:,} steps of batch {e['batch_size']} (paper {e['paper_steps']:,} "
+            f"of {e['paper_batch_size']:,}), {e['seeds']} seeds")
+    parts = []
+    if e["at_step"]:
+        at = e["at_step"][-1]
+        cells = []
+        for v, o in at["ours"].items():
+            p = at["paper"].get(v)
+            paper = f" (paper ≈ {p['train_loss']:g} / {p['test_acc']:g})" if p and p["test_acc"] is not None else ""
+            cells.append(f"{_BRODY_NORM1.get(v, v)} {o['train_loss']:.2f} / {o['test_acc']:.2f}{paper}")
+        parts.append(f"train loss / test accuracy at step {at['step']:,}: " + ", ".join(cells))
+    angles = ", ".join(f"{_BRODY_NORM1.get(v, v)} {f['angle_start']:.0f}° → {f['angle_end']:.0f}°" for v, f in e["final"].items())
+    parts.append(f"query angle to 𝟙, start → step {e['steps']:,}: {angles} (paper: {e['paper_angle']})")
+    return head + ": " + "; ".join(parts) + ". Paper's \"without projection\" = scaling to 1/√d"
+
+
+def _brody_lm(e: dict[str, Any]) -> str:
+    t1, t2, loss = e["table1"], e["table2"], e["final_loss"]
+    return (f"d = {e['d']} LM, {e['steps']:,} steps, {e['vocab_size']}-token BPE (paper: 50k steps, GPT-2 BPE), "
+            f"{e['measure_windows']} held-out windows of {e['measure_len']} tokens: % unselectable after ln_1, layers "
+            f"1–{e['layers']}: without scaling {_slash(t1['ours']['without_scaling'])} "
+            f"(paper {_slash(t1['paper']['without_scaling'])}), with scaling {_slash(t1['ours']['with_scaling'])} "
+            f"(paper {_slash(t1['paper']['with_scaling'])}); before ln_1 of the with-scaling model "
+            f"{_slash(t2['ours']['before'])} (paper {_slash(t2['paper']['before'])}); final held-out loss with / without "
+            f"scaling {loss['ours']['with_scaling']['heldout']:.3f} / {loss['ours']['without_scaling']['heldout']:.3f} "
+            f"(paper test {loss['paper']['with_scaling']['test']:g} / {loss['paper']['without_scaling']['test']:g}, "
+            f"other vocabulary: compare the direction only)")
+
+
+def _brody_real(e: dict[str, Any]) -> str:
+    cells = []
+    for name, m in e["models"].items():
+        keys = (f", worst key head (W_K·y) {m['keys_max']:.1f} ({m['keys_beyond_duplicates_max']:.1f} beyond duplicates)"
+                if m["keys_max"] is not None else "")
+        cells.append(f"{name} ({m['sequences']} × {m['seq_len']} tokens, d = {m['d']}): worst layer before the norm "
+                     f"{m['before_max']:.1f}, after {m['after_max']:.1f} ({m['after_beyond_duplicates_max']:.1f} beyond "
+                     f"exact duplicates, which are up to {m['duplicates_max']:.1f}){keys}")
+    return ("packaged models (extension, not in the paper; its claim: " + e["paper_claim"] + "), "
+            "% unselectable: " + "; ".join(cells))
+
+
+_BRODY = {"random-points": _brody_random_points, "majority": _brody_majority, "lm": _brody_lm, "real": _brody_real}
+
+
+def _brody(folder: Path) -> list[tuple[str, str]]:
+    path = folder / "summary.json"
+    try:
+        exps = json.loads(path.read_text())["experiments"]
+        rows = [(name, _BRODY[name](e)) for name, e in exps.items()]
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as err:
+        raise SystemExit(f"{path}: missing or malformed entry ({type(err).__name__}: {err}); regenerate it with "
+                         f"`normscope reproduce brody --out DIR` and copy it with --repro brody=DIR") from None
+    if not rows:
+        raise SystemExit(f"{path}: no experiments; regenerate it with `normscope reproduce brody --out DIR`")
+    missing = [name for name in _BRODY if name not in exps]
+    return rows + [(name, (f"not part of the run this table comes from (`--only` left it out); "
+                           f"`normscope reproduce brody --only {name}` measures it")) for name in missing]
+
+
+class Repro(NamedTuple):
+    """A reproduce command: README label, the JSON file it writes into --out, and the row builder
+    (folder holding that file -> [(experiment, what it shows)]; experiment "" for a single row)."""
+
+    label: str
+    file: str
+    rows: Callable[[Path], list[tuple[str, str]]]
+
+
+REPRO: dict[str, Repro] = {
+    "ni": Repro("`reproduce ni`", "results.json", lambda f: [("", _ni(f))]),
+    "riechers": Repro("`reproduce riechers`", "claims.json", lambda f: [("", _riechers(f))]),
+    "brody": Repro("`reproduce brody`", "summary.json", _brody),
 }
 
 
@@ -116,8 +207,9 @@ def repro_block(folders: dict[str, Path]) -> str:
     for name, folder in folders.items():
         if name not in REPRO:
             raise SystemExit(f"--repro {name}=...: no extractor for {name!r}; known: {', '.join(REPRO)}")
-        label, fn = REPRO[name]
-        lines.append(f"| {label} | {fn(folder)} |")
+        rep = REPRO[name]
+        for exp, text in rep.rows(folder):
+            lines.append(f"| {rep.label}{f' ({exp})' if exp else ''} | {text} |")
     return "\n".join(lines)
 
 
@@ -198,10 +290,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--repro {item!r}: expected NAME=DIR, e.g. ni=out/ni")
         if name not in REPRO:
             raise SystemExit(f"--repro {name}=...: no extractor for {name!r}; known: {', '.join(REPRO)}")
+        src = Path(folder) / REPRO[name].file
+        if not src.is_file():
+            raise SystemExit(f"--repro {name}={folder}: no {src}; run `normscope reproduce {name} --out {folder}` first")
         (stored / name).mkdir(parents=True, exist_ok=True)
-        for f in ("results.json", "claims.json"):
-            if (Path(folder) / f).is_file():
-                shutil.copyfile(Path(folder) / f, stored / name / f)
+        shutil.copyfile(src, stored / name / REPRO[name].file)
     folders = {n: stored / n for n in REPRO if (stored / n).is_dir()}
     if folders:
         blocks["repro"] = repro_block(folders)

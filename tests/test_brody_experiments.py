@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from normscope.experiments.brody import lm, majority, random_points
+from normscope.experiments.brody import lm, majority, random_points, summary
 
 
 def test_random_points_micro(tmp_path):
@@ -18,6 +18,10 @@ def test_random_points_micro(tmp_path):
     for f in ("random_points.json", "random_points.md", "fig1cd_heatmaps.png", "fraction.png"):
         assert (tmp_path / f).stat().st_size > 0
     assert "paper" in (tmp_path / "random_points.md").read_text()
+    head = summary.random_points(json.loads((tmp_path / "random_points.json").read_text()))
+    assert head["with_ln_max_p"] == 0.0 and head["paper_with_ln_max_p"] == 0.0
+    assert [r["d"] for r in head["without_ln"]] == [3, 8]
+    assert head["without_ln"][0]["first_n_p95"] == 30 and head["without_ln"][0]["p_at_n_max"] == 1.0
 
 
 def test_majority_data_properties():
@@ -74,6 +78,10 @@ def test_majority_micro_run(tmp_path):
     np.testing.assert_allclose(k.sum(1), 0, atol=1e-5)
     for f in ("majority.json", "majority.md", "fig2a_loss.png", "fig3_accuracy.png", "fig2b_angle.png", "fig1ab_keys_queries_3d.png"):
         assert (tmp_path / f).stat().st_size > 0
+    head = summary.majority(json.loads((tmp_path / "majority.json").read_text()))
+    assert head["at_step"] == []  # 12 steps: none of the paper's figure steps (1000, ...) is reached
+    assert set(head["final"]) == set(majority.VARIANTS) and head["steps"] == 12 and head["seeds"] == 1
+    assert head["final"]["proj_scale"]["test_acc"] == res["summary"]["proj_scale"]["final"]["test_acc"][0]
 
 
 def test_lm_model_and_measure():
@@ -103,7 +111,9 @@ def test_lm_micro_run(tmp_path):
     assert len(res["table2"]["before"]) == 4
     for f in ("lm.json", "lm.md", "fig4_loss.png"):
         assert (tmp_path / f).stat().st_size > 0
-    json.loads((tmp_path / "lm.json").read_text())
+    head = summary.lm(json.loads((tmp_path / "lm.json").read_text()))
+    assert head["table1"]["ours"]["with_scaling"] == [0.0] * 4 and head["table1"]["paper"] == lm.PAPER_TABLE1
+    assert head["final_loss"]["ours"]["with_scaling"]["heldout"] == res["runs"]["with_scaling"]["log"]["val_loss"][-1]
 
 
 def test_cli_random_points_and_errors(tmp_path, monkeypatch, capsys):
@@ -115,6 +125,9 @@ def test_cli_random_points_and_errors(tmp_path, monkeypatch, capsys):
     assert main(["reproduce", "brody", "--only", "random-points", "--out", str(out), "--jobs", "1"]) == 0
     assert (out / "random_points" / "random_points.md").exists() and (out / "README.md").exists()
     assert str(out) in capsys.readouterr().out
+    head = json.loads((out / "summary.json").read_text())
+    assert head["arxiv"] == "2305.02582" and list(head["experiments"]) == ["random-points"]
+    assert head["experiments"]["random-points"]["with_ln_max_p"] == 0.0
     assert main(["reproduce", "brody", "--only", "random-points", "--out", str(out)]) == 1  # exists, no --force
     assert main(["reproduce", "brody", "--seeds", "0", "--out", str(tmp_path / "x")]) == 1
 
@@ -127,3 +140,7 @@ def test_real_minilm_micro(tmp_path):
     layers = res["models"][0]["layers"]
     assert len(layers) == 6 and layers[0]["site"].endswith("embeddings.LayerNorm")
     assert (tmp_path / "real.md").exists()
+    head = summary.real(json.loads((tmp_path / "real.json").read_text()))["models"]["minilm"]
+    assert head["layers"] == 6 and head["d"] == 384 and head["after_max"] == max(L["after"]["mean"] for L in layers)
+    worst = max(L["after"]["mean"] - L["duplicates"]["mean"] for L in layers)
+    assert head["after_beyond_duplicates_max"] == worst and 0 <= worst <= head["after_max"]

@@ -27,10 +27,27 @@ def test_readme_python_example_runs():
 def test_readme_numbers_are_generated():
     """Every generated block of README.md (headline, speed, reproductions) equals what
     scripts/readme_numbers.py makes from the committed JSON results: no typed or stale number."""
+    assert _readme_numbers().main(["--check"]) == 0
+
+
+def _readme_numbers():
     import importlib.util
 
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("readme_numbers", root / "scripts" / "readme_numbers.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--check"]) == 0
+    return mod
+
+
+@pytest.mark.parametrize("bad", [{}, {"experiments": {"lm": {"d": 8}}}, {"experiments": {"random-points": None}},
+                                 {"experiments": {"unknown-experiment": {}}}, {"experiments": {}}])
+def test_brody_row_builder_fails_loudly_on_missing_keys(tmp_path, bad):
+    """A brody summary.json without the expected keys stops the script with one line naming the file."""
+    import json
+
+    (tmp_path / "summary.json").write_text(json.dumps(bad))
+    with pytest.raises(SystemExit) as err:
+        _readme_numbers().REPRO["brody"].rows(tmp_path)
+    msg = str(err.value.code)
+    assert str(tmp_path / "summary.json") in msg and "\n" not in msg and "reproduce brody" in msg

@@ -8,7 +8,9 @@ Experiments (``--only``; default all, at a CPU budget; ``--paper-scale`` for the
 - ``lm``: Tables 1–2, Fig. 4, a d = 8 LM with and without LN scaling (CPU proxy);
 - ``real``: the same measurements on the packaged minilm and smollm2 (extension).
 
-Each writes Markdown + JSON tables (the paper's numbers beside ours) and PNG plots under --out.
+Each writes Markdown + JSON tables (the paper's numbers beside ours) and PNG plots under --out;
+``summary.json`` holds the headline numbers of every experiment run, ours beside the paper's
+(:mod:`normscope.experiments.brody.summary`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from normscope.experiments.brody import summary
     from normscope.experiments.brody.common import default_jobs
 
     if args.seeds < 1:
@@ -48,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     which = list(dict.fromkeys(args.only or EXPERIMENTS))
     jobs = args.jobs or default_jobs()
-    done = []
+    done, results = [], []
     with output_dir(args.out, force=args.force) as tmp:
         for exp in which:
             t0 = time.perf_counter()
@@ -57,23 +60,26 @@ def main(args: argparse.Namespace) -> int:
             if exp == "random-points":
                 from normscope.experiments.brody import random_points
 
-                random_points.run(sub, paper_scale=args.paper_scale, jobs=jobs)
+                res = random_points.run(sub, paper_scale=args.paper_scale, jobs=jobs)
             elif exp == "majority":
                 from normscope.experiments.brody import majority
 
-                majority.run(sub, paper_scale=args.paper_scale, seeds=args.seeds, jobs=jobs)
+                res = majority.run(sub, paper_scale=args.paper_scale, seeds=args.seeds, jobs=jobs)
             elif exp == "lm":
                 from normscope.experiments.brody import lm
 
-                lm.run(sub, paper_scale=args.paper_scale, jobs=jobs)
+                res = lm.run(sub, paper_scale=args.paper_scale, jobs=jobs)
             else:
                 from normscope.experiments.brody import real
 
-                real.run(sub, paper_scale=args.paper_scale)
+                res = real.run(sub, paper_scale=args.paper_scale)
             done.append((exp, sub.name, time.perf_counter() - t0))
+            results.append((exp, res, done[-1][2]))
         index = ["# Brody et al. (2023) reproduction", "",
                  "| experiment | folder | seconds |", "|---|---|---|"]
         index += [f"| {e} | [{f}/]({f}/) | {s:.0f} |" for e, f, s in done]
+        index += ["", "Headline numbers, ours beside the paper's: [summary.json](summary.json)."]
+        summary.write(Path(tmp) / "summary.json", results, paper_scale=args.paper_scale, seeds=args.seeds, jobs=jobs)
         atomic_write_text(Path(tmp) / "README.md", "\n".join(index) + "\n")
     out = Path(args.out).resolve()
     print(f"[brody] wrote {out}")
