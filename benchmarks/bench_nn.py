@@ -124,9 +124,10 @@ def main() -> None:
             best_rms = min((n for n in ("F.rms_norm", "compiled F.rms_norm") if n in c.timings),
                            key=lambda n: c.timings[n].median)
             bench.ratio(c, "nn.RMSNorm auto", best_rms, key=f"rmsnorm_auto_vs_best_torch_{tag}", target="<= 1.0",
-                        what="RMSNorm(backend='auto') vs the faster of F.rms_norm and compiled F.rms_norm")
+                        what=("RMSNorm(backend='auto') with NORMSCOPE_COMPILE=1 (compile is opt-in; without it auto "
+                              "runs the eager kernel of the next row) vs the faster of F.rms_norm and compiled F.rms_norm"))
             bench.ratio(c, "nn.RMSNorm eager", best_rms, key=f"rmsnorm_eager_vs_best_torch_{tag}",
-                        what="the eager two-pass kernel vs the faster torch RMSNorm")
+                        what="the eager two-pass kernel (auto's choice without NORMSCOPE_COMPILE=1) vs the faster torch RMSNorm")
             for kind in ("eager", "grouped", "compile"):
                 name = f"nn.GroupLayerNorm g={args.groups} {kind}"
                 if name in c.timings:
