@@ -320,7 +320,7 @@ def test_shard_round_robin():
 def test_scratch_buffer_usable_in_and_out_of_inference_mode():
     from normscope.probe import metrics
 
-    metrics._WORK.clear()
+    metrics.release_workspace()
     x, g = torch.randn(300, 40), torch.ones(40, dtype=torch.float64)
     with torch.inference_mode():
         a, _, _ = token_metrics(x, x, kind="rmsnorm", eps=0.0, gain=g, bias=None)
@@ -459,3 +459,23 @@ def test_small_rotations_are_float64_exact(dtype, rows):
     assert small.sum() >= (t if rows == "all" else t // 2)
     np.testing.assert_allclose(got[small], want[(None, "rotation_deg")][small], rtol=1e-9)
     assert x.dtype == dtype and z.dtype == dtype  # inputs untouched (scratch copies only)
+
+
+def test_concurrent_threads_do_not_share_scratch():
+    """Two threads computing bf16 metrics at once (scratch buffers in use: dtype conversion and the
+    small-rotation refinement) give bit-identical results to one thread alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gen = torch.Generator().manual_seed(11)
+    g = torch.ones(64, dtype=torch.float64)
+    work = []
+    for _ in range(2):
+        x = torch.randn(500, 64, generator=gen).to(torch.bfloat16)
+        z = (x.float() * (1 + 1e-2 * torch.randn(500, 64, generator=gen))).to(torch.bfloat16)
+        work.append((x, z))
+    run1 = lambda xz: token_metrics(xz[0], xz[1], kind="rmsnorm", eps=1e-6, gain=g, bias=None).values  # noqa: E731
+    alone = [run1(xz) for xz in work]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(20):
+            together = list(pool.map(run1, work))
+            assert all(torch.equal(a, b) for a, b in zip(alone, together))

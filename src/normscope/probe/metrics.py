@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from typing import NamedTuple
 
 import torch
@@ -234,26 +235,33 @@ def token_metrics(
     return TokenMetrics(values, fin_in, fin_out)
 
 
-_WORK: dict = {}
+_LOCAL = threading.local()  # per-thread scratch: two threads probing at once never share a buffer
+
+
+def _buffers() -> dict:
+    if not hasattr(_LOCAL, "work"):
+        _LOCAL.work = {}
+    return _LOCAL.work
 
 
 def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device, slot: str = "scratch") -> torch.Tensor:
-    """A reused scratch buffer per (slot, dtype, device). Fresh multi-MB allocations are returned
+    """A reused scratch buffer per (slot, dtype, device) and thread. Fresh multi-MB allocations are returned
     to the OS and page-faulted back in on every call, which costs more than the arithmetic itself
     on CPU. :func:`release_workspace` frees them (the runner calls it after a run)."""
     n = shape[0] * shape[1]
     key = (slot, dtype, device)
-    buf = _WORK.get(key)
+    work = _buffers()
+    buf = work.get(key)
     if buf is None or buf.numel() < n:
         with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
             buf = torch.empty(n, dtype=dtype, device=device)
-        _WORK[key] = buf
+        work[key] = buf
     return buf[:n].view(shape)
 
 
 def release_workspace() -> None:
-    """Free the scratch buffers of :func:`token_metrics` (they are re-created on the next call)."""
-    _WORK.clear()
+    """Free this thread's scratch buffers of :func:`token_metrics` (re-created on the next call)."""
+    _buffers().clear()
 
 
 def _as_dtype(v: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor:
