@@ -119,3 +119,19 @@ def test_chunked_loss_head_variants_match_dense(monkeypatch, head_kind, cap):
             want = float(F.cross_entropy(lg.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
         assert s.count == 3 * 16 and s.nonfinite == 0
         assert s.total == pytest.approx(want, rel=rel)
+
+
+def test_chunked_loss_calls_a_hooked_head():
+    """A head with forward hooks (how accelerate places and offloads weights) is called, not
+    bypassed: here the hook scales the logits, so bypassing it would change the loss."""
+    gen = torch.Generator().manual_seed(5)
+    head = torch.nn.Linear(D, V, bias=False)
+    head.register_forward_hook(lambda mod, inp, out: out * 0.25)
+    model = type("M", (torch.nn.Module,), {"get_output_embeddings": lambda self: head})()
+    model.config = type("Cfg", (), {})()
+    hidden = torch.randn(2, 9, D, generator=gen)
+    ids = torch.randint(0, V, (2, 9), generator=gen)
+    with torch.no_grad():
+        s = lo.lm_loss_from_hidden(model, hidden, ids)
+        want = float(F.cross_entropy(head(hidden[:, :-1]).double().flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
+    assert s.total == pytest.approx(want, rel=1e-6)

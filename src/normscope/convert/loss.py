@@ -53,9 +53,12 @@ class _Chunks:
 
 
 def _linear_into(head: nn.Module, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``head(h)`` written into ``out`` for a plain ``nn.Linear`` (same mm/addmm as F.linear);
-    any other head module is called and its result returned."""
-    if type(head) is nn.Linear and head.weight.dtype == h.dtype == out.dtype:
+    """``head(h)`` written into ``out`` for a plain ``nn.Linear`` (same mm/addmm as F.linear) whose
+    weight sits on h's device with h's dtype and that has no hooks (accelerate's offloading and
+    device placement live in hooks); any other head is called and its result returned."""
+    plain = (type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
+             and not hasattr(head, "_hf_hook"))
+    if plain and head.weight.device == h.device and head.weight.dtype == h.dtype == out.dtype:
         w, b = head.weight, head.bias
         return torch.mm(h, w.t(), out=out) if b is None else torch.addmm(b, h, w.t(), out=out)
     return head(h)
