@@ -46,6 +46,7 @@ def overhead(b: Bench, lm, batches, n_threads: int, tag: str) -> dict:
 
     from normscope.models import find_norms
     from normscope.probe import norm_hooks
+    from normscope.probe.metrics import workspace
     from normscope.probe.runner import SiteProbe, _forward_module
 
     n_tok = sum(x.numel() for x in batches)
@@ -64,7 +65,7 @@ def overhead(b: Bench, lm, batches, n_threads: int, tag: str) -> dict:
             fwd(input_ids=x, use_cache=False)
 
     times = {k: {"bare": [], "probe": []} for k in ("wall", "cpu")}
-    with b.threads(n_threads) as k, torch.inference_mode():
+    with b.threads(n_threads) as k, torch.inference_mode(), workspace():  # scratch kept as in probe.run
         bare(batches[0][:1, :16])  # warm-up
         for i, x in enumerate(batches):
             order = (("bare", bare), ("probe", probed)) if i % 2 == 0 else (("probe", probed), ("bare", bare))

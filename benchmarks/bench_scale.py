@@ -74,6 +74,7 @@ def throughput(model, bl, device: str) -> dict:
 
     from normscope.models import find_norms
     from normscope.probe import norm_hooks
+    from normscope.probe.metrics import workspace
     from normscope.probe.runner import SiteProbe, _forward_module
 
     sites = find_norms(model)
@@ -85,7 +86,7 @@ def throughput(model, bl, device: str) -> dict:
         probes[site.name](site, x, z)
 
     t = {"wall": {"bare": [], "probe": []}, "cpu": {"bare": [], "probe": []}}
-    with torch.inference_mode():
+    with torch.inference_mode(), workspace():  # scratch kept between batches, as in probe.run
         fwd(input_ids=bl[0][:1, :16].to(device), use_cache=False)
         for i, x in enumerate(bl):
             x = x.to(device)

@@ -320,7 +320,7 @@ def test_shard_round_robin():
 def test_scratch_buffer_usable_in_and_out_of_inference_mode():
     from normscope.probe import metrics
 
-    metrics.release_workspace()
+    metrics._buffers().clear()
     x, g = torch.randn(300, 40), torch.ones(40, dtype=torch.float64)
     with torch.inference_mode():
         a, _, _ = token_metrics(x, x, kind="rmsnorm", eps=0.0, gain=g, bias=None)
@@ -479,3 +479,21 @@ def test_concurrent_threads_do_not_share_scratch():
         for _ in range(20):
             together = list(pool.map(run1, work))
             assert all(torch.equal(a, b) for a, b in zip(alone, together))
+
+
+def test_scratch_is_kept_only_inside_workspace():
+    """One-off calls keep no scratch memory; inside ``workspace()`` (a probe run) the buffers stay
+    between calls and are freed when the block ends."""
+    from normscope.probe import metrics
+
+    x = torch.randn(50, 16).to(torch.bfloat16)
+    g = torch.ones(16, dtype=torch.float64)
+    token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None)
+    assert metrics._buffers() == {}
+    with metrics.workspace():
+        token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None)
+        assert metrics._buffers()  # conversion and refinement buffers kept
+        with metrics.workspace():  # nested: the outer block still owns them
+            pass
+        assert metrics._buffers()
+    assert metrics._buffers() == {}

@@ -26,9 +26,11 @@ passes if compilation fails).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -232,6 +234,8 @@ def token_metrics(
                       torch.where(s.gap2 > 0, math.inf, zero))
 
     values = torch.stack([*vin, *vout, rotation, gap, rho])
+    if not getattr(_LOCAL, "keep", False):
+        _buffers().clear()  # a one-off call keeps no scratch memory; a probe run keeps it (workspace())
     return TokenMetrics(values, fin_in, fin_out)
 
 
@@ -247,7 +251,7 @@ def _buffers() -> dict:
 def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device, slot: str = "scratch") -> torch.Tensor:
     """A reused scratch buffer per (slot, dtype, device) and thread. Fresh multi-MB allocations are returned
     to the OS and page-faulted back in on every call, which costs more than the arithmetic itself
-    on CPU. :func:`release_workspace` frees them (the runner calls it after a run)."""
+    on CPU. Kept between calls only inside :func:`workspace` (the runner's forward loop)."""
     n = shape[0] * shape[1]
     key = (slot, dtype, device)
     work = _buffers()
@@ -259,9 +263,19 @@ def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device, slot: str
     return buf[:n].view(shape)
 
 
-def release_workspace() -> None:
-    """Free this thread's scratch buffers of :func:`token_metrics` (re-created on the next call)."""
-    _buffers().clear()
+@contextlib.contextmanager
+def workspace() -> Iterator[None]:
+    """Keep this thread's scratch buffers of :func:`token_metrics` between calls inside the block
+    (a probe run: same shapes every batch, no page faults), and free them when it ends. Outside
+    such a block every call frees its buffers before returning."""
+    outer = getattr(_LOCAL, "keep", False)
+    _LOCAL.keep = True
+    try:
+        yield
+    finally:
+        _LOCAL.keep = outer
+        if not outer:
+            _buffers().clear()
 
 
 def _as_dtype(v: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor:

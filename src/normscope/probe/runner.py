@@ -18,7 +18,7 @@ from .. import __version__
 from ..models.registry import NormSite, find_norms
 from ..models._dataflow import _no_fastpath
 from .hooks import norm_hooks
-from .metrics import METRIC_ROWS, ROW, release_workspace, token_metrics
+from .metrics import METRIC_ROWS, ROW, token_metrics, workspace
 from .site_geometry import layer_geometry
 from .stats import SPECS, StreamStats, TailStats, token_locations
 
@@ -240,7 +240,7 @@ def run(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), norm_hooks(model, sites, callback), _no_fastpath():
+        with torch.inference_mode(), norm_hooks(model, sites, callback), _no_fastpath(), workspace():
             bar = tqdm(batches, total=total, disable=not progress or rank != 0, unit="batch",
                        desc=f"probing {name or family or type(model).__name__}")
             for batch in bar:
@@ -252,7 +252,6 @@ def run(
                 bar.set_postfix(tokens=_tokens(probes))
     finally:
         model.train(was_training)
-        release_workspace()
     tokens = _tokens(probes)
 
     if dist:
