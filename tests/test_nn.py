@@ -292,3 +292,25 @@ def test_group_layernorm_gradcheck():
     assert torch.autograd.gradcheck(lambda t, w, b: m(t), (x, m.weight, m.bias))
     with torch.no_grad():
         assert _err(m(x), m.trace(x).output) <= _bound(m(x), torch.float64, 4, passes=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("affine", ["weight+bias", "weight", "bias", "none"])
+@pytest.mark.parametrize("scale", [1.0, 1e30])
+def test_rms_norm_row_blocks_give_the_same_bits(one_thread, monkeypatch, dtype, affine, scale):
+    """The single-thread blocked RMSNorm runs the unblocked kernel's operations row block by row
+    block, so its output is bit-identical (ragged last block included); rows whose mean square
+    overflows (1e30² in float32) fall back to the same exact path."""
+    from normscope.nn import functional as fn
+
+    monkeypatch.setattr(fn, "_BLOCK_ELEMS", 96 * 7)  # blocks of 7 rows of 96: a ragged last block
+    gen = torch.Generator().manual_seed(4)
+    x = (torch.randn(3, 41, 96, generator=gen, dtype=torch.float64) * scale).to(dtype)
+    w = torch.rand(96, generator=gen, dtype=torch.float64).to(dtype) + 0.5 if "weight" in affine else None
+    b = torch.randn(96, generator=gen, dtype=torch.float64).to(dtype) if "bias" in affine else None
+    assert fn._blocked_ok(x, 96, w, b)
+    got = fn.rms_norm(x, (96,), w, b, 1e-5)
+    monkeypatch.setattr(fn, "_blocked_ok", lambda *a: False)
+    want = fn.rms_norm(x, (96,), w, b, 1e-5)
+    assert got.shape == x.shape and got.dtype == dtype
+    assert torch.equal(got, want)

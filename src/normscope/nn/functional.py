@@ -185,18 +185,68 @@ def rms_norm(
     ``vector_norm``), once to scale, and writes once. See ``benchmarks/bench_nn.py``. Rows whose
     mean square overflows or underflows (|x| ≳ 1e19 or ≲ 1e-19 in float32) are recomputed with
     the exact rescaling of :func:`decompose`, so the result never depends on the input's scale.
+    With one intra-op thread on CPU (float32/float64, nothing to differentiate, a 1-D shape) the
+    same operations run in row blocks of ~1 MiB that stay in L2 between the passes (same bits,
+    measured ~9% faster at 4096 × 4096; with more threads the per-block parallel regions cost more
+    than they save).
     """
     dims = tuple(range(-len(normalized_shape), 0))
     d = math.prod(normalized_shape)
     xc = x if x.dtype in (torch.float32, torch.float64) else x.float()
     if eps is None:
         eps = torch.finfo(x.dtype).eps
+    if len(normalized_shape) == 1 and _blocked_ok(x, d, weight, bias):
+        out = _rms_norm_blocked(x, d, weight, bias, eps)
+        if out is not None:
+            return out
     norm = torch.linalg.vector_norm(xc, dim=dims, keepdim=True)
     ms = norm.square() / d + eps  # per row: cheap
     if not stats_reliable(ms):
         _, xhat, _ = safe_normalize(xc, dims, eps, project=False)
         return _affine(xhat, weight, bias, x.dtype)
     return _affine(xc, weight, bias, x.dtype, torch.rsqrt(ms))
+
+
+_BLOCK_ELEMS = 1 << 18  # elements per row block of the single-thread kernels: 1 MiB of float32
+
+
+def _blocked_ok(x: torch.Tensor, d: int, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
+    """Whether :func:`_rms_norm_blocked` applies: CPU, one intra-op thread, float32/float64 input
+    with parameters of its dtype and device, nothing to differentiate, more than one block of rows."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.get_num_threads() != 1:
+        return False
+    params = [t for t in (weight, bias) if t is not None]
+    if any(t.dtype != x.dtype or t.device != x.device for t in params):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params)):
+        return False
+    return x.numel() // max(d, 1) > max(1, _BLOCK_ELEMS // max(d, 1))
+
+
+def _rms_norm_blocked(
+    x: torch.Tensor, d: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+) -> torch.Tensor | None:
+    """:func:`rms_norm`'s operations (‖x‖, mean(x²) + ε, x·rsqrt, g ⊙ · + b) on row blocks of
+    ~1 MiB, each block read from memory once; ``None`` when some mean(x²) + ε is unreliable
+    (:func:`stats_reliable`), for the caller's exact path."""
+    x2 = x.reshape(-1, d)
+    rows = x2.shape[0]
+    step = max(1, _BLOCK_ELEMS // d)
+    out = torch.empty_like(x2, memory_format=torch.contiguous_format)
+    ms = x2.new_empty(rows, 1)
+    with torch.no_grad():
+        for a in range(0, rows, step):
+            xb, zb, mb = x2[a:a + step], out[a:a + step], ms[a:a + step]
+            torch.linalg.vector_norm(xb, dim=-1, keepdim=True, out=mb)
+            mb.square_().div_(d).add_(eps)
+            torch.mul(xb, mb.rsqrt(), out=zb)
+            if weight is not None and bias is not None:
+                torch.addcmul(bias, zb, weight, out=zb)
+            elif weight is not None:
+                zb.mul_(weight)
+            elif bias is not None:
+                zb.add_(bias)
+    return out.view(x.shape) if stats_reliable(ms) else None
 
 
 def _affine(
