@@ -303,14 +303,14 @@ def test_rms_norm_row_blocks_give_the_same_bits(one_thread, monkeypatch, dtype, 
     overflows (1e30² in float32) fall back to the same exact path."""
     from normscope.nn import functional as fn
 
-    monkeypatch.setattr(fn, "_BLOCK_ELEMS", 96 * 7)  # blocks of 7 rows of 96: a ragged last block
+    monkeypatch.setattr(fn, "BLOCK_ELEMS", 96 * 7)  # blocks of 7 rows of 96: a ragged last block
     gen = torch.Generator().manual_seed(4)
     x = (torch.randn(3, 41, 96, generator=gen, dtype=torch.float64) * scale).to(dtype)
     w = torch.rand(96, generator=gen, dtype=torch.float64).to(dtype) + 0.5 if "weight" in affine else None
     b = torch.randn(96, generator=gen, dtype=torch.float64).to(dtype) if "bias" in affine else None
-    assert fn._blocked_ok(x, 96, w, b)
+    assert fn.blocks_apply(x, w, b) and x.numel() > fn.BLOCK_ELEMS
     got = fn.rms_norm(x, (96,), w, b, 1e-5)
-    monkeypatch.setattr(fn, "_blocked_ok", lambda *a: False)
+    monkeypatch.setattr(fn, "blocks_apply", lambda *a: False)
     want = fn.rms_norm(x, (96,), w, b, 1e-5)
     assert got.shape == x.shape and got.dtype == dtype
     assert torch.equal(got, want)

@@ -361,9 +361,9 @@ def test_group_layernorm_blocked_path(dtype, scale, affine, monkeypatch):
     """The no-grad blocked kernel (row blocks, see GroupLayerNorm's doc; one intra-op thread)
     against the float64 per-group oracle, with rows that straddle block edges; huge/tiny may fall
     back to trace. With 2 threads the grouped native_layer_norm path runs and agrees with it."""
-    from normscope.nn import group_layer_norm as lng
+    from normscope.nn import functional as fn
 
-    monkeypatch.setattr(lng, "_BLOCK_ELEMS", 3 * N)  # 3 rows per block: 13 rows = 5 blocks, the last partial
+    monkeypatch.setattr(fn, "BLOCK_ELEMS", 3 * N)  # 3 rows per block: 13 rows = 5 blocks, the last partial
     used, blocked = [], nsn.GroupLayerNorm._blocked
 
     def spy(self, x):

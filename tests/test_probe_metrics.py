@@ -320,7 +320,7 @@ def test_shard_round_robin():
 def test_scratch_buffer_usable_in_and_out_of_inference_mode():
     from normscope.probe import metrics
 
-    metrics._buffers().clear()
+    metrics._LOCAL.work.clear()
     x, g = torch.randn(300, 40), torch.ones(40, dtype=torch.float64)
     with torch.inference_mode():
         a, _, _ = token_metrics(x, x, kind="rmsnorm", eps=0.0, gain=g, bias=None)
@@ -489,11 +489,11 @@ def test_scratch_is_kept_only_inside_workspace():
     x = torch.randn(50, 16).to(torch.bfloat16)
     g = torch.ones(16, dtype=torch.float64)
     token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None)
-    assert metrics._buffers() == {}
+    assert metrics._LOCAL.work == {}
     with metrics.workspace():
         token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None)
-        assert metrics._buffers()  # conversion and refinement buffers kept
+        assert metrics._LOCAL.work  # conversion and refinement buffers kept
         with metrics.workspace():  # nested: the outer block still owns them
             pass
-        assert metrics._buffers()
-    assert metrics._buffers() == {}
+        assert metrics._LOCAL.work
+    assert metrics._LOCAL.work == {}

@@ -10,6 +10,7 @@ no chunk allocates afresh: per-chunk allocations of tens of MB fragment glibc's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -33,23 +34,25 @@ class LossSum(NamedTuple):
     first: tuple[int, int] | None = None
 
 
-class _Chunks:
-    """Reusable float64 scratch for −log softmax(ℓ)[target] over chunks of ``step`` rows × V."""
-
-    def __init__(self, step: int, vocab: int, device: torch.device) -> None:
-        self.buf = torch.empty(step, vocab, dtype=torch.float64, device=device)
-
-    def ce(self, logits: torch.Tensor, targets: torch.Tensor, cap: float | None = None) -> torch.Tensor:
-        """Per-row cross-entropy of ``logits`` (n ≤ step rows, any float dtype) in float64,
-        soft-capped first as cap·tanh(ℓ/cap) when ``cap`` is set. Overwrites the scratch."""
-        lg = self.buf[: logits.shape[0]]
-        lg.copy_(logits)
+def _chunked_ce(
+    rows: int, vocab: int, device: torch.device, logits_at: Callable[[int, int], torch.Tensor],
+    targets: torch.Tensor, cap: float | None = None,
+) -> torch.Tensor:
+    """Per-row −log softmax(ℓ)[target] in float64 for ``rows`` rows, ⌊2²²/V⌋ at a time:
+    ``logits_at(a, n)`` gives rows a..a+n (any float dtype), soft-capped as cap·tanh(ℓ/cap) when
+    ``cap`` is set, each chunk copied into one float64 scratch and reduced in place."""
+    step = max(1, min(_CHUNK_ELEMENTS // vocab, rows))
+    scratch = torch.empty(step, vocab, dtype=torch.float64, device=device)
+    losses = torch.empty(rows, dtype=torch.float64, device=device)
+    for a in range(0, rows, step):
+        n = min(step, rows - a)
+        lg = scratch[:n].copy_(logits_at(a, n))
         if cap:
             lg.div_(cap).tanh_().mul_(cap)
-        m = lg.amax(-1, keepdim=True)
-        lg.sub_(m)
-        picked = lg.gather(-1, targets[:, None]).squeeze(-1)
-        return lg.exp_().sum(-1).log_().sub_(picked)
+        lg.sub_(lg.amax(-1, keepdim=True))
+        picked = lg.gather(-1, targets[a:a + n, None]).squeeze(-1)
+        losses[a:a + n] = lg.exp_().sum(-1).log_().sub_(picked)
+    return losses
 
 
 def _linear_into(head: nn.Module, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -105,14 +108,8 @@ def lm_loss_from_hidden(model: nn.Module, hidden: torch.Tensor, ids: torch.Tenso
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     tgt = ids[:, 1:].reshape(-1).to(h.device)
     vocab = head.weight.shape[0]
-    step = max(1, min(_CHUNK_ELEMENTS // vocab, h.shape[0]))
-    scratch = _Chunks(step, vocab, h.device)
-    raw = torch.empty(step, vocab, dtype=h.dtype, device=h.device)
-    losses = torch.empty(h.shape[0], dtype=torch.float64, device=h.device)
-    for a in range(0, h.shape[0], step):
-        n = min(step, h.shape[0] - a)
-        logits = _linear_into(head, h[a:a + n], raw[:n])
-        losses[a:a + n] = scratch.ce(logits, tgt[a:a + n], cap)
+    raw = torch.empty(max(1, min(_CHUNK_ELEMENTS // vocab, h.shape[0])), vocab, dtype=h.dtype, device=h.device)
+    losses = _chunked_ce(h.shape[0], vocab, h.device, lambda a, n: _linear_into(head, h[a:a + n], raw[:n]), tgt, cap)
     return _sum_ce(losses, torch.arange(losses.numel(), device=losses.device), seq)
 
 
@@ -125,12 +122,7 @@ def lm_loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> LossSum:
     keep = targets != -100
     where = keep.nonzero().flatten()
     logits, targets = logits[keep], targets[keep]
-    n = logits.shape[0]
-    step = max(1, min(_CHUNK_ELEMENTS // logits.shape[-1], n))
-    scratch = _Chunks(step, logits.shape[-1], logits.device)
-    losses = torch.empty(n, dtype=torch.float64, device=logits.device)
-    for a in range(0, n, step):
-        losses[a:a + step] = scratch.ce(logits[a:a + step], targets[a:a + step])
+    losses = _chunked_ce(logits.shape[0], logits.shape[-1], logits.device, lambda a, n: logits[a:a + n], targets)
     return _sum_ce(losses, where, seq)
 
 

@@ -93,13 +93,9 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         name = _name(func)
         if self.depth:
-            if name in ("layer_norm", "rms_norm"):
-                i = 4 if name == "layer_norm" else 3
-                eps = kwargs.get("eps", args[i] if len(args) > i else None)
-                if isinstance(eps, (int, float)):
-                    self.eps_seen.append(float(eps))
-            elif name in _ADD and len(args) == 2 and isinstance(args[1], float):
-                self.eps_seen.append(args[1])
+            eps = eps_of_call(name, args, kwargs)
+            if eps is not None:
+                self.eps_seen.append(eps)
             return func(*args, **kwargs)
         flat = self._flat(args, kwargs)
         ins_before = [self.key(t) for t in flat]
@@ -284,6 +280,18 @@ def run_once(model: nn.Module, example: Any, mode: Any = None) -> None:
         model.train(was)
 
 
+def eps_of_call(name: str, args: tuple, kwargs: dict) -> float | None:
+    """The ε a torch call reveals: the ``eps`` of ``layer_norm``/``rms_norm`` (positional or
+    keyword), or the float of ``x + float`` (how HF norms add ε to the variance); else None."""
+    if name in ("layer_norm", "rms_norm"):
+        i = 4 if name == "layer_norm" else 3
+        eps = kwargs.get("eps", args[i] if len(args) > i else None)
+        return float(eps) if isinstance(eps, (int, float)) else None
+    if name in _ADD and len(args) == 2 and isinstance(args[1], float):
+        return args[1]
+    return None
+
+
 class EpsSeen(TorchFunctionMode):
     """Records the eps of ``layer_norm``/``rms_norm`` calls and of ``+ float`` while active
     (entered around one norm module's forward only, so it costs nothing elsewhere)."""
@@ -294,14 +302,9 @@ class EpsSeen(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = _name(func)
-        if name in ("layer_norm", "rms_norm"):
-            i = 4 if name == "layer_norm" else 3
-            eps = kwargs.get("eps", args[i] if len(args) > i else None)
-            if isinstance(eps, (int, float)):
-                self.seen.append(float(eps))
-        elif name in _ADD and len(args) == 2 and isinstance(args[1], float):
-            self.seen.append(args[1])
+        eps = eps_of_call(_name(func), args, kwargs)
+        if eps is not None:
+            self.seen.append(eps)
         return func(*args, **kwargs)
 
 

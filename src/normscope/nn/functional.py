@@ -195,7 +195,7 @@ def rms_norm(
     xc = x if x.dtype in (torch.float32, torch.float64) else x.float()
     if eps is None:
         eps = torch.finfo(x.dtype).eps
-    if len(normalized_shape) == 1 and _blocked_ok(x, d, weight, bias):
+    if len(normalized_shape) == 1 and x.numel() > max(d, BLOCK_ELEMS) and blocks_apply(x, weight, bias):
         out = _rms_norm_blocked(x, d, weight, bias, eps)
         if out is not None:
             return out
@@ -207,20 +207,30 @@ def rms_norm(
     return _affine(xc, weight, bias, x.dtype, torch.rsqrt(ms))
 
 
-_BLOCK_ELEMS = 1 << 18  # elements per row block of the single-thread kernels: 1 MiB of float32
+BLOCK_ELEMS = 1 << 18  # elements per row block of the single-thread kernels: 1 MiB of float32 (2^17, 2^19 measured slower)
 
 
-def _blocked_ok(x: torch.Tensor, d: int, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
-    """Whether :func:`_rms_norm_blocked` applies: CPU, one intra-op thread, float32/float64 input
-    with parameters of its dtype and device, nothing to differentiate, more than one block of rows."""
+def blocks_apply(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+    """Whether a single-thread row-blocked CPU kernel (:func:`rms_norm`, ``GroupLayerNorm``) may
+    run: CPU, one intra-op thread, float32/float64 input, parameters of its dtype and device, and
+    nothing to differentiate (the kernels write in place)."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.get_num_threads() != 1:
         return False
-    params = [t for t in (weight, bias) if t is not None]
-    if any(t.dtype != x.dtype or t.device != x.device for t in params):
+    ps = [t for t in params if t is not None]
+    if any(t.dtype != x.dtype or t.device != x.device for t in ps):
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params)):
-        return False
-    return x.numel() // max(d, 1) > max(1, _BLOCK_ELEMS // max(d, 1))
+    return not (torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in ps)))
+
+
+def affine_(z: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """z := g ⊙ z + b in place, one pass (``addcmul`` when both are given)."""
+    if weight is not None and bias is not None:
+        torch.addcmul(bias, z, weight, out=z)
+    elif weight is not None:
+        z.mul_(weight)
+    elif bias is not None:
+        z.add_(bias)
+    return z
 
 
 def _rms_norm_blocked(
@@ -231,7 +241,7 @@ def _rms_norm_blocked(
     (:func:`stats_reliable`), for the caller's exact path."""
     x2 = x.reshape(-1, d)
     rows = x2.shape[0]
-    step = max(1, _BLOCK_ELEMS // d)
+    step = max(1, BLOCK_ELEMS // d)
     out = torch.empty_like(x2, memory_format=torch.contiguous_format)
     ms = x2.new_empty(rows, 1)
     with torch.no_grad():
@@ -239,13 +249,7 @@ def _rms_norm_blocked(
             xb, zb, mb = x2[a:a + step], out[a:a + step], ms[a:a + step]
             torch.linalg.vector_norm(xb, dim=-1, keepdim=True, out=mb)
             mb.square_().div_(d).add_(eps)
-            torch.mul(xb, mb.rsqrt(), out=zb)
-            if weight is not None and bias is not None:
-                torch.addcmul(bias, zb, weight, out=zb)
-            elif weight is not None:
-                zb.mul_(weight)
-            elif bias is not None:
-                zb.add_(bias)
+            affine_(torch.mul(xb, mb.rsqrt(), out=zb), weight, bias)
     return out.view(x.shape) if stats_reliable(ms) else None
 
 
@@ -264,13 +268,7 @@ def _affine(
         elif b is not None:
             z = z + b
     else:  # in place: one write of the output per pass
-        z = torch.mul(xc, inv) if inv is not None else xc.clone()
-        if w is not None and b is not None:
-            torch.addcmul(b, z, w, out=z)
-        elif w is not None:
-            z.mul_(w)
-        elif b is not None:
-            z.add_(b)
+        z = affine_(torch.mul(xc, inv) if inv is not None else xc.clone(), w, b)
     return z if z.dtype == dtype else z.to(dtype)
 
 

@@ -7,9 +7,9 @@ from torch import nn
 
 from normscope.nn import _autotune
 from normscope.nn._checks import check_eps, check_input, resolve_affine
-from normscope.nn.functional import NormTrace, decompose, rows_dynamic, stats_reliable
+from normscope.nn import functional as _fn
+from normscope.nn.functional import NormTrace, affine_, blocks_apply, decompose, rows_dynamic, stats_reliable
 
-_BLOCK_ELEMS = 1 << 18  # elements per block of the blocked kernel: 1 MiB of float32 (2^17, 2^19 measured slower)
 _BLOCKED_MAX_GROUP = 256  # wider groups: native_layer_norm on the grouped view (on par at 256, measured)
 
 
@@ -158,16 +158,9 @@ class GroupLayerNorm(nn.Module):
         """Whether the blocked kernel applies: CPU, one intra-op thread, float32/float64, groups ≤ 256
         wide, nothing to differentiate (it writes in place), a weight/bias of the input's dtype."""
         d = self.normalized_shape[0]
-        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or self.group_size > _BLOCKED_MAX_GROUP:
+        if self.group_size > _BLOCKED_MAX_GROUP or x.dim() < 1 or x.shape[-1] != d:
             return False
-        if x.dim() < 1 or x.shape[-1] != d:
-            return False
-        if torch.get_num_threads() != 1:
-            return False
-        params = [t for t in (self.weight, self.bias) if t is not None]
-        if any(t.dtype != x.dtype or t.device != x.device for t in params):
-            return False
-        return not (torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params)))
+        return blocks_apply(x, self.weight, self.bias)
 
     def _blocked(self, x: torch.Tensor) -> torch.Tensor | None:
         """LN-G in row blocks of ~1 MiB that stay in L2 between the passes (see the class
@@ -177,7 +170,7 @@ class GroupLayerNorm(nn.Module):
         x2 = x.reshape(-1, d)
         out = torch.empty_like(x2, memory_format=torch.contiguous_format)
         ms_all = x2.new_empty(x2.shape[0] * self.num_groups)
-        step = max(1, _BLOCK_ELEMS // d)
+        step = max(1, _fn.BLOCK_ELEMS // d)
         with torch.no_grad():
             self._blocked_rows(x2, out, ms_all, step)
         if not stats_reliable(ms_all):
@@ -200,12 +193,7 @@ class GroupLayerNorm(nn.Module):
             ms = torch.linalg.vector_norm(p, 2, -1, out=ms_all[i * g : j * g])  # ‖p‖₂: one read, no p² buffer
             torch.addcmul(eps, ms, ms, value=1.0 / n, out=ms)  # ms := ‖p‖²/n + ε, kept for the check
             p.mul_(ms.rsqrt().unsqueeze(-1))
-            if w is not None and b is not None:
-                torch.addcmul(b, o, w, out=o)
-            elif w is not None:
-                o.mul_(w)
-            elif b is not None:
-                o.add_(b)
+            affine_(o, w, b)
 
     def _affine(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """g ⊙ z + b, computed in float32/float64 and rounded once to ``dtype``."""

@@ -234,18 +234,21 @@ def token_metrics(
                       torch.where(s.gap2 > 0, math.inf, zero))
 
     values = torch.stack([*vin, *vout, rotation, gap, rho])
-    if not getattr(_LOCAL, "keep", False):
-        _buffers().clear()  # a one-off call keeps no scratch memory; a probe run keeps it (workspace())
+    if not _LOCAL.keep:
+        _LOCAL.work.clear()  # a one-off call keeps no scratch memory; a probe run keeps it (workspace())
     return TokenMetrics(values, fin_in, fin_out)
 
 
-_LOCAL = threading.local()  # per-thread scratch: two threads probing at once never share a buffer
+class _Scratch(threading.local):
+    """Per-thread scratch (two threads probing at once never share a buffer): ``work`` maps
+    (slot, dtype, device) to a buffer; ``keep`` is set inside :func:`workspace`."""
+
+    def __init__(self) -> None:
+        self.work: dict = {}
+        self.keep = False
 
 
-def _buffers() -> dict:
-    if not hasattr(_LOCAL, "work"):
-        _LOCAL.work = {}
-    return _LOCAL.work
+_LOCAL = _Scratch()
 
 
 def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device, slot: str = "scratch") -> torch.Tensor:
@@ -254,7 +257,7 @@ def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device, slot: str
     on CPU. Kept between calls only inside :func:`workspace` (the runner's forward loop)."""
     n = shape[0] * shape[1]
     key = (slot, dtype, device)
-    work = _buffers()
+    work = _LOCAL.work
     buf = work.get(key)
     if buf is None or buf.numel() < n:
         with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
@@ -268,14 +271,14 @@ def workspace() -> Iterator[None]:
     """Keep this thread's scratch buffers of :func:`token_metrics` between calls inside the block
     (a probe run: same shapes every batch, no page faults), and free them when it ends. Outside
     such a block every call frees its buffers before returning."""
-    outer = getattr(_LOCAL, "keep", False)
+    outer = _LOCAL.keep
     _LOCAL.keep = True
     try:
         yield
     finally:
         _LOCAL.keep = outer
         if not outer:
-            _buffers().clear()
+            _LOCAL.work.clear()
 
 
 def _as_dtype(v: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor:
