@@ -290,7 +290,7 @@ def _probe_one(args: argparse.Namespace, entry: _Loaded, texts: list[str], stage
     m["run"] = {"load_seconds": load_s, "probe_seconds": probe_s, "source": str(getattr(lm, "source", "")),
                 "context": ctx, "seq_len": args.seq_len, "input": inp.description, "modality": kind}
     steps = (("swap", lambda: _text_only(kind, "swap test", args.swap_test != "off")
-              or _swap(args, name, lm, probed=m, baseline=collector)),
+              or _swap(args, name, lm, sites, probed=m, baseline=collector)),
              ("attention", lambda: _text_only(kind, "attention measurement", bool(args.attention))
               or _attention(args, name, lm, texts, ctx)))
     for key, step in steps:
@@ -319,20 +319,20 @@ def _text_only(kind: str, what: str, wanted: bool) -> None:
                          "on the offline inputs named in the run table)")
 
 
-def _swap(args: argparse.Namespace, name: str, lm: Any, *, probed: dict, baseline: Any) -> dict | None:
+def _swap(args: argparse.Namespace, name: str, lm: Any, sites: list, *, probed: dict, baseline: Any) -> dict | None:
     """The naive LN<->RMSNorm swap test of one model (None when --swap-test off).
 
     Angles come from the report's own probe entry ``probed``, the token windows and the original
     model's loss from ``baseline`` (the :class:`~normscope.convert.swap.BaselineCollector` fed by
-    the probe's forward, which exists whenever the swap test runs), so neither the probe nor the
-    original model runs a second time."""
+    the probe's forward, which exists whenever the swap test runs), the norm sites from the load
+    step, so neither the probe, the original model nor the role tracing runs a second time."""
     if args.swap_test == "off":
         return None
     from normscope.convert import swap_test
 
     _say(args, f"swap test on {name} ({args.swap_test}) ...")
-    return swap_test(lm, baseline.batches, per=args.swap_test, angles=probed, progress=not args.quiet,
-                     baseline=baseline)
+    return swap_test(lm, baseline.batches, sites=sites, per=args.swap_test, angles=probed,
+                     progress=not args.quiet, baseline=baseline)
 
 
 def _attention(args: argparse.Namespace, name: str, lm: Any, texts: list[str], ctx: int | None) -> dict | None:
