@@ -49,3 +49,32 @@ def test_gguf_path_is_cached_and_parsed_once(tmp_path, monkeypatch):
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     ids = first.tokenizer("hello world")["input_ids"]
     assert ids == second.tokenizer("hello world")["input_ids"] and len(ids) > 0
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "short header", "cut after 3 MB"])
+def test_hostile_gguf_fails_in_one_line_before_caching(tmp_path, monkeypatch, kind):
+    """A .gguf that is not one, whose header is cut, or whose tensor data is cut: one ValueError
+    naming the file and the fix, and no cache folder left behind."""
+    pytest.importorskip("gguf")
+    monkeypatch.setenv("NORMSCOPE_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "model.gguf"
+    if kind == "random bytes":
+        bad.write_bytes(os.urandom(5000))
+        want = "not a GGUF file"
+    elif kind == "short header":
+        bad.write_bytes(b"GGUF\x03\x00\x00\x00")
+        want = "truncated GGUF file"
+    else:
+        try:
+            src = loading._smollm2_gguf()
+        except ValueError as e:
+            pytest.skip(str(e))
+        with open(src, "rb") as f:
+            bad.write_bytes(f.read(3_000_000))
+        want = "corrupt or truncated GGUF file"
+    with pytest.raises(ValueError, match=want) as err:
+        load(str(bad))
+    msg = str(err.value)
+    assert str(bad) in msg and "\n" not in msg
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not any(p.name.startswith("model") for p in (cache / "gguf").glob("*"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,8 +82,28 @@ def dequantise(gguf: Path) -> LoadedModel:
     """Load a GGUF file through transformers (float32), its metadata parsed once (see below)."""
     from normscope.models.loading import _load_hf
 
+    import gguf as _gguf
+
+    check_header(gguf)
     with parsed_once():
+        try:  # parsed here once (cached by parsed_once): any failure means the file itself is bad
+            _gguf.GGUFReader(gguf)
+        except (ValueError, struct.error, EOFError, IndexError) as e:
+            raise ValueError(f"{gguf}: corrupt or truncated GGUF file ({e}); download it again") from e
         return _load_hf(gguf.parent, name=gguf.stem, dtype=torch.float32, device_map=None, gguf_file=gguf.name)
+
+
+def check_header(gguf: Path) -> None:
+    """One-line ValueError unless ``gguf`` starts with a complete GGUF header (magic ``GGUF``,
+    version, tensor and metadata counts: 24 bytes), checked before any slow parsing."""
+    with open(gguf, "rb") as f:
+        head = f.read(24)
+    if head[:4] != b"GGUF":
+        raise ValueError(f"{gguf}: not a GGUF file (it does not start with the bytes 'GGUF'); "
+                         "pass a .gguf model file, an HF model folder or a packaged name")
+    if len(head) < 24:
+        raise ValueError(f"{gguf}: truncated GGUF file ({len(head)} bytes, shorter than its 24-byte header); "
+                         "download it again")
 
 
 @contextlib.contextmanager
