@@ -3,7 +3,7 @@
 For g = 1 + 0.3·randn(N) (seeded), on the shared harness (``_harness.py``: warm-up, interleaved
 rounds, medians and IQR, the same thread count on every side, 1 thread and all cores):
 
-- all axes with directions: ``principal_axes(g, directions=True)`` (deflation + ``dlaed4`` per root +
+- all axes with directions: ``principal_axes(g, directions=True)`` (deflation + dlaed4's root iteration +
   Gu–Eisenstat vectors, O(N²)) vs ``numpy.linalg.eigh(M)`` and ``torch.linalg.eigh(M)`` (MKL),
   M = diag(g²) − ggᵀ/N built inside each dense contender (the dense route needs it);
 - lengths only: ``principal_axes(g)`` vs ``eigvalsh`` (numpy, torch);

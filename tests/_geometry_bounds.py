@@ -7,8 +7,8 @@
   the worst-case bound is a small multiple of N·ε·‖M‖ (Higham, *Accuracy and Stability of
   Numerical Algorithms*, 2nd ed., §19.3 and Thm 19.4). The secular solver: each deflation
   perturbs M by at most 8ε‖M‖ (LAPACK dlaed2's criterion; the perturbations sit in disjoint
-  coordinates, so together they stay ≤ 8ε‖M‖ in 2-norm), and dlaed4 stops at a secular residual
-  of O(N·ε) relative (Li, LAPACK Working Note 89). C = 8 covers both (LAPACK's own constant in
+  coordinates, so together they stay ≤ 8ε‖M‖ in 2-norm), and dlaed4's iteration (ours is it,
+  vectorised) stops at a secular residual of O(N·ε) relative (Li, LAPACK Working Note 89). C = 8 covers both (LAPACK's own constant in
   these criteria). Weyl: |Δζ| ≤ ‖E‖₂ per side, so two sides differ by ≤ 2·8·N·ε·‖M‖.
 - Eigenvectors/eigenspaces (Davis–Kahan sin Θ): a spectral projector of a cluster separated by a
   gap δ from the rest moves by ≤ ‖E‖/(δ − 2‖E‖) in 2-norm per side (max-abs entry ≤ 2-norm).

@@ -16,11 +16,13 @@ special case in the mathematics. Numerically:
   null direction; |g̃| values whose squares agree within τ form a tie group: a Householder
   reflection inside the group gives m−1 exact eigenvectors with ζ = g̃², and the group becomes
   one pole with coupling ‖w̃_group‖;
-- **roots**: the remaining problem with distinct poles is solved root by root with LAPACK
-  ``dlaed4`` (Bunch–Nielsen–Sorensen / Li's "middle way") on −M̃ = diag(−d̃) + ρ zzᵀ with the
-  normalisation LAPACK requires, ‖z‖ = 1 and ρ = ‖w̃‖²; it also returns ζᵢ − dⱼ to full
-  relative accuracy. Called through ``scipy.linalg.cython_lapack`` with ctypes (which releases
-  the GIL), the roots are split over ``torch.get_num_threads()`` threads;
+- **roots**: the remaining problem with distinct poles, −M̃ = diag(−d̃) + ρ zzᵀ with LAPACK's
+  normalisation ‖z‖ = 1 and ρ = ‖w̃‖², is solved for all roots between poles at once by
+  ``_roots.interior_roots``: LAPACK ``dlaed4``'s iteration (Li's "middle way", origin at the
+  nearer pole so that ζᵢ − dⱼ keeps full relative accuracy, dlaed4's stopping test) vectorised
+  over roots in torch, with steps on a local model (nearest poles exact); the root below all
+  poles, 2 × 2 problems and any root left unconverged go to ``dlaed4`` itself, called from
+  ``scipy.linalg.cython_lapack`` through ctypes;
 - **directions**: all of them with the Gu–Eisenstat (Löwner) recomputation of the coupling,
   ŵⱼ² = −∏ᵢ(ζᵢ − dⱼ)/∏_{l≠j}(d_l − dⱼ), vᵢ ∝ ŵ/(d − ζᵢ), orthonormal to O(N·ε) without
   reorthogonalisation; a top-k subset (``k=``) as vᵢ ∝ w/(d − ζᵢ) from the k roots alone,
@@ -32,8 +34,6 @@ answer), O(N·k) for k axes. See ``benchmarks/bench_geometry.py`` for measured s
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
 import os
 import warnings
@@ -42,6 +42,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from ._lapack import dlaed4_root, have_dlaed4
+from ._roots import differences, interior_roots
 
 _EPS = float(np.finfo(np.float64).eps)
 _TAU = 8.0 * _EPS  # deflation tolerance relative to max g̃² (LAPACK dlaed2 uses 8·eps·max|d|)
@@ -82,39 +85,6 @@ def _deflate(d: np.ndarray, w: np.ndarray) -> _Deflated:
     return _Deflated(keep, starts, sizes, dpole, wpole, int(small.sum()))
 
 
-def _capsule_function(name: str, restype, *argtypes):
-    """A LAPACK routine from ``scipy.linalg.cython_lapack`` as a ctypes function (releases the GIL)."""
-    from scipy.linalg import cython_lapack
-
-    api = ctypes.pythonapi
-    api.PyCapsule_GetName.restype = ctypes.c_char_p
-    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
-    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    capsule = cython_lapack.__pyx_capi__[name]
-    return ctypes.CFUNCTYPE(restype, *argtypes)(api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule)))
-
-
-_INT_P = ctypes.POINTER(ctypes.c_int)
-_DBL_P = ctypes.POINTER(ctypes.c_double)
-
-
-# DLAED4(K, I, D, Z, DELTA, RHO, DLAM, INFO): I-th eigenvalue of diag(D) + ρzzᵀ, D ascending,
-# ‖z‖ = 1, ρ > 0; DELTA(j) = D(j) − λ_I to full relative accuracy (valid for K ≥ 3).
-@functools.cache
-def _dlaed4():
-    return _capsule_function("dlaed4", None, _INT_P, _INT_P, _DBL_P, _DBL_P, _DBL_P, _DBL_P, _DBL_P, _INT_P)
-
-
-@functools.cache
-def _have_dlaed4() -> bool:
-    try:
-        _dlaed4()
-    except (KeyError, AttributeError, OSError, ValueError, TypeError):
-        return False
-    return True
-
-
 _BLOCK = 32  # roots per vectorised update in _roots: 32 rows of N doubles stay in L2 up to N ~ 8k
 
 
@@ -128,24 +98,38 @@ def _small_roots(dpole: np.ndarray, wpole: np.ndarray) -> tuple[np.ndarray, np.n
     For K = 2 ``dlaed4`` (through ``dlaed5``) returns λ and the unit eigenvector z/(D − λ) itself
     in DELTA, both accurate even for nearly equal poles (ζ − d from an eigvalsh root would not be).
     """
-    n = dpole.size
-    if n == 1:
+    if dpole.size == 1:
         return np.array([dpole[0] - wpole[0] ** 2]), np.array([[-(wpole[0] ** 2)]])
     rho = float(np.dot(wpole, wpole))
     D, z = np.ascontiguousarray(-dpole), np.ascontiguousarray(wpole / math.sqrt(rho))
     zeta, E = np.empty(2), np.empty((2, 2))
-    k, i, info, r, lam = ctypes.c_int(2), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_double(rho), ctypes.c_double()
     for q in range(2):
-        delta = np.empty(2)
-        i.value = q + 1
-        _dlaed4()(ctypes.byref(k), ctypes.byref(i), D.ctypes.data_as(_DBL_P), z.ctypes.data_as(_DBL_P),
-                  delta.ctypes.data_as(_DBL_P), ctypes.byref(r), ctypes.byref(lam), ctypes.byref(info))
-        if info.value != 0:
-            raise RuntimeError(f"LAPACK dlaed4 failed on a 2x2 problem (info={info.value}); use method='dense'")
-        zeta[q] = -lam.value
+        lam, delta = dlaed4_root(D, z, rho, q)
+        zeta[q] = -lam
         with np.errstate(divide="ignore"):
             E[q] = -wpole / delta
     return zeta, E
+
+
+def _solve(D: np.ndarray, z: np.ndarray, rho: float, qs: np.ndarray):
+    """Roots ``qs`` of diag(D) + ρzzᵀ (n ≥ 3): interior ones all at once (``_roots``), the root
+    above the largest pole and any the vectorised iteration leaves unconverged by ``dlaed4``.
+
+    Returns (origin, τ, scalar): λ = origin + τ per position, D − λ = ``differences``; ``scalar``
+    maps a position solved by ``dlaed4`` to its (λ, D − λ)."""
+    n = D.size
+    origin = torch.zeros(qs.size, dtype=torch.float64)
+    tau = torch.zeros(qs.size, dtype=torch.float64)
+    inner = np.flatnonzero(qs < n - 1)
+    rest = np.flatnonzero(qs >= n - 1).tolist()
+    if inner.size:
+        r = interior_roots(D, z, rho, qs[inner])
+        origin[inner], tau[inner] = r.origin, r.tau
+        rest += inner[r.unconverged.numpy()].tolist()
+    scalar = {j: dlaed4_root(D, z, rho, int(qs[j])) for j in rest}
+    for j, (lam, _) in scalar.items():
+        origin[j], tau[j] = lam, 0.0
+    return origin, tau, scalar
 
 
 def _roots(
@@ -177,40 +161,33 @@ def _roots(
                 out[out_rows[q]] = 1.0 / np.append(E[q], np.inf)[col_pole]
         return zeta[qs], wpole.copy()  # rows of E already carry the exact vectors: ŵ = w
 
-    dlaed4 = _dlaed4()
     D = np.ascontiguousarray(-dpole)
     rho = float(np.dot(wpole, wpole))
     z = np.ascontiguousarray(wpole / math.sqrt(rho))
-    lam = np.empty(qs.size)
+    origin, tau, scalar = _solve(D, z, rho, qs)
+    lam = (origin + tau).numpy()
+    if out is None and delta_rows is None:
+        return -lam, None
+    Dt = torch.from_numpy(D)
     chunks = np.array_split(np.arange(qs.size), _n_threads(qs.size))
 
     def work(js: np.ndarray) -> np.ndarray | None:
-        # Roots in blocks of B: one dlaed4 call each into a row of ``buf``, then vectorised updates
-        # of the Löwner product and the output rows per block (few Python calls per root).
-        k, i, info, r, lamc = ctypes.c_int(n), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_double(rho), ctypes.c_double()
+        # Roots in blocks of B: their rows e_q = D − λ_q into ``buf``, then vectorised updates
+        # of the Löwner product and the output rows per block.
         nb_max = min(_BLOCK, js.size)
         if nb_max == 0:
             return np.ones(n) if out is not None else None
         buf = np.empty((nb_max, n + 1))
         buf[:, n] = np.inf  # gathered through col_pole == n: null coordinates get 1/inf = 0
-        rows_p = [buf[b].ctypes.data_as(_DBL_P) for b in range(nb_max)]
-        fixed = (ctypes.byref(k), ctypes.byref(i), D.ctypes.data_as(_DBL_P), z.ctypes.data_as(_DBL_P))
-        tail = (ctypes.byref(r), ctypes.byref(lamc), ctypes.byref(info))
         acc = np.ones(n) if out is not None else None
         den = np.empty((nb_max, n)) if out is not None else None
         for start in range(0, js.size, nb_max):
             blk = js[start : start + nb_max]
             nb = blk.size
             qb = qs[blk]
-            for b, (j, q) in enumerate(zip(blk.tolist(), qb.tolist())):
-                i.value = q + 1
-                dlaed4(*fixed, rows_p[b], *tail)
-                if info.value != 0:
-                    raise RuntimeError(
-                        f"LAPACK dlaed4 did not converge for root {q} of {n} (info={info.value}); "
-                        "use method='dense' for this gain and report the gain vector as a normscope bug"
-                    )
-                lam[j] = lamc.value
+            differences(Dt, origin[blk], tau[blk], torch.from_numpy(buf[:nb, :n]))
+            for b in np.flatnonzero(np.isin(blk, scalar_pos)).tolist():
+                buf[b, :n] = scalar[int(blk[b])][1]
             E = buf[:nb, :n]  # e_q = D − λ_q = ζ_q − d, one row per root
             if delta_rows is not None:
                 delta_rows[blk] = E
@@ -234,6 +211,7 @@ def _roots(
                     np.reciprocal(out[rows[b]], out=out[rows[b]])
         return acc
 
+    scalar_pos = np.fromiter(scalar, dtype=np.int64, count=len(scalar))
     if len(chunks) == 1:
         accs = [work(chunks[0])]
     else:
@@ -315,7 +293,7 @@ def principal_axes(
 
     - ``gain``: g, shape (N,), finite, N ≥ 2, not all zero.
     - ``directions``: also return the unit directions as the columns of an (N, m) array.
-    - ``method``: ``"secular"`` (O(N²) for all axes, O(N·k) for k: deflation + ``dlaed4`` +
+    - ``method``: ``"secular"`` (O(N²) for all axes, O(N·k) for k: deflation + dlaed4's iteration +
       Gu–Eisenstat vectors) or ``"dense"`` (``numpy.linalg.eigh`` of M, O(N³), the reference).
     - ``k``: only the k longest (or shortest) axes; None: all of them.
     - ``which``: ``"longest"`` or ``"shortest"`` (with ``k``); the result is longest first either way.
@@ -335,7 +313,7 @@ def principal_axes(
     n_axes = n - max(defl.n_null, 1)
     m = n_axes if k is None else min(int(k), n_axes)
     sel = slice(0, m) if which == "longest" else slice(n_axes - m, n_axes)
-    if method == "secular" and not _have_dlaed4():
+    if method == "secular" and not have_dlaed4():
         warnings.warn("LAPACK dlaed4 is not reachable through this scipy; using dense eigh (O(N^3)) instead")
         method = "dense"
 

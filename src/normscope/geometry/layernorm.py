@@ -204,7 +204,7 @@ class LayerNormGeometry:
         **Arguments:**
 
         - ``directions``: also return the (N, m) matrix of unit directions (columns, signs arbitrary).
-        - ``method``: ``"secular"`` (O(N²): deflation, LAPACK ``dlaed4`` per root, Gu–Eisenstat
+        - ``method``: ``"secular"`` (O(N²): deflation, dlaed4's root iteration, Gu–Eisenstat
           vectors), ``"dense"`` (``numpy.linalg.eigh`` of M, O(N³)), or ``"auto"`` (dense for N < 64).
         - ``k``: only the k longest (``which="longest"``) or shortest (``"shortest"``) axes, in
           O(N·k) without forming an N×N array (secular); None: all.
