@@ -297,18 +297,30 @@ def test_group_layernorm_gradcheck():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("affine", ["weight+bias", "weight", "bias", "none"])
 @pytest.mark.parametrize("scale", [1.0, 1e30])
-def test_rms_norm_row_blocks_give_the_same_bits(one_thread, monkeypatch, dtype, affine, scale):
-    """The single-thread blocked RMSNorm runs the unblocked kernel's operations row block by row
-    block, so its output is bit-identical (ragged last block included); rows whose mean square
-    overflows (1e30² in float32) fall back to the same exact path."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rms_norm_row_blocks_give_the_same_bits(monkeypatch, dtype, affine, scale, threads):
+    """The blocked RMSNorm runs the unblocked kernel's operations row block by row block, so its
+    output is bit-identical (ragged last block included), with one thread and with two (each its
+    block size); rows whose mean square overflows (1e30² in float32) fall back to the same exact
+    path."""
     from normscope.nn import functional as fn
 
     monkeypatch.setattr(fn, "BLOCK_ELEMS", 96 * 7)  # blocks of 7 rows of 96: a ragged last block
+    monkeypatch.setattr(fn, "BLOCK_ELEMS_THREADED", 96 * 11)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _same_bits_blocked(fn, monkeypatch, dtype, affine, scale)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _same_bits_blocked(fn, monkeypatch, dtype, affine, scale):
     gen = torch.Generator().manual_seed(4)
     x = (torch.randn(3, 41, 96, generator=gen, dtype=torch.float64) * scale).to(dtype)
     w = torch.rand(96, generator=gen, dtype=torch.float64).to(dtype) + 0.5 if "weight" in affine else None
     b = torch.randn(96, generator=gen, dtype=torch.float64).to(dtype) if "bias" in affine else None
-    assert fn.blocks_apply(x, w, b) and x.numel() > fn.BLOCK_ELEMS
+    assert fn.blocks_apply(x, w, b) and x.numel() > fn.block_elems()
     got = fn.rms_norm(x, (96,), w, b, 1e-5)
     monkeypatch.setattr(fn, "blocks_apply", lambda *a: False)
     want = fn.rms_norm(x, (96,), w, b, 1e-5)

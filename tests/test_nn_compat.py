@@ -358,12 +358,13 @@ def test_group_layernorm_bad_backend():
 @pytest.mark.parametrize("scale", ["huge", "tiny", "one", "1e30"])
 @pytest.mark.parametrize("affine", ["both", "weight", "none"])
 def test_group_layernorm_blocked_path(dtype, scale, affine, monkeypatch):
-    """The no-grad blocked kernel (row blocks, see GroupLayerNorm's doc; one intra-op thread)
-    against the float64 per-group oracle, with rows that straddle block edges; huge/tiny may fall
-    back to trace. With 2 threads the grouped native_layer_norm path runs and agrees with it."""
+    """The no-grad blocked kernel (row blocks, see GroupLayerNorm's doc) against the float64
+    per-group oracle with one and with two intra-op threads (each its block size), with rows that
+    straddle block edges; huge/tiny may fall back to trace."""
     from normscope.nn import functional as fn
 
     monkeypatch.setattr(fn, "BLOCK_ELEMS", 3 * N)  # 3 rows per block: 13 rows = 5 blocks, the last partial
+    monkeypatch.setattr(fn, "BLOCK_ELEMS_THREADED", 5 * N)  # 2 threads: 5 rows per block, 3 blocks
     used, blocked = [], nsn.GroupLayerNorm._blocked
 
     def spy(self, x):
@@ -384,11 +385,11 @@ def test_group_layernorm_blocked_path(dtype, scale, affine, monkeypatch):
             torch.set_num_threads(1)
             out, tr = m(x), m.trace(x).output
             torch.set_num_threads(2)
-            two = m(x)  # not blocked: the grouped path
+            two = m(x)
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(prev)
-    assert len(used) == 1 and out.dtype == dtype and out.shape == x.shape
+    assert len(used) == 2 and out.dtype == dtype and out.shape == x.shape
     assert used[-1] is not None or scale != "one"  # elsewhere mean(p²) may over/underflow: trace recomputes
     groups = x.double().unflatten(-1, (8, N // 8))
     ref = torch.cat([_oracle("layernorm", groups[:, k], None, None, 1e-5) for k in range(8)], -1)

@@ -54,27 +54,30 @@ class GroupLayerNorm(nn.Module):
 
     **Backends** (``benchmarks/bench_nn.py`` measures both against ``F.layer_norm``): ``"eager"``
     — on CPU, float32/float64, nothing to differentiate and groups of ≤ 256 neurons, a
-    blocked kernel: rows are taken in blocks of ~1 MiB (2^18 elements) so a block stays in L2
-    across its passes, and per block, viewing it as (rows·g, n),
+    blocked kernel: rows are taken in blocks that stay in cache across their passes (1 MiB, one
+    core's L2, with one intra-op thread; 4 MiB, the shared L3, with more: ``functional.block_elems``),
+    and per block, viewing it as (rows·g, n),
 
     .. math::
-        \mu = (X\mathbb 1)/n \;(\text{BLAS gemv}),\quad P = X - \mu\mathbb 1^\top,\quad
+        \mu = (X\mathbb 1)/n,\quad P = X - \mu\mathbb 1^\top,\quad
         m = \lVert P_{i,:}\rVert_2^2/n + \varepsilon,\quad
         Z = g \odot (P \,/\, \sqrt m) + b \;(\text{in place, one } \texttt{addcmul}),
 
     i.e. the two-pass (centred) variance, so no Σx² − nμ² cancellation; its accuracy matches
-    ``native_layer_norm`` (float64 oracle per group, ``tests/test_nn_compat.py``). It runs with
-    one intra-op thread (``torch.get_num_threads() == 1``); at 4096×4096 float32, 64 groups it
-    measured 1.15–1.25× a full-width ``F.layer_norm`` (same thread count) against ~1.6× for the
-    grouped ``native_layer_norm``, whose per-row overhead dominates on 64-wide rows. With more
-    threads the grouped ``native_layer_norm`` runs (~1.5×): sharing the blocks out over a
-    private thread pool reached ~1.35× at 2 threads but had to reset the intra-op thread count
-    of every participant, a global side effect a norm layer should not have. Otherwise
-    (autograd, half precision, wider groups, several threads): one fused
-    ``native_layer_norm`` over the (…, groups, C/g) view plus one in-place ``addcmul`` for the
-    affine. Rejected after measuring: ``F.group_norm`` and ``F.batch_norm`` on a
+    ``native_layer_norm`` (float64 oracle per group, ``tests/test_nn_compat.py``). At 4096×4096
+    float32, 64 groups it measured 1.06–1.25× a full-width ``F.layer_norm`` with one thread and
+    1.15–1.19× with two (same thread count on both sides), against ~1.6× and ~1.35–1.5× for the
+    grouped ``native_layer_norm``, whose per-row overhead dominates on 64-wide rows and whose
+    affine is a second pass over memory. With two threads 1 MiB blocks measured ~1.33× (a
+    parallel region per operation per block); a private thread pool sharing out the blocks
+    reached ~1.35× but had to reset the intra-op thread count of every participant, a global
+    side effect a norm layer should not have. Otherwise (autograd, half precision, wider
+    groups): one fused ``native_layer_norm`` over the (…, groups, C/g) view plus one in-place
+    ``addcmul`` for the affine. Rejected after measuring: ``F.group_norm`` and ``F.batch_norm`` on a
     (1, rows·g, n) view (slower), the same passes unblocked (~2.4×), smaller blocks (Python
-    overhead), a p² buffer plus gemv for m (slower than ``vector_norm``); not tried: group sums
+    overhead), ``native_layer_norm`` per block followed by the affine in cache (1.38–1.5× at two
+    threads), a p² buffer plus gemv for m (slower than ``vector_norm``), a BLAS gemv for the sums (as fast
+    as ``sum`` with one thread, 1.7× slower with two); not tried: group sums
     via a (C × g) 0/1 indicator matmul, 2·C·g flops per row where gemv needs 2·C.
 
     ``"compile"`` — a ``torch.compile``'d kernel that fuses the affine into the
@@ -155,7 +158,7 @@ class GroupLayerNorm(nn.Module):
         return self._affine(z, x.dtype)
 
     def _blocked_ok(self, x: torch.Tensor) -> bool:
-        """Whether the blocked kernel applies: CPU, one intra-op thread, float32/float64, groups ≤ 256
+        """Whether the blocked kernel applies: CPU, float32/float64, groups ≤ 256
         wide, nothing to differentiate (it writes in place), a weight/bias of the input's dtype."""
         d = self.normalized_shape[0]
         if self.group_size > _BLOCKED_MAX_GROUP or x.dim() < 1 or x.shape[-1] != d:
@@ -163,14 +166,14 @@ class GroupLayerNorm(nn.Module):
         return blocks_apply(x, self.weight, self.bias)
 
     def _blocked(self, x: torch.Tensor) -> torch.Tensor | None:
-        """LN-G in row blocks of ~1 MiB that stay in L2 between the passes (see the class
+        """LN-G in row blocks that stay in cache between the passes (see the class
         docstring). ``None`` when a group's mean(p²) + ε is non-finite or below tiny/ε, for the
         caller to recompute with the rescaled :meth:`trace` path."""
         d = self.normalized_shape[0]
         x2 = x.reshape(-1, d)
         out = torch.empty_like(x2, memory_format=torch.contiguous_format)
         ms_all = x2.new_empty(x2.shape[0] * self.num_groups)
-        step = max(1, _fn.BLOCK_ELEMS // d)
+        step = max(1, _fn.block_elems() // d)
         with torch.no_grad():
             self._blocked_rows(x2, out, ms_all, step)
         if not stats_reliable(ms_all):
@@ -180,15 +183,15 @@ class GroupLayerNorm(nn.Module):
     def _blocked_rows(self, x2: torch.Tensor, out: torch.Tensor, ms_all: torch.Tensor, step: int) -> None:
         """The blocked kernel, rows i..i+step at a time, into ``out`` (mean(p²) + ε into ``ms_all``)."""
         n, g, w, b = self.group_size, self.num_groups, self.weight, self.bias
-        inv_n = x2.new_full((n,), 1.0 / n)  # exact for n a power of two, else one rounding (≤ u relative)
         eps = x2.new_full((), self.eps)
         rows = x2.shape[0]
+        sums = x2.new_empty(step * g)
         for i in range(0, rows, step):
             j = min(i + step, rows)
             xs = x2[i:j].reshape(-1, n)
             o = out[i:j]
             p = o.view(-1, n)
-            mean = torch.mv(xs, inv_n)  # Σ x / n per group
+            mean = torch.sum(xs, -1, out=sums[: (j - i) * g]).div_(n)  # Σ x / n per group
             torch.sub(xs, mean.unsqueeze(-1), out=p)  # p = x − μ (centred: no cancellation below)
             ms = torch.linalg.vector_norm(p, 2, -1, out=ms_all[i * g : j * g])  # ‖p‖₂: one read, no p² buffer
             torch.addcmul(eps, ms, ms, value=1.0 / n, out=ms)  # ms := ‖p‖²/n + ε, kept for the check
