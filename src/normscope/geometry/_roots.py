@@ -11,17 +11,24 @@ efficiently", LAPACK Working Note 89, 1994):
 - **origin**: the sign of f at the midpoint picks the nearer pole D_o (o = i or i + 1); the root
   is λ = D_o + τ and every difference is formed as δⱼ = (Dⱼ − D_o) − τ, so δ = D − λ is accurate
   relative to itself, even next to the pole (what the eigenvectors need);
-- **start**: τ from the two-pole model with the other terms frozen at the midpoint;
-- **steps**: Li's "middle way" (a rational model on the two poles of the interval), a Newton step
-  when that step points the wrong way, and half the bracket when it leaves the bracket;
+- **steps**: each pass over the n poles gives f(λ) and f′(λ) at the current τ; the next τ is the
+  root of a *local model* of f: the 2·``_WINDOW`` = 16 poles nearest the interval exact, the rest
+  of f linear in λ with the value and slope the pass gave. The model's root is found, inside the
+  bracket the signs of f have established, by ``dlaed4``'s own step: Li's "middle way" (a
+  rational model on the interval's two poles), Newton when that points the wrong way, half the
+  bracket when it leaves it. Where the model step stalls or is not finite, that step is taken on
+  f itself. The start is the model's root at the interval midpoint (the pass that also picks the
+  origin, as ``dlaed4``'s does), from ``dlaed4``'s two-pole start;
 - **stop**: |f| ≤ ε·E with ε = 2⁻⁵³ and E ``dlaed4``'s bound on the rounding error of f(λ), with
   its term 8(φ − ψ) replaced by 8|φ + ψ| ≤ 8(φ − ψ): a test at least as strict as LAPACK's.
 
-Deviations from ``dlaed4``: no "fixed weight" switch and no three-pole (``dlaed6``) steps, which
-need ψ′ and φ′ apart; a root not converged after ``MAXIT`` = 30 steps is handed to ``dlaed4``.
-The active roots are evaluated together, in blocks of rows of the (roots × n) matrix zⱼ/δⱼ: per
-step one subtraction, one division, two matrix–vector products and a row norm, vectorised and
-threaded by torch, where ``dlaed4`` runs a scalar loop with one division per term.
+Deviations from ``dlaed4``: the local model (dlaed4 models the rest of f by the interval's two
+poles alone; measured at N = 16384, g = 1 + 0.3·randn: 3.3 passes per root instead of 4.9),
+no "fixed weight" switch and no three-pole (``dlaed6``) steps. A root not converged after
+``MAXIT`` = 30 passes is handed to ``dlaed4``. The roots still moving are evaluated together, in
+blocks of rows of the (roots × n) matrix zⱼ/δⱼ: per pass one subtraction, one division, two
+matrix–vector products and a row norm, vectorised and threaded by torch, where ``dlaed4`` runs a
+scalar loop with one division per term.
 """
 
 from __future__ import annotations
