@@ -89,10 +89,10 @@ class Bench:
 
     def compare(
         self, contenders: dict[str, Callable[[], Any]], *, rounds: int = 11, warmup: int = 2, label: str = "",
-        sync: Callable[[], None] | None = None,
+        sync: Callable[[], None] | None = None, settle: float = 0.0,
     ) -> Comparison:
         """Time every contender in interleaved rounds and print a table (median, IQR, min)."""
-        c = compare(contenders, rounds=rounds, warmup=warmup, label=label, sync=sync)
+        c = compare(contenders, rounds=rounds, warmup=warmup, label=label, sync=sync, settle=settle)
         self.comparisons.append(c)
         if not self.quiet:
             print(format_comparison(c), flush=True)
@@ -136,9 +136,14 @@ class Bench:
 
 def compare(
     contenders: dict[str, Callable[[], Any]], *, rounds: int = 11, warmup: int = 2, label: str = "",
-    sync: Callable[[], None] | None = None,
+    sync: Callable[[], None] | None = None, settle: float = 0.0,
 ) -> Comparison:
-    """Warm-up, then ``rounds`` interleaved rounds; the contender order rotates each round."""
+    """Warm-up, then ``rounds`` interleaved rounds; the contender order rotates each round.
+
+    ``settle``: idle seconds before each timed call, the same for every contender, so that the
+    previous contender's thread pool has gone quiet. OpenBLAS's worker threads spin for ~0.1 s
+    after a call (THREAD_TIMEOUT); a torch contender started at once on the same cores measured
+    2–3× slower at 2 threads."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     sync = sync or (lambda: None)
@@ -152,6 +157,8 @@ def compare(
         order = names[r % len(names):] + names[: r % len(names)]
         for n in order:
             sync()
+            if settle:
+                time.sleep(settle)
             t0 = time.perf_counter()
             contenders[n]()
             sync()

@@ -38,6 +38,11 @@ from _harness import Bench  # noqa: E402
 from normscope.geometry import principal_axes  # noqa: E402
 
 
+# idle time before each timed call: numpy's OpenBLAS threads spin ~0.1 s after eigh and slowed
+# the next contender on the same cores 2–3× (see _harness.compare)
+SETTLE = 0.25
+
+
 def _gain(n: int) -> np.ndarray:
     return 1 + 0.3 * np.random.default_rng(n).standard_normal(n)
 
@@ -125,7 +130,8 @@ def main() -> None:
         for t in sorted({1, all_cores}):
             with b.threads(t):
                 for vectors, what in ((True, "axes+directions"), (False, "lengths")):
-                    c = b.compare(_contenders(g, vectors), rounds=rounds, warmup=warmup, label=f"{what} N={n}")
+                    c = b.compare(_contenders(g, vectors), rounds=rounds, warmup=warmup, label=f"{what} N={n}",
+                                  settle=SETTLE)
                     dense = ("numpy eigh", "torch eigh") if vectors else ("numpy eigvalsh", "torch eigvalsh")
                     for ref in dense:
                         key = f"{what}_{n}_{t}t_vs_{ref.replace(' ', '_')}"

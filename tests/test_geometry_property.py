@@ -5,13 +5,15 @@ zeros, exact ties, near-ties, heavy tails) and scales 1e−150…1e150. Every to
 ``tests/_geometry_bounds.py`` (derived from the solvers' backward error; see its docstring).
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from _geometry_bounds import clusters, dense_reference, eig_tol, orth_tol, projector_tol, scaled_zeta
-from normscope.geometry import principal_axes
+from normscope.geometry import _secular, principal_axes
 
 LAWS = ("above_one", "below_one", "mixed_signs", "zeros", "ties", "near_ties", "heavy_tails")
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -52,6 +54,19 @@ def _one_blas_thread():
         yield
 cases = st.tuples(st.sampled_from(LAWS), st.integers(0, 2**32 - 1), st.floats(-150.0, 150.0))
 
+# the root engine: dlaed4 root by root below 512 poles (the default dispatch), or the vectorised
+# iteration of geometry/_roots.py forced from 3 poles on
+ENGINES = pytest.mark.parametrize("vector_min", [_secular._VECTOR_MIN, 3], ids=["dispatch", "vectorised"])
+
+
+@contextlib.contextmanager
+def engine(vector_min: int):
+    old, _secular._VECTOR_MIN = _secular._VECTOR_MIN, vector_min
+    try:
+        yield
+    finally:
+        _secular._VECTOR_MIN = old
+
 
 def _check_lengths(g, lengths, zeta_ref, e):
     n = g.size
@@ -64,34 +79,38 @@ def _check_lengths(g, lengths, zeta_ref, e):
     assert err <= eig_tol(n, norm_m), f"max |Δζ| {err:.3e} > {eig_tol(n, norm_m):.3e}"
 
 
+@ENGINES
 @settings(max_examples=40, **SETTINGS)
 @given(n=widths, case=cases)
 @example(n=64, case=("above_one", 0, 0.0))
 @example(n=2048, case=("above_one", 1, 10.0))
 @example(n=300, case=("mixed_signs", 2, -150.0))
 @example(n=300, case=("mixed_signs", 3, 150.0))
-def test_lengths_match_dense(n, case):
+def test_lengths_match_dense(vector_min, n, case):
     law, seed, log10_scale = case
     g = make_gain(law, n, seed, log10_scale)
     zeta_ref, _, e = dense_reference(g, vectors=False)
     for method in ("secular", "dense"):
-        lengths, V = principal_axes(g, method=method)
+        with engine(vector_min):
+            lengths, V = principal_axes(g, method=method)
         assert V is None
         _check_lengths(g, lengths, zeta_ref, e)
 
 
+@ENGINES
 @settings(max_examples=40, **SETTINGS)
 @given(n=st.one_of(st.integers(2, 64), st.integers(2, 512)), case=cases)
 @example(n=64, case=("above_one", 0, 0.0))
 @example(n=200, case=("near_ties", 5, -120.0))
 @example(n=2, case=("near_ties", 65, 0.0))  # 2x2 with poles 1e-9 apart: vectors must come from dlaed5
 @example(n=200, case=("zeros", 6, 140.0))
-def test_directions_match_dense(n, case):
+def test_directions_match_dense(vector_min, n, case):
     law, seed, log10_scale = case
     g = make_gain(law, n, seed, log10_scale)
     zeta_ref, V_ref, e = dense_reference(g)
     norm_m = float(np.max(np.ldexp(g, -e) ** 2))
-    lengths, V = principal_axes(g, directions=True)
+    with engine(vector_min):
+        lengths, V = principal_axes(g, directions=True)
     _check_lengths(g, lengths, zeta_ref, e)
     m = lengths.size
     assert V.shape == (n, m)
@@ -113,20 +132,23 @@ def test_directions_match_dense(n, case):
         assert np.abs(P - P_ref).max() <= projector_tol(n, norm_m, gap), (a, b, gap)
 
 
+@ENGINES
 @settings(max_examples=30, **SETTINGS)
 @given(n=st.integers(2, 400), case=cases, k=st.integers(1, 40), which=st.sampled_from(["longest", "shortest"]))
-def test_top_k_matches_all_axes(n, case, k, which):
+def test_top_k_matches_all_axes(vector_min, n, case, k, which):
     law, seed, log10_scale = case
     g = make_gain(law, n, seed, log10_scale)
-    full, V_full = principal_axes(g, directions=True)
-    lengths, V = principal_axes(g, directions=True, k=k, which=which)
+    with engine(vector_min):
+        full, V_full = principal_axes(g, directions=True)
+        lengths, V = principal_axes(g, directions=True, k=k, which=which)
+        lengths_only = principal_axes(g, k=k, which=which).lengths
     m = min(k, full.size)
     sl = slice(0, m) if which == "longest" else slice(full.size - m, full.size)
     e = int(np.frexp(np.max(np.abs(g)))[1])
     norm_m = float(np.max(np.ldexp(g, -e) ** 2))
     np.testing.assert_allclose(scaled_zeta(lengths, n, e), scaled_zeta(full[sl], n, e), rtol=0,
                                atol=eig_tol(n, norm_m))
-    np.testing.assert_array_equal(principal_axes(g, k=k, which=which).lengths, lengths)
+    np.testing.assert_array_equal(lengths_only, lengths)
     assert V.shape == (n, m)
     assert np.abs(V.T @ V - np.eye(m)).max() <= orth_tol(n)
     gt = np.ldexp(g, -e)

@@ -91,13 +91,18 @@ def test_iteration_is_what_makes_it_exact(monkeypatch):
     D, z, rho = reduced(g)
     qs = np.arange(D.size - 1)
     monkeypatch.setattr(_roots, "MAXIT", 0)
+    monkeypatch.setattr(_secular, "_VECTOR_MIN", 3)  # the vectorised engine at this size too
     r = _roots.interior_roots(D, z, rho, qs)
     ours = (r.origin + r.tau).numpy()
     ref = lapack_roots(D, z, rho, qs)
     tol = np.array([lapack_tolerance(D, z, rho, ref[q], q) for q in qs])
     assert np.sum(np.abs(ours - ref) > tol) > qs.size // 2
     assert r.unconverged.numel() > qs.size // 2
+    calls = []
+    real = _secular.dlaed4_root
+    monkeypatch.setattr(_secular, "dlaed4_root", lambda *a: calls.append(a[3]) or real(*a))
     fallback = principal_axes(g).lengths
+    assert sorted(calls) == sorted(qs[r.unconverged.numpy()].tolist())  # exactly the unconverged roots
     monkeypatch.undo()
     zeta_ref = np.linalg.eigvalsh(np.diag(g * g) - np.outer(g, g) / g.size)[::-1][: qs.size]
     for got in (fallback, principal_axes(g).lengths):

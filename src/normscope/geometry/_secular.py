@@ -20,9 +20,9 @@ special case in the mathematics. Numerically:
   normalisation ‖z‖ = 1 and ρ = ‖w̃‖², is solved for all roots between poles at once by
   ``_roots.interior_roots``: LAPACK ``dlaed4``'s iteration (Li's "middle way", origin at the
   nearer pole so that ζᵢ − dⱼ keeps full relative accuracy, dlaed4's stopping test) vectorised
-  over roots in torch, with steps on a local model (nearest poles exact); the root below all
-  poles, 2 × 2 problems and any root left unconverged go to ``dlaed4`` itself, called from
-  ``scipy.linalg.cython_lapack`` through ctypes;
+  over roots in torch, with steps on a local model (nearest poles exact); problems with fewer
+  than 512 poles, the root below all poles, 2 × 2 problems and any root left unconverged go to
+  ``dlaed4`` itself, called from ``scipy.linalg.cython_lapack`` through ctypes;
 - **directions**: all of them with the Gu–Eisenstat (Löwner) recomputation of the coupling,
   ŵⱼ² = −∏ᵢ(ζᵢ − dⱼ)/∏_{l≠j}(d_l − dⱼ), vᵢ ∝ ŵ/(d − ζᵢ), orthonormal to O(N·ε) without
   reorthogonalisation; a top-k subset (``k=``) as vᵢ ∝ w/(d − ζᵢ) from the k roots alone,
@@ -111,17 +111,23 @@ def _small_roots(dpole: np.ndarray, wpole: np.ndarray) -> tuple[np.ndarray, np.n
     return zeta, E
 
 
+# Poles from which the vectorised iteration runs; below, dlaed4 root by root is faster (the
+# vectorised steps have a fixed cost of ~4 ms; measured crossover ~500 poles at 1 and 2 threads).
+_VECTOR_MIN = 512
+
+
 def _solve(D: np.ndarray, z: np.ndarray, rho: float, qs: np.ndarray):
-    """Roots ``qs`` of diag(D) + ρzzᵀ (n ≥ 3): interior ones all at once (``_roots``), the root
-    above the largest pole and any the vectorised iteration leaves unconverged by ``dlaed4``.
+    """Roots ``qs`` of diag(D) + ρzzᵀ (n ≥ 3): from ``_VECTOR_MIN`` poles on the interior ones all
+    at once (``_roots``), the root above the largest pole and any the vectorised iteration leaves
+    unconverged by ``dlaed4``; below, every root by ``dlaed4``.
 
     Returns (origin, τ, scalar): λ = origin + τ per position, D − λ = ``differences``; ``scalar``
     maps a position solved by ``dlaed4`` to its (λ, D − λ)."""
     n = D.size
     origin = torch.zeros(qs.size, dtype=torch.float64)
     tau = torch.zeros(qs.size, dtype=torch.float64)
-    inner = np.flatnonzero(qs < n - 1)
-    rest = np.flatnonzero(qs >= n - 1).tolist()
+    inner = np.flatnonzero(qs < n - 1) if n >= _VECTOR_MIN else np.zeros(0, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(qs.size), inner).tolist()
     if inner.size:
         r = interior_roots(D, z, rho, qs[inner])
         origin[inner], tau[inner] = r.origin, r.tau
