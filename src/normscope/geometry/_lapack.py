@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -46,15 +47,36 @@ def have_dlaed4() -> bool:
     return True
 
 
-def dlaed4_root(D: np.ndarray, z: np.ndarray, rho: float, q: int) -> tuple[float, np.ndarray]:
-    """λ_q and DELTA = D − λ_q (relative-accurate) of diag(D) + ρzzᵀ from LAPACK ``dlaed4``."""
-    k, i, info = ctypes.c_int(D.size), ctypes.c_int(q + 1), ctypes.c_int(0)
-    r, lam, delta = ctypes.c_double(rho), ctypes.c_double(), np.empty(D.size)
-    _dlaed4()(ctypes.byref(k), ctypes.byref(i), D.ctypes.data_as(_DBL_P), z.ctypes.data_as(_DBL_P),
-              delta.ctypes.data_as(_DBL_P), ctypes.byref(r), ctypes.byref(lam), ctypes.byref(info))
-    if info.value != 0:
-        raise RuntimeError(
-            f"LAPACK dlaed4 did not converge for root {q} of {D.size} (info={info.value}); "
-            "use method='dense' for this gain and report the gain vector as a normscope bug"
-        )
-    return lam.value, delta
+def dlaed4_roots(D: np.ndarray, z: np.ndarray, rho: float, qs: np.ndarray, *, deltas: np.ndarray | None = None,
+                 threads: int = 1) -> np.ndarray:
+    """λ_q for every q in ``qs`` by ``dlaed4``, and D − λ_q into row i of ``deltas`` (C-contiguous,
+    (len(qs), n)) when given. The ctypes arguments are built once per thread; the roots are split
+    over ``threads`` threads (the calls release the GIL)."""
+    n = D.size
+    lam = np.empty(qs.size)
+    scratch = None if deltas is not None else np.empty((max(threads, 1), n))
+
+    def work(t: int, idx: np.ndarray) -> None:
+        k, i, info, r, out = ctypes.c_int(n), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_double(rho), ctypes.c_double()
+        fixed = (ctypes.byref(k), ctypes.byref(i), D.ctypes.data_as(_DBL_P), z.ctypes.data_as(_DBL_P))
+        tail = (ctypes.byref(r), ctypes.byref(out), ctypes.byref(info))
+        rows = deltas if deltas is not None else scratch[t : t + 1]
+        base, step = rows.ctypes.data, (rows.strides[0] if deltas is not None else 0)
+        f = _dlaed4()
+        for j in idx.tolist():
+            i.value = int(qs[j]) + 1
+            f(*fixed, ctypes.cast(base + j * step, _DBL_P), *tail)
+            if info.value != 0:
+                raise RuntimeError(
+                    f"LAPACK dlaed4 did not converge for root {int(qs[j])} of {n} (info={info.value}); "
+                    "use method='dense' for this gain and report the gain vector as a normscope bug"
+                )
+            lam[j] = out.value
+
+    parts = np.array_split(np.arange(qs.size), max(1, min(threads, qs.size)))
+    if len(parts) == 1:
+        work(0, parts[0])
+    else:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            list(pool.map(work, range(len(parts)), parts))
+    return lam

@@ -60,10 +60,15 @@ class _Problem(NamedTuple):
     scratch: torch.Tensor  # (rows, n) reused by every pass
 
 
-def differences(D: torch.Tensor, origin: torch.Tensor, tau: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Rows δ = (D − D_o) − τ = D − λ for each root, into ``out`` (roots × n); relative-accurate."""
-    torch.sub(D[None, :], origin[:, None], out=out)
-    return out.sub_(tau[:, None])
+def differences(D, origin, tau, out):
+    """Rows δ = (D − D_o) − τ = D − λ for each root, into ``out`` (roots × n); relative-accurate.
+
+    torch tensors, or numpy arrays (same arithmetic, no intra-op threads: for callers that run
+    in a thread pool of their own)."""
+    subtract = np.subtract if isinstance(out, np.ndarray) else torch.sub
+    subtract(D[None, :], origin[:, None], out=out)
+    out -= tau[:, None]
+    return out
 
 
 def _evaluate(p: _Problem, origin, tau, cols, *, exclude=None):

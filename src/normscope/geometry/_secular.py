@@ -21,7 +21,7 @@ special case in the mathematics. Numerically:
   ``_roots.interior_roots``: LAPACK ``dlaed4``'s iteration (Li's "middle way", origin at the
   nearer pole so that ζᵢ − dⱼ keeps full relative accuracy, dlaed4's stopping test) vectorised
   over roots in torch, with steps on a local model (nearest poles exact); problems with fewer
-  than 512 poles, the root below all poles, 2 × 2 problems and any root left unconverged go to
+  than 1024 poles, the root below all poles, 2 × 2 problems and any root left unconverged go to
   ``dlaed4`` itself, called from ``scipy.linalg.cython_lapack`` through ctypes;
 - **directions**: all of them with the Gu–Eisenstat (Löwner) recomputation of the coupling,
   ŵⱼ² = −∏ᵢ(ζᵢ − dⱼ)/∏_{l≠j}(d_l − dⱼ), vᵢ ∝ ŵ/(d − ζᵢ), orthonormal to O(N·ε) without
@@ -43,7 +43,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._lapack import dlaed4_root, have_dlaed4
+from ._lapack import dlaed4_roots, have_dlaed4
 from ._roots import differences, interior_roots
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -102,40 +102,38 @@ def _small_roots(dpole: np.ndarray, wpole: np.ndarray) -> tuple[np.ndarray, np.n
         return np.array([dpole[0] - wpole[0] ** 2]), np.array([[-(wpole[0] ** 2)]])
     rho = float(np.dot(wpole, wpole))
     D, z = np.ascontiguousarray(-dpole), np.ascontiguousarray(wpole / math.sqrt(rho))
-    zeta, E = np.empty(2), np.empty((2, 2))
-    for q in range(2):
-        lam, delta = dlaed4_root(D, z, rho, q)
-        zeta[q] = -lam
-        with np.errstate(divide="ignore"):
-            E[q] = -wpole / delta
-    return zeta, E
+    delta = np.empty((2, 2))
+    zeta = -dlaed4_roots(D, z, rho, np.arange(2), deltas=delta)
+    with np.errstate(divide="ignore"):
+        return zeta, -wpole[None, :] / delta
 
 
-# Poles from which the vectorised iteration runs; below, dlaed4 root by root is faster (the
-# vectorised steps have a fixed cost of ~4 ms; measured crossover ~500 poles at 1 and 2 threads).
-_VECTOR_MIN = 512
+# Poles from which the vectorised iteration runs; below, dlaed4 root by root (threaded) is as fast
+# or faster: the vectorised steps have a fixed cost of ~4 ms (measured crossover ~1000 poles at 1
+# and 2 threads, lengths and directions alike).
+_VECTOR_MIN = 1024
 
 
-def _solve(D: np.ndarray, z: np.ndarray, rho: float, qs: np.ndarray):
+def _solve(D: np.ndarray, z: np.ndarray, rho: float, qs: np.ndarray, *, rows: bool):
     """Roots ``qs`` of diag(D) + ρzzᵀ (n ≥ 3): from ``_VECTOR_MIN`` poles on the interior ones all
     at once (``_roots``), the root above the largest pole and any the vectorised iteration leaves
     unconverged by ``dlaed4``; below, every root by ``dlaed4``.
 
-    Returns (origin, τ, scalar): λ = origin + τ per position, D − λ = ``differences``; ``scalar``
-    maps a position solved by ``dlaed4`` to its (λ, D − λ)."""
+    Returns (origin, τ, scalar, deltas): λ = origin + τ per position, D − λ = ``differences``
+    except at the positions ``scalar`` solved by ``dlaed4``, whose D − λ rows are ``deltas``
+    (when ``rows``)."""
     n = D.size
-    origin = torch.zeros(qs.size, dtype=torch.float64)
-    tau = torch.zeros(qs.size, dtype=torch.float64)
+    origin, tau = np.zeros(qs.size), np.zeros(qs.size)
     inner = np.flatnonzero(qs < n - 1) if n >= _VECTOR_MIN else np.zeros(0, dtype=np.int64)
-    rest = np.setdiff1d(np.arange(qs.size), inner).tolist()
+    scalar = np.setdiff1d(np.arange(qs.size), inner)
     if inner.size:
         r = interior_roots(D, z, rho, qs[inner])
-        origin[inner], tau[inner] = r.origin, r.tau
-        rest += inner[r.unconverged.numpy()].tolist()
-    scalar = {j: dlaed4_root(D, z, rho, int(qs[j])) for j in rest}
-    for j, (lam, _) in scalar.items():
-        origin[j], tau[j] = lam, 0.0
-    return origin, tau, scalar
+        origin[inner], tau[inner] = r.origin.numpy(), r.tau.numpy()
+        scalar = np.union1d(scalar, inner[r.unconverged.numpy()])
+    deltas = np.empty((scalar.size, n)) if rows else None
+    origin[scalar] = dlaed4_roots(D, z, rho, qs[scalar], deltas=deltas, threads=_n_threads(scalar.size))
+    tau[scalar] = 0.0
+    return origin, tau, scalar, deltas
 
 
 def _roots(
@@ -170,11 +168,13 @@ def _roots(
     D = np.ascontiguousarray(-dpole)
     rho = float(np.dot(wpole, wpole))
     z = np.ascontiguousarray(wpole / math.sqrt(rho))
-    origin, tau, scalar = _solve(D, z, rho, qs)
-    lam = (origin + tau).numpy()
-    if out is None and delta_rows is None:
+    want_rows = out is not None or delta_rows is not None
+    origin, tau, scalar, deltas = _solve(D, z, rho, qs, rows=want_rows)
+    lam = origin + tau
+    if not want_rows:
         return -lam, None
-    Dt = torch.from_numpy(D)
+    scalar_row = np.full(qs.size, -1)
+    scalar_row[scalar] = np.arange(scalar.size)
     chunks = np.array_split(np.arange(qs.size), _n_threads(qs.size))
 
     def work(js: np.ndarray) -> np.ndarray | None:
@@ -191,9 +191,9 @@ def _roots(
             blk = js[start : start + nb_max]
             nb = blk.size
             qb = qs[blk]
-            differences(Dt, origin[blk], tau[blk], torch.from_numpy(buf[:nb, :n]))
-            for b in np.flatnonzero(np.isin(blk, scalar_pos)).tolist():
-                buf[b, :n] = scalar[int(blk[b])][1]
+            differences(D, origin[blk], tau[blk], buf[:nb, :n])
+            for b in np.flatnonzero(scalar_row[blk] >= 0).tolist():
+                buf[b, :n] = deltas[scalar_row[blk[b]]]
             E = buf[:nb, :n]  # e_q = D − λ_q = ζ_q − d, one row per root
             if delta_rows is not None:
                 delta_rows[blk] = E
@@ -217,7 +217,6 @@ def _roots(
                     np.reciprocal(out[rows[b]], out=out[rows[b]])
         return acc
 
-    scalar_pos = np.fromiter(scalar, dtype=np.int64, count=len(scalar))
     if len(chunks) == 1:
         accs = [work(chunks[0])]
     else:
