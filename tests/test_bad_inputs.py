@@ -437,3 +437,31 @@ def test_one_line_mapping():
                               'left on device" })')).startswith("no space left on device while writing")
     assert ol(MemoryError()).startswith("out of memory")
     assert "\n" not in ol(ValueError("two\nlines"))
+
+
+def test_ctrl_c_inside_exec_still_exits_130(tmp_path):
+    """A Ctrl-C that lands inside ``exec`` of a string (dataclasses build ``__init__`` that way
+    during imports) made CPython 3.11 kill the process with SIGINT at exit (status −2) although
+    the command line had handled it; now it ends with 130 and one line. Negative control: the
+    same run without the reset ends with −2, so the test can fail."""
+    script = (
+        "import sys\n"
+        "import normscope.cli as cli\n"
+        "from normscope import lnnet\n"
+        "def shatter(*a, **k):\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "lnnet.shatter = shatter\n"
+        "if sys.argv[1] == 'no-reset':\n"
+        "    cli._forget_interrupt = lambda: None\n"
+        "sys.exit(cli.main(['shatter', '--m', '3', '--out', 'res']))\n"
+    )
+    (tmp_path / "interrupted_cli.py").write_text(script)  # run with -m, as `python -m normscope.cli` is:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, str(tmp_path)]), OMP_NUM_THREADS="1")
+    codes = {}  # CPython checks the mark only on the -m path (python -c / a script file exit at once)
+    for mode in ("reset", "no-reset"):
+        p = subprocess.run([sys.executable, "-m", "interrupted_cli", mode], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+        codes[mode] = p.returncode
+        assert "normscope shatter: error: interrupted (Ctrl-C)" in p.stderr and "Traceback" not in p.stderr
+    assert codes == {"reset": 130, "no-reset": -signal.SIGINT}
+    assert leftovers(tmp_path) == []

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except KeyboardInterrupt:
         _fail(name, "interrupted (Ctrl-C); temporary files were removed", debug)
+        _forget_interrupt()
         return 130
     except Terminated:
         _fail(name, "terminated (SIGTERM); temporary files were removed", debug)
@@ -82,6 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _set_sigterm(previous)
     return int(code or 0)
+
+
+def _forget_interrupt() -> None:
+    """Let the handled Ctrl-C end the process with our exit status 130.
+
+    CPython 3.11 marks a KeyboardInterrupt as unhandled for the whole process when it is raised
+    inside ``exec`` of a string (``dataclasses`` builds ``__init__`` that way, so a Ctrl-C during
+    an import can land there), and then kills itself with SIGINT at exit even though the
+    interrupt was caught: exit status −2 instead of 130. Executing a string again resets that
+    mark (``run_eval_code_obj`` clears it on entry)."""
+    exec("None")  # noqa: S102 - a constant; see the docstring
 
 
 def _set_sigterm(handler):
