@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from normscope.geometry import _roots, _secular, principal_axes
 from normscope.geometry._lapack import dlaed4_roots
-from _geometry_bounds import eig_tol
+from _geometry_bounds import eig_tol, orth_tol
 from test_geometry_property import LAWS, SETTINGS, make_gain
 
 EPS = _roots.EPS
@@ -114,3 +114,23 @@ def test_bad_root_indices_are_refused():
     D, z, rho = reduced(1 + 0.3 * np.random.default_rng(1).standard_normal(10))
     with pytest.raises(ValueError, match="interior roots are 0..8"):
         _roots.interior_roots(D, z, rho, np.array([9]))
+
+
+@pytest.mark.parametrize("maxit", [0, 1])
+def test_unconverged_roots_get_dlaed4_vectors(monkeypatch, maxit):
+    """Directions when ``dlaed4`` takes over (nearly) all roots (MAXIT 0) or some of them (MAXIT 1:
+    a mix inside the blocks of the vector builder): orthonormal, residual and lengths within the dense
+    comparison's bounds (tests/_geometry_bounds.py)."""
+    g = 1 + 0.3 * np.random.default_rng(8).standard_normal(600)
+    D, z, rho = reduced(g)
+    monkeypatch.setattr(_roots, "MAXIT", maxit)
+    monkeypatch.setattr(_secular, "_VECTOR_MIN", 3)
+    left = _roots.interior_roots(D, z, rho, np.arange(D.size - 1)).unconverged.numel()
+    assert (left >= D.size - 2) if maxit == 0 else (0 < left < D.size - 2)
+    lengths, V = principal_axes(g, directions=True)
+    n, norm_m = g.size, float(np.max(g * g))
+    M = np.diag(g * g) - np.outer(g, g) / n
+    zeta = lengths**2 / n
+    assert np.abs(zeta - np.linalg.eigvalsh(M)[::-1][: zeta.size]).max() <= eig_tol(n, norm_m)
+    assert np.abs(V.T @ V - np.eye(zeta.size)).max() <= orth_tol(n)
+    assert np.abs(M @ V - V * zeta).max() <= eig_tol(n, norm_m)

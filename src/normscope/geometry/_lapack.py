@@ -49,10 +49,13 @@ def have_dlaed4() -> bool:
 
 def dlaed4_roots(D: np.ndarray, z: np.ndarray, rho: float, qs: np.ndarray, *, deltas: np.ndarray | None = None,
                  threads: int = 1) -> np.ndarray:
-    """λ_q for every q in ``qs`` by ``dlaed4``, and D − λ_q into row i of ``deltas`` (C-contiguous,
-    (len(qs), n)) when given. The ctypes arguments are built once per thread; the roots are split
+    """λ_q for every q in ``qs`` by ``dlaed4``, and D − λ_q into row i of ``deltas`` when given
+    (float64, (len(qs), n), each row contiguous; rows may be spaced, e.g. a column slice). The ctypes arguments are built once per thread; the roots are split
     over ``threads`` threads (the calls release the GIL)."""
     n = D.size
+    if deltas is not None and (deltas.dtype != np.float64 or deltas.shape != (qs.size, n) or deltas.strides[1] != 8):
+        raise ValueError(f"deltas must be float64 rows of {n} contiguous values, one per root; got {deltas.dtype} "
+                         f"{deltas.shape} with strides {deltas.strides}")
     lam = np.empty(qs.size)
     scratch = None if deltas is not None else np.empty((max(threads, 1), n))
 

@@ -21,7 +21,7 @@ special case in the mathematics. Numerically:
   ``_roots.interior_roots``: LAPACK ``dlaed4``'s iteration (Li's "middle way", origin at the
   nearer pole so that ζᵢ − dⱼ keeps full relative accuracy, dlaed4's stopping test) vectorised
   over roots in torch, with steps on a local model (nearest poles exact); problems with fewer
-  than 1024 poles, the root below all poles, 2 × 2 problems and any root left unconverged go to
+  than 1536 poles, the root below all poles, 2 × 2 problems and any root left unconverged go to
   ``dlaed4`` itself, called from ``scipy.linalg.cython_lapack`` through ctypes;
 - **directions**: all of them with the Gu–Eisenstat (Löwner) recomputation of the coupling,
   ŵⱼ² = −∏ᵢ(ζᵢ − dⱼ)/∏_{l≠j}(d_l − dⱼ), vᵢ ∝ ŵ/(d − ζᵢ), orthonormal to O(N·ε) without
@@ -109,31 +109,32 @@ def _small_roots(dpole: np.ndarray, wpole: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 # Poles from which the vectorised iteration runs; below, dlaed4 root by root (threaded) is as fast
-# or faster: the vectorised steps have a fixed cost of ~4 ms (measured crossover ~1000 poles at 1
-# and 2 threads, lengths and directions alike).
-_VECTOR_MIN = 1024
+# or faster: the vectorised steps have a fixed cost of ~4 ms (measured with one thread: equal at
+# 1024 poles for the lengths; from 1536 on 1.3–1.5× faster for the lengths, 1.1–1.2× with directions).
+_VECTOR_MIN = 1536
 
 
-def _solve(D: np.ndarray, z: np.ndarray, rho: float, qs: np.ndarray, *, rows: bool):
+def _solve(D: np.ndarray, z: np.ndarray, rho: float, qs: np.ndarray, *, defer: bool):
     """Roots ``qs`` of diag(D) + ρzzᵀ (n ≥ 3): from ``_VECTOR_MIN`` poles on the interior ones all
     at once (``_roots``), the root above the largest pole and any the vectorised iteration leaves
     unconverged by ``dlaed4``; below, every root by ``dlaed4``.
 
-    Returns (origin, τ, scalar, deltas): λ = origin + τ per position, D − λ = ``differences``
-    except at the positions ``scalar`` solved by ``dlaed4``, whose D − λ rows are ``deltas``
-    (when ``rows``)."""
+    Returns (origin, τ, scalar): λ = origin + τ and D − λ = ``differences`` per position, except at
+    the positions ``scalar`` (a boolean mask), which are ``dlaed4``'s: solved here (λ in origin),
+    or with ``defer`` left for the caller, which wants their D − λ rows from the same call."""
     n = D.size
     origin, tau = np.zeros(qs.size), np.zeros(qs.size)
+    scalar = np.ones(qs.size, dtype=bool)
     inner = np.flatnonzero(qs < n - 1) if n >= _VECTOR_MIN else np.zeros(0, dtype=np.int64)
-    scalar = np.setdiff1d(np.arange(qs.size), inner)
     if inner.size:
         r = interior_roots(D, z, rho, qs[inner])
         origin[inner], tau[inner] = r.origin.numpy(), r.tau.numpy()
-        scalar = np.union1d(scalar, inner[r.unconverged.numpy()])
-    deltas = np.empty((scalar.size, n)) if rows else None
-    origin[scalar] = dlaed4_roots(D, z, rho, qs[scalar], deltas=deltas, threads=_n_threads(scalar.size))
+        scalar[inner] = False
+        scalar[inner[r.unconverged.numpy()]] = True
     tau[scalar] = 0.0
-    return origin, tau, scalar, deltas
+    if not defer:
+        origin[scalar] = dlaed4_roots(D, z, rho, qs[scalar], threads=_n_threads(int(scalar.sum())))
+    return origin, tau, scalar
 
 
 def _roots(
@@ -169,12 +170,10 @@ def _roots(
     rho = float(np.dot(wpole, wpole))
     z = np.ascontiguousarray(wpole / math.sqrt(rho))
     want_rows = out is not None or delta_rows is not None
-    origin, tau, scalar, deltas = _solve(D, z, rho, qs, rows=want_rows)
-    lam = origin + tau
+    origin, tau, scalar = _solve(D, z, rho, qs, defer=want_rows)
+    lam = origin + tau  # dlaed4's roots are filled in by the blocks below
     if not want_rows:
         return -lam, None
-    scalar_row = np.full(qs.size, -1)
-    scalar_row[scalar] = np.arange(scalar.size)
     chunks = np.array_split(np.arange(qs.size), _n_threads(qs.size))
 
     def work(js: np.ndarray) -> np.ndarray | None:
@@ -191,9 +190,13 @@ def _roots(
             blk = js[start : start + nb_max]
             nb = blk.size
             qb = qs[blk]
-            differences(D, origin[blk], tau[blk], buf[:nb, :n])
-            for b in np.flatnonzero(scalar_row[blk] >= 0).tolist():
-                buf[b, :n] = deltas[scalar_row[blk[b]]]
+            by_lapack = scalar[blk]
+            if by_lapack.all():  # one dlaed4 call per root, rows written in place
+                lam[blk] = dlaed4_roots(D, z, rho, qb, deltas=buf[:nb, :n])
+            else:
+                differences(D, origin[blk], tau[blk], buf[:nb, :n])
+                for b in np.flatnonzero(by_lapack).tolist():
+                    lam[blk[b]] = dlaed4_roots(D, z, rho, qb[b : b + 1], deltas=buf[b : b + 1, :n])[0]
             E = buf[:nb, :n]  # e_q = D − λ_q = ζ_q − d, one row per root
             if delta_rows is not None:
                 delta_rows[blk] = E
