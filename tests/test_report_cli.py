@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -16,20 +15,12 @@ import torch
 
 from normscope.cli import report as cli_report
 
-from conftest import make_bert, make_gpt2, make_llama
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="normscope")
-    sub = p.add_subparsers(dest="command")
-    cli_report.register(sub)
-    return p
+from conftest import make_bert, make_gpt2, make_llama, run_command
 
 
 def run_cli(argv: list[str]) -> int:
-    """Parse like ``normscope report ...`` and run, turning ValueError/FileExistsError into rc 1 like cli.main."""
-    args = _parser().parse_args(["report", *argv])
-    return args.func(args)
+    """``normscope report ARGV`` through the real parser (failures raise; see conftest.run_command)."""
+    return run_command("report", *argv)
 
 
 WORDS = ("the of and to a in is that for it as with be on not this are by or from an which if can "

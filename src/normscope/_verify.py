@@ -77,11 +77,18 @@ def finite_max_abs_diff(
     Raises :class:`normscope.errors.NonFiniteError` naming the model, batch, row, position and
     output of the first non-finite value and how many there are.
     """
+    d = _finite_abs_diff(a.double(), b.double(), a, b, what=what, names=names, batch=batch, axes=axes)
+    return float(d.max()) if d.numel() else 0.0
+
+
+def _finite_abs_diff(ad, bd, a, b, *, what, names, batch, axes) -> torch.Tensor:
+    """|ad − bd| for the float64 copies ``ad``, ``bd`` of ``a``, ``b``; raises as
+    :func:`finite_max_abs_diff` says (shape mismatch, NaN/±Inf in a, b or the difference)."""
     if a.shape != b.shape:
         raise ValueError(f"cannot compare {what} of shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    d = (a.double() - b.double()).abs()
+    d = (ad - bd).abs()
     if bool(torch.isfinite(d).all()):  # the usual case: NaN/Inf in a or b would make d non-finite too
-        return float(d.max()) if d.numel() else 0.0
+        return d
     at = f"batch {batch}, " if batch is not None else ""
     for t, name in ((a, names[0]), (b, names[1])):
         nf = first_nonfinite(t)
@@ -121,12 +128,13 @@ def logit_agreement(
     mx = mean_num = kl_sum = kl_max = big = 0.0
     n_tok = n_el = 0
     for i, (a, b) in enumerate(pairs):
-        mx = max(mx, finite_max_abs_diff(a, b, names=names, batch=i))
-        d = (a.double() - b.double()).abs()
+        ad, bd = a.double(), b.double()  # once per batch: these are the large tensors
+        d = _finite_abs_diff(ad, bd, a, b, what="logits", names=names, batch=i, axes=None)
+        mx = max(mx, float(d.max()) if d.numel() else 0.0)
         mean_num += float(d.sum())
         n_el += d.numel()
-        big = max(big, float(a.abs().max()))
-        la, lb = F.log_softmax(a.double(), -1), F.log_softmax(b.double(), -1)
+        big = max(big, float(ad.abs().max()))
+        la, lb = F.log_softmax(ad, -1), F.log_softmax(bd, -1)
         kl = (la.exp() * (la - lb)).sum(-1).clamp_min(0.0)
         kl_sum += float(kl.sum())
         kl_max = max(kl_max, float(kl.max()))

@@ -71,23 +71,23 @@ def differences(D, origin, tau, out):
     return out
 
 
-def _evaluate(p: _Problem, origin, tau, cols, *, exclude=None):
+def _evaluate(p: _Problem, origin, tau, cols=None, *, exclude=None):
     """Per root row, with u = z/δ: Σ uⱼzⱼ, Σ uⱼ·j·zⱼ, Σ uⱼ² and u at the columns ``cols`` (m, k).
 
-    With ``exclude`` (m, K) columns, those terms are left out of Σ uⱼzⱼ and Σ uⱼ², and Σ uⱼ·j·zⱼ
-    is not computed (the start's "rest of f" and its derivative)."""
+    With ``exclude`` (m, K) columns instead, those terms are left out of Σ uⱼzⱼ and Σ uⱼ², and
+    neither Σ uⱼ·j·zⱼ nor u at columns is formed (the start's rest of f and its slope)."""
     m, buf = origin.numel(), p.scratch
     rows = buf.shape[0]
     s0, s1, s2 = (torch.empty(m, dtype=torch.float64) for _ in range(3))
-    at = torch.empty(cols.shape, dtype=torch.float64)
+    at = torch.empty(cols.shape, dtype=torch.float64) if cols is not None else None
     for s in range(0, m, rows):
         e = min(s + rows, m)
         u = differences(p.D, origin[s:e], tau[s:e], buf[: e - s])
         torch.div(p.z, u, out=u)  # u = z/δ
-        at[s:e] = torch.gather(u, 1, cols[s:e])
         if exclude is not None:
             u.scatter_(1, exclude[s:e], 0.0)
         else:
+            at[s:e] = torch.gather(u, 1, cols[s:e])
             torch.mv(u, p.jz, out=s1[s:e])
         torch.mv(u, p.z, out=s0[s:e])
         torch.linalg.vector_norm(u, dim=1, out=s2[s:e])
@@ -169,7 +169,7 @@ def _start(p: _Problem, i: torch.Tensor):
     mid = span / 2
     cols, valid = _window(p, i)
     zw = torch.where(valid, z[cols], 0.0)
-    rest, _, slope, _ = _evaluate(p, d_lo, mid, cols[:, :1], exclude=cols)
+    rest, _, slope, _ = _evaluate(p, d_lo, mid, exclude=cols)
     rest += p.rhoinv
     near = zw * zw / torch.where(valid, (D[cols] - d_lo[:, None]) - mid[:, None], 1.0)
     f_mid = rest + near.sum(1)

@@ -7,8 +7,9 @@ from torch import nn
 
 from normscope.nn import _autotune
 from normscope.nn._checks import check_eps, check_input, resolve_affine
-from normscope.nn import functional as _fn
-from normscope.nn.functional import NormTrace, affine_, blocks_apply, decompose, rows_dynamic, stats_reliable
+from normscope.nn.functional import (
+    NormTrace, affine_, block_elems, blocks_apply, decompose, rows_dynamic, stats_reliable,
+)
 
 _BLOCKED_MAX_GROUP = 256  # wider groups: native_layer_norm on the grouped view (on par at 256, measured)
 
@@ -173,7 +174,7 @@ class GroupLayerNorm(nn.Module):
         x2 = x.reshape(-1, d)
         out = torch.empty_like(x2, memory_format=torch.contiguous_format)
         ms_all = x2.new_empty(x2.shape[0] * self.num_groups)
-        step = max(1, _fn.block_elems() // d)
+        step = max(1, block_elems() // d)
         with torch.no_grad():
             self._blocked_rows(x2, out, ms_all, step)
         if not stats_reliable(ms_all):

@@ -129,12 +129,12 @@ def build_document(
     stats: dict,
     figures: Sequence[Figure],
     *,
-    extra: Sequence[Section] = (),
+    extra: Sequence[Any] = (),
     title: str = "normscope report — is LayerNorm's mean removal redundant?",
 ) -> Document:
     """Every section of the report, in page order (summary, run, metrics, deviations, tables,
-    plots, per-site tables, swap tests, attention, then ``extra``: sections already checked by
-    :func:`parse_extra`)."""
+    plots, per-site tables, swap tests, attention, then ``extra``: whatever :func:`parse_extra`
+    accepts, already parsed sections included)."""
     from normscope.report import prose, sections as S
 
     secs: list[Section] = []
@@ -149,5 +149,5 @@ def build_document(
     for m in stats["models"]:
         secs += _guard(f"Naive norm swap: {m.get('name')}", lambda m=m: S.swap_sections(m))
         secs += _guard(f"Attention: {m.get('name')}", lambda m=m: S.attention_sections(m))
-    secs += extra
+    secs += parse_extra(extra)
     return Document(title, _subtitle(stats), secs, prose.FOOTER)

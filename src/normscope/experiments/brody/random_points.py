@@ -33,6 +33,12 @@ PAPER_READING = {
 }
 
 
+
+def first_n(p_any: np.ndarray, ns: list[int], level: float = 0.95) -> int | None:
+    """The smallest n whose P(at least one unselectable point) reaches ``level`` (None: none does)."""
+    hit = np.flatnonzero(np.asarray(p_any) >= level)
+    return int(ns[hit[0]]) if hit.size else None
+
 def settings(paper_scale: bool, runs: int | None = None) -> dict[str, Any]:
     s = {"d": list(range(3, 16)), "n": list(range(3, 61)) if paper_scale else list(range(3, 61, 3)), "runs": 100 if paper_scale else 40}
     if runs is not None:
@@ -77,16 +83,12 @@ def run(out: Path, *, paper_scale: bool = False, runs: int | None = None, seed: 
             frac[key][i, j] = float(vals.mean())
     elapsed = time.perf_counter() - t0
 
-    def first_n(j: int, level: float = 0.95) -> int | None:
-        hit = np.flatnonzero(p_any["none"][:, j] >= level)
-        return int(ns[hit[0]]) if hit.size else None
-
     compare = []
     for d, reading in PAPER_READING.items():
         if d not in ds:
             continue
         j = ds.index(d)
-        compare.append([d, reading, fmt(first_n(j)), fmt(p_any["none"][-1, j]), fmt(frac["none"][-1, j], 3),
+        compare.append([d, reading, fmt(first_n(p_any["none"][:, j], ns)), fmt(p_any["none"][-1, j]), fmt(frac["none"][-1, j], 3),
                         fmt(p_any["layer_norm"][:, j].max())])
     result = {
         "experiment": "random_points (Fig. 1c/1d)",

@@ -25,7 +25,7 @@ def _nanmean(values: list[float | None]) -> float | None:
 
 def random_points(result: dict[str, Any]) -> dict[str, Any]:
     """Fig. 1c/1d: P(at least one unselectable point) with LN (paper: 0) and without LN per d."""
-    from normscope.experiments.brody.random_points import PAPER_READING
+    from normscope.experiments.brody.random_points import PAPER_READING, first_n
 
     s = result["settings"]
     ds, ns = s["d"], s["n"]
@@ -35,8 +35,7 @@ def random_points(result: dict[str, Any]) -> dict[str, Any]:
         if d not in ds:
             continue
         col = none[:, ds.index(d)]
-        hit = np.flatnonzero(col >= 0.95)
-        rows.append({"d": d, "first_n_p95": int(ns[hit[0]]) if hit.size else None,
+        rows.append({"d": d, "first_n_p95": first_n(col, ns),
                      "p_at_n_max": float(col[-1]), "paper": reading})
     return {"d": [ds[0], ds[-1]], "n": [ns[0], ns[-1]], "n_values": len(ns), "runs": s["runs"],
             "with_ln_max_p": float(result["max_p_any_with_layer_norm"]), "paper_with_ln_max_p": 0.0,
@@ -46,9 +45,10 @@ def random_points(result: dict[str, Any]) -> dict[str, Any]:
 def majority(result: dict[str, Any]) -> dict[str, Any]:
     """Majority task: train loss and test accuracy at the paper's figure steps within the budget
     (paper: Figs. 2a/3 readings), final metrics and query angle per ``norm1`` variant."""
-    from normscope.experiments.brody.majority import PAPER_ACC, PAPER_ANGLE, PAPER_LOSS
+    from normscope.experiments.brody.majority import PAPER_ACC, PAPER_ANGLE, PAPER_LOSS, budget_config
 
     cfg, per_var = result["config"], result["summary"]
+    paper_cfg = budget_config(paper_scale=True)
     paper_vars = ("proj_scale", "scale_inv_sqrt_d")  # the paper's "with" / "without projection"
     acc = {s: (w, wo) for s, w, wo in PAPER_ACC}
     at = []
@@ -66,7 +66,7 @@ def majority(result: dict[str, Any]) -> dict[str, Any]:
                  "angle_start": _nanmean(s["initial_angle"]), "angle_end": _nanmean(s["final"]["angle_mean"])}
              for v, s in per_var.items()}
     return {"d": cfg["d"], "steps": cfg["steps"], "batch_size": cfg["batch_size"], "seeds": len(result["seeds"]),
-            "paper_steps": 14_000, "paper_batch_size": 6000, "paper_variants": list(paper_vars),
+            "paper_steps": paper_cfg.steps, "paper_batch_size": paper_cfg.batch_size, "paper_variants": list(paper_vars),
             "at_step": at, "final": final, "paper_angle": PAPER_ANGLE}
 
 
