@@ -84,6 +84,17 @@ def test_zero_gain_layer_is_measured_without_offset():
     geo = layer_geometry(find_norms(nn.Sequential(ln))[0])
     assert geo["offset"] is None and geo["offset_normalized"] is None
     assert geo["semi_axis_min"] > 0  # N − k = 4 positive axes
+    assert geo["ellipsoid_dim"] == 4  # not N − 1: each zero gain removes a dimension (Riechers §3)
+
+
+def test_zero_gain_rmsnorm_drops_those_axes():
+    rms = nn.RMSNorm(5)
+    with torch.no_grad():
+        rms.weight.copy_(torch.tensor([0.0, 1.0, 2.0, 0.0, 0.5]))
+    geo = layer_geometry(find_norms(nn.Sequential(rms))[0])
+    assert geo["ellipsoid_dim"] == 3
+    assert geo["semi_axis_max"] == pytest.approx(2 * math.sqrt(5)) and geo["semi_axis_min"] == pytest.approx(0.5 * math.sqrt(5))
+    assert geo["semi_axis_ratio"] == pytest.approx(4.0)
 
 
 def test_import_paths():

@@ -64,10 +64,10 @@ def layer_geometry(site: NormSite) -> dict[str, Any]:
         if b is not None and geo.zero_gains.size == 0:
             out["offset"] = geo.offset
             out["offset_normalized"] = geo.plane_distance
-        out["ellipsoid_dim"] = d - 1
-    else:
-        axes = np.sort(math.sqrt(d) * np.abs(g.numpy()))[::-1]
-        out["ellipsoid_dim"] = d
+    else:  # RMSNorm: the axes are √d·|gᵢ|; a zero gain removes its axis
+        a = np.abs(g.numpy())
+        axes = np.sort(math.sqrt(d) * a[a > 0])[::-1]
+    out["ellipsoid_dim"] = int(axes.size)  # d − 1 (LN) or d (RMS), less one per zero gain
     out["semi_axis_max"] = float(axes[0])
     out["semi_axis_min"] = float(axes[-1])
     out["semi_axis_ratio"] = float(axes[0] / axes[-1]) if float(axes[-1]) > 0 else math.inf
