@@ -89,10 +89,10 @@ class Bench:
 
     def compare(
         self, contenders: dict[str, Callable[[], Any]], *, rounds: int = 11, warmup: int = 2, label: str = "",
-        sync: Callable[[], None] | None = None, settle: float = 0.0,
+        sync: Callable[[], None] | None = None, settle: float = 0.0, before: Callable[[], Any] | None = None,
     ) -> Comparison:
         """Time every contender in interleaved rounds and print a table (median, IQR, min)."""
-        c = compare(contenders, rounds=rounds, warmup=warmup, label=label, sync=sync, settle=settle)
+        c = compare(contenders, rounds=rounds, warmup=warmup, label=label, sync=sync, settle=settle, before=before)
         self.comparisons.append(c)
         if not self.quiet:
             print(format_comparison(c), flush=True)
@@ -136,9 +136,12 @@ class Bench:
 
 def compare(
     contenders: dict[str, Callable[[], Any]], *, rounds: int = 11, warmup: int = 2, label: str = "",
-    sync: Callable[[], None] | None = None, settle: float = 0.0,
+    sync: Callable[[], None] | None = None, settle: float = 0.0, before: Callable[[], Any] | None = None,
 ) -> Comparison:
     """Warm-up, then ``rounds`` interleaved rounds; the contender order rotates each round.
+
+    ``before``: an untimed call right before each timed one, the same for every contender (e.g. a
+    matmul, to time a kernel where a model runs it: after a torch operation whose threads still spin).
 
     ``settle``: idle seconds before each timed call, the same for every contender, so that the
     previous contender's thread pool has gone quiet. OpenBLAS's worker threads spin for ~0.1 s
@@ -159,6 +162,9 @@ def compare(
             sync()
             if settle:
                 time.sleep(settle)
+            if before is not None:
+                before()
+                sync()
             t0 = time.perf_counter()
             contenders[n]()
             sync()

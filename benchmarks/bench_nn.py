@@ -7,10 +7,13 @@ with 1 thread and with all cores (the same count for every contender):
 - RMSNorm: every backend of ``normscope.nn.RMSNorm`` (eager, compile, and auto — which measures
   and picks per shape; here with ``NORMSCOPE_COMPILE=1`` so compile is a candidate) vs
   ``F.rms_norm`` and compiled ``F.rms_norm``;
-- GroupLayerNorm (LN-G, Ni et al., arXiv:2406.01255), 64 groups: eager (its blocked kernel under
-  no_grad), the grouped ``native_layer_norm`` path it falls back to, and compile vs ``F.layer_norm``
-  over the full width (the target: ≤ 1.2×) and compiled ``F.layer_norm``;
-- a plain copy (``x.clone()``), the memory-bandwidth floor; every contender allocates its output.
+- GroupLayerNorm (LN-G, Ni et al., arXiv:2406.01255), 64 groups: auto, numba (the fused kernel),
+  eager (its blocked torch kernel under no_grad), the grouped ``native_layer_norm`` path it falls
+  back to, and compile vs ``F.layer_norm`` over the full width (the target: ≤ 1.2×) and compiled
+  ``F.layer_norm``;
+- a plain copy (``x.clone()``), the memory-bandwidth floor; every contender allocates its output;
+- the LN-G and RMSNorm kernels again, each timed call right after a 512² matmul as in a model
+  (torch's OpenMP threads still spin then, which helps torch's kernels and slows threads of ours).
 
 Ratios (ours / reference, medians) go to ``benchmarks/results/bench_nn.json`` with the spread
 (IQR/median) of both sides. Compiled references are skipped, with a note, where no compiler works.
@@ -31,6 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import normscope.nn as nsn  # noqa: E402
 from _harness import Bench  # noqa: E402
+from normscope.nn import _autotune, _numba  # noqa: E402
 from normscope.nn import rms_norm as rms_mod  # noqa: E402
 
 
@@ -86,13 +90,15 @@ def main() -> None:
 
     ours_ln = load(nsn.LayerNorm(d))
     rms = {k: load(nsn.RMSNorm(d, eps=1e-5, backend=k)) for k in ("eager", "compile", "auto")}
-    lng = {k: load(nsn.GroupLayerNorm(d, args.groups, backend=k)) for k in ("eager", "compile")}
+    lng = {k: load(nsn.GroupLayerNorm(d, args.groups, backend=k)) for k in ("eager", "numba", "compile", "auto")}
     lng["grouped"] = load(nsn.GroupLayerNorm(d, args.groups, backend="eager"))
     lng["grouped"]._blocked_ok = lambda t: False  # the autograd / half-precision path, for comparison
     ln_c = _compiled(lambda t: F.layer_norm(t, (d,), w, b, 1e-5))
     rms_c = _compiled(lambda t: F.rms_norm(t, (d,), w, 1e-5))
     have_c = ln_c is not None and _try(ln_c, x) and rms_c is not None and _try(rms_c, x)
     have_ours_c = rms_mod.compiled_kernel() is not None
+    have_numba = _numba.available()
+    bench.record("numba", have_numba)
     bench.record("compiler_works", bool(have_c and have_ours_c))
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
 
@@ -107,16 +113,20 @@ def main() -> None:
                 "nn.RMSNorm eager": lambda: rms["eager"](x),
                 "nn.RMSNorm auto": lambda: rms["auto"](x),
                 f"nn.GroupLayerNorm g={args.groups} eager": lambda: lng["eager"](x),
+                f"nn.GroupLayerNorm g={args.groups} auto": lambda: lng["auto"](x),
                 f"nn.GroupLayerNorm g={args.groups} grouped": lambda: lng["grouped"](x),
             }
+            if have_numba:
+                contenders[f"nn.GroupLayerNorm g={args.groups} numba"] = lambda: lng["numba"](x)
             if have_c:
                 contenders["compiled F.layer_norm"] = lambda: ln_c(x)
                 contenders["compiled F.rms_norm"] = lambda: rms_c(x)
             if have_ours_c:
                 contenders["nn.RMSNorm compile"] = lambda: rms["compile"](x)
                 contenders[f"nn.GroupLayerNorm g={args.groups} compile"] = lambda: lng["compile"](x)
-            rms["auto"](x)  # the first call measures and caches the auto choice for this shape
+            rms["auto"](x), lng["auto"](x)  # the first call measures and caches the auto choice for this shape
             bench.record(f"rmsnorm_auto_choice_{tag}", {str(key): v for key, v in rms_mod.auto_choices().items()})
+            bench.record(f"lng_auto_choice_{tag}", {str(key): v for key, v in _autotune.choices(nsn.GroupLayerNorm).items()})
             c = bench.compare(contenders, rounds=args.rounds, warmup=2, sync=sync,
                               label=f"{args.rows}x{d} {args.dtype} on {dev}")
             bench.ratio(c, "nn.LayerNorm", "F.layer_norm", key=f"layernorm_vs_F.layer_norm_{tag}", target="<= 1.05",
@@ -128,7 +138,7 @@ def main() -> None:
                               "runs the eager kernel of the next row) vs the faster of F.rms_norm and compiled F.rms_norm"))
             bench.ratio(c, "nn.RMSNorm eager", best_rms, key=f"rmsnorm_eager_vs_best_torch_{tag}",
                         what="the eager two-pass kernel (auto's choice without NORMSCOPE_COMPILE=1) vs the faster torch RMSNorm")
-            for kind in ("eager", "grouped", "compile"):
+            for kind in ("auto", "numba", "eager", "grouped", "compile"):
                 name = f"nn.GroupLayerNorm g={args.groups} {kind}"
                 if name in c.timings:
                     bench.ratio(c, name, "F.layer_norm", key=f"lng_{kind}_vs_F.layer_norm_{tag}", target="<= 1.2",
@@ -138,8 +148,36 @@ def main() -> None:
                                     what="the same vs compiled F.layer_norm")
             bench.ratio(c, "F.layer_norm", "copy (bandwidth floor)", key=f"layer_norm_vs_copy_{tag}",
                         what="how far torch's LayerNorm is from the bandwidth floor")
+            _after_matmul(bench, args, x, w, b, lng, rms, rms_c if have_c else None, have_numba, sync, tag)
     if not args.quick or args.save:
         bench.save()
+
+
+def _after_matmul(bench, args, x, w, b, lng, rms, rms_c, have_numba, sync, tag) -> None:
+    """The norms where a model runs them: each timed call right after an untimed 512² matmul,
+    whose OpenMP threads keep spinning for a few ms (they help torch's next kernel and compete
+    with threads of ours)."""
+    d = x.shape[-1]
+    a = torch.randn(512, 512, device=x.device, dtype=x.dtype)
+    contenders = {
+        "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b, 1e-5),
+        f"nn.GroupLayerNorm g={args.groups} eager": lambda: lng["eager"](x),
+        "nn.RMSNorm eager": lambda: rms["eager"](x),
+    }
+    if have_numba:
+        contenders[f"nn.GroupLayerNorm g={args.groups} numba"] = lambda: lng["numba"](x)
+    if rms_c is not None:
+        contenders["compiled F.rms_norm"] = lambda: rms_c(x)
+    c = bench.compare(contenders, rounds=args.rounds, warmup=2, sync=sync, before=lambda: a @ a,
+                      label=f"{args.rows}x{d} {args.dtype} on {x.device}, each after a 512x512 matmul")
+    for kind in ("numba", "eager"):
+        name = f"nn.GroupLayerNorm g={args.groups} {kind}"
+        if name in c.timings:
+            bench.ratio(c, name, "F.layer_norm", key=f"lng_{kind}_after_matmul_vs_F.layer_norm_{tag}", target="<= 1.2",
+                        what=f"LN-G with {args.groups} groups vs full-width F.layer_norm where a model runs it")
+    if rms_c is not None:
+        bench.ratio(c, "nn.RMSNorm eager", "compiled F.rms_norm", key=f"rmsnorm_eager_after_matmul_vs_compiled_{tag}",
+                    what="the eager RMSNorm kernel vs compiled F.rms_norm where a model runs it")
 
 
 if __name__ == "__main__":

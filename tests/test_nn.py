@@ -91,6 +91,12 @@ def test_no_projection_equals_torch_rmsnorm(eps, dtype):
         assert _err(out, ref(x)) <= _bound(ref(x), dtype, d)
 
 
+def _grad_unless_fused(backend):
+    """no_grad for the backends with CPU kernels that only run without autograd (eager's blocked
+    kernel, numba); "auto" and "torch" keep autograd on, so the differentiable paths are checked too."""
+    return torch.no_grad() if backend in ("eager", "numba") else torch.enable_grad()
+
+
 @pytest.mark.parametrize("backend", ["auto", "eager", "torch"])
 @pytest.mark.parametrize("eps", [None, *EPSILONS])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -100,7 +106,9 @@ def test_rmsnorm_equals_torch(backend, eps, dtype):
     ours = _params(nsn.RMSNorm(d, eps=eps, backend=backend, dtype=dtype), d)
     ref = torch.nn.RMSNorm(d, eps=eps, dtype=dtype)
     ref.load_state_dict(ours.state_dict())
-    for out in (ours(x), ours.trace(x).output):
+    with _grad_unless_fused(backend):  # the fused kernels run where nothing is differentiated
+        out = ours(x)
+    for out in (out, ours.trace(x).output):
         assert out.dtype == dtype
         assert _err(out, ref(x)) <= _bound(ref(x), dtype, d)
 
@@ -201,17 +209,22 @@ def test_multi_dim_normalized_shape():
     assert _err(rms(x), ref_rms) <= _bound(ref_rms, torch.float64, 20)
 
 
+@pytest.mark.parametrize("backend", ["auto", "eager", "numba"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_group_layernorm(dtype):
+def test_group_layernorm(dtype, backend):
     x = _inputs(dtype, shape=(6, 24))
-    one = _params(nsn.GroupLayerNorm(24, 1, eps=1e-5, dtype=dtype), 24)
+    one = _params(nsn.GroupLayerNorm(24, 1, eps=1e-5, dtype=dtype, backend=backend), 24)
     ln = torch.nn.LayerNorm(24, dtype=dtype)
     ln.load_state_dict(one.state_dict())
-    assert _err(one(x), ln(x)) <= _bound(ln(x), dtype, 24)
-    gln = _params(nsn.GroupLayerNorm(24, 4, eps=0.1, dtype=dtype), 24)
+    with _grad_unless_fused(backend):
+        out1 = one(x)
+    assert _err(out1, ln(x)) <= _bound(ln(x), dtype, 24)
+    gln = _params(nsn.GroupLayerNorm(24, 4, eps=0.1, dtype=dtype, backend=backend), 24)
     per_group = torch.cat([F.layer_norm(x[:, 6 * k : 6 * k + 6], (6,), eps=0.1) for k in range(4)], -1)
     expected = per_group * gln.weight + gln.bias
-    for out in (gln(x), gln.trace(x).output):
+    with _grad_unless_fused(backend):
+        out4 = gln(x)
+    for out in (out4, gln.trace(x).output):
         assert _err(out, expected) <= _bound(expected, dtype, 6, passes=2)  # x̂ rounded, then the affine
     assert gln.trace(x).denom.shape == (6, 4)
 

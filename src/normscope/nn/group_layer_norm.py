@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normscope.nn import _autotune
+from normscope.nn import _autotune, _numba
 from normscope.nn._checks import check_eps, check_input, resolve_affine
 from normscope.nn.functional import (
     NormTrace, affine_, block_elems, blocks_apply, decompose, rows_dynamic, stats_reliable,
 )
 
+BACKENDS = ("auto", "eager", "numba", "compile")
 _BLOCKED_MAX_GROUP = 256  # wider groups: native_layer_norm on the grouped view (on par at 256, measured)
 
 
@@ -50,46 +51,46 @@ class GroupLayerNorm(nn.Module):
 
     Output dtype = input dtype (torch's LayerNorm convention), for ``forward`` and ``trace``
     alike; the affine step runs in float32 (float64 for float64 input) and is rounded once.
-    Rows whose group statistics overflow or underflow in the fused kernel are recomputed with
-    the exactly rescaled :meth:`trace` path.
+    When some group's statistics overflow or underflow in a fused kernel (or are NaN), the call
+    is recomputed with the exactly rescaled :meth:`trace` path.
 
-    **Backends** (``benchmarks/bench_nn.py`` measures both against ``F.layer_norm``): ``"eager"``
-    — on CPU, float32/float64, nothing to differentiate and groups of ≤ 256 neurons, a
-    blocked kernel: rows are taken in blocks that stay in cache across their passes (1 MiB, one
-    core's L2, with one intra-op thread; 4 MiB, the shared L3, with more: ``functional.block_elems``),
-    and per block, viewing it as (rows·g, n),
+    **Backends** (``benchmarks/bench_nn.py`` measures each against ``F.layer_norm``):
 
-    .. math::
-        \mu = (X\mathbb 1)/n,\quad P = X - \mu\mathbb 1^\top,\quad
-        m = \lVert P_{i,:}\rVert_2^2/n + \varepsilon,\quad
-        Z = g \odot (P \,/\, \sqrt m) + b \;(\text{in place, one } \texttt{addcmul}),
+    - ``"numba"`` — one fused loop per row and group (``normscope.nn._numba``): the sum, the centred
+      sum of squares and the output with the affine, the group held in L1, so x is read from memory
+      once and z written once, as ``F.layer_norm`` does for a whole row. CPU, float32/float64, nothing
+      to differentiate, numba installed; otherwise the eager path below runs.
+    - ``"eager"`` — torch operations. On CPU, float32/float64, nothing to differentiate and groups of
+      ≤ 256 neurons, a blocked kernel: rows are taken in blocks that stay in cache across their passes
+      (1 MiB, one core's L2, with one intra-op thread; 4 MiB, the shared L3, with more:
+      ``functional.block_elems``), and per block, viewing it as (rows·g, n),
 
-    i.e. the two-pass (centred) variance, so no Σx² − nμ² cancellation; its accuracy matches
-    ``native_layer_norm`` (float64 oracle per group, ``tests/test_nn_compat.py``). At 4096×4096
-    float32, 64 groups it measured 1.06–1.25× a full-width ``F.layer_norm`` with one thread and
-    1.15–1.19× with two (same thread count on both sides), against ~1.6× and ~1.35–1.5× for the
-    grouped ``native_layer_norm``, whose per-row overhead dominates on 64-wide rows and whose
-    affine is a second pass over memory. With two threads 1 MiB blocks measured ~1.33× (a
-    parallel region per operation per block); a private thread pool sharing out the blocks
-    reached ~1.35× but had to reset the intra-op thread count of every participant, a global
-    side effect a norm layer should not have. Otherwise (autograd, half precision, wider
-    groups): one fused ``native_layer_norm`` over the (…, groups, C/g) view plus one in-place
-    ``addcmul`` for the affine. Rejected after measuring: ``F.group_norm`` and ``F.batch_norm`` on a
-    (1, rows·g, n) view (slower), the same passes unblocked (~2.4×), smaller blocks (Python
-    overhead), ``native_layer_norm`` per block followed by the affine in cache (1.38–1.5× at two
-    threads), a p² buffer plus gemv for m (slower than ``vector_norm``), a BLAS gemv for the sums (as fast
-    as ``sum`` with one thread, 1.7× slower with two); not tried: group sums
-    via a (C × g) 0/1 indicator matmul, 2·C·g flops per row where gemv needs 2·C.
+      .. math::
+          \mu = (X\mathbb 1)/n,\quad P = X - \mu\mathbb 1^\top,\quad
+          m = \lVert P_{i,:}\rVert_2^2/n + \varepsilon,\quad
+          Z = g \odot (P \,/\, \sqrt m) + b \;(\text{in place, one } \texttt{addcmul}),
 
-    ``"compile"`` — a ``torch.compile``'d kernel that fuses the affine into the
-    normalising pass (compiled once per process, ~20 s; eager with a warning where no compiler
-    works). ``"auto"`` — ``"eager"``, unless ``NORMSCOPE_COMPILE=1`` is set and a compiler works:
-    then the faster of the two, measured per (device, dtype, width, rows, threads, groups) bucket
-    on first sight and cached (``normscope.nn._autotune``).
+      the two-pass (centred) variance, five passes over the block in cache. Otherwise (autograd, half
+      precision, wider groups): one fused ``native_layer_norm`` over the (…, groups, C/g) view plus
+      one ``addcmul`` for the affine. Rejected after measuring: ``F.group_norm`` on (rows, C) (≈2×
+      ``F.layer_norm``: no vectorised path for one spatial element) and ``F.batch_norm`` views,
+      ``native_layer_norm`` per block (per-row overhead on 64-wide rows), ``var_mean`` (Welford,
+      not vectorised), a private thread pool for the torch ops (it had to reset torch's global thread
+      count).
+    - ``"compile"`` — a ``torch.compile``'d kernel that fuses the affine into the normalising pass
+      (compiled once per process, ~20 s; eager with a warning where no compiler works).
+    - ``"auto"`` — the faster *measured* of ``"eager"`` and ``"numba"`` (where it applies), plus
+      ``"compile"`` when ``NORMSCOPE_COMPILE=1`` is set and a compiler works; measured per (device,
+      dtype, width, rows, threads, groups) bucket on first sight and cached (``normscope.nn._autotune``).
+
+    Every backend is tested against a float64 per-group oracle within a bound derived from its
+    rounding: output rounding plus n·u for the sums, plus n·u·κ for a group far from its mean
+    (κ = max|x|/σ; torch's ``layer_norm`` loses the same), in ``tests/test_nn*.py``.
 
     **Arguments:** ``normalized_shape`` (C, an int), ``num_groups`` (divides C), ``eps`` ≥ 0,
     ``elementwise_affine`` (alias ``affine``: per-neuron ``weight`` and ``bias`` of shape (C,)),
-    ``bias`` (default: with the affine step; ``bias=True`` without it raises), ``device``, ``dtype``.
+    ``bias`` (default: with the affine step; ``bias=True`` without it raises), ``backend`` (one of
+    ``BACKENDS``, default ``"auto"``), ``device``, ``dtype``.
     """
 
     def __init__(
@@ -106,8 +107,8 @@ class GroupLayerNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if backend not in ("auto", "eager", "compile"):
-            raise ValueError(f"backend must be one of ('auto', 'eager', 'compile'), got {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
         if isinstance(normalized_shape, (tuple, list, torch.Size)):
             if len(normalized_shape) != 1:
@@ -132,9 +133,14 @@ class GroupLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = self.backend
-        if backend == "auto":
-            backend = _autotune.choose(self, x, _autotune.bucket(x, self.normalized_shape[0], self.num_groups),
-                                       compiled_kernel.candidates)
+        if backend == "auto":  # numba's applicability (grad mode, dtype, ...) is part of the bucket
+            key = _autotune.bucket(x, self.normalized_shape[0], self.num_groups, _numba.applies(x, self.weight, self.bias))
+            backend = _autotune.choose(self, x, key, lambda: self._candidates(x))
+        if backend == "numba" and _numba.applies(x, self.weight, self.bias):
+            check_input(x, self.normalized_shape, type(self).__name__)
+            z, ms = _numba.group_layer_norm(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.bias,
+                                            self.group_size, self.eps)
+            return z.view(x.shape) if stats_reliable(ms) else self.trace(x).output
         kernel = compiled_kernel() if backend == "compile" else None
         if kernel is not None:
             check_input(x, self.normalized_shape, type(self).__name__)
@@ -157,6 +163,11 @@ class GroupLayerNorm(nn.Module):
         if self.weight is None and self.bias is None:
             return z
         return self._affine(z, x.dtype)
+
+    def _candidates(self, x: torch.Tensor) -> list[str]:
+        """The backends ``"auto"`` measures on ``x``: eager; numba where it applies; compile when opted in."""
+        fused = ["numba"] if _numba.applies(x, self.weight, self.bias) else []
+        return compiled_kernel.candidates() + fused
 
     def _blocked_ok(self, x: torch.Tensor) -> bool:
         """Whether the blocked kernel applies: CPU, float32/float64, groups ≤ 256

@@ -1,0 +1,195 @@
+"""LN-G fused per row and group, compiled by numba: x read from memory once, z written once.
+
+A torch-eager LN-G is a chain of whole-tensor operations, each a pass over memory (or, blocked as
+in ``functional.block_elems``, over cache); torch's ``F.layer_norm`` is one fused C++ loop per row
+but cannot take a per-group statistic with a per-neuron affine. This kernel is that loop. Per row
+of x and group of n neurons (Ni et al., arXiv:2406.01255), the group in L1 after the first loop:
+
+    μ = Σx/n,   m = Σ(x − μ)²/n + ε,   z = (x − μ)·m^(−1/2)·g + b
+
+three loops: the sum, the centred sum of squares (two-pass, so no Σx² − nμ² cancellation), the
+output with the affine fused. Arithmetic happens in the input's dtype (float32 or float64), like
+torch's CPU kernels; numba may reassociate the sums into vector lanes and fuse multiply-adds (its
+``fastmath`` flags ``reassoc`` and ``contract`` only, so NaN and Inf propagate as in IEEE
+arithmetic). Each group's m is returned for ``functional.stats_reliable``; the caller recomputes
+with the exactly rescaled path when some m over- or underflowed.
+
+**Threads.** Rows go in chunks to ``torch.get_num_threads()`` threads, the caller's and a small
+per-process pool (the kernel releases the GIL), so the row split never changes a bit of the output.
+numba's own threading layer is not used: its OpenMP layer aborts in a forked child, its work queue
+is not thread-safe, and choosing one is a global setting of the user's numba. Cost measured by
+``benchmarks/bench_nn.py``: right after a torch operation, torch's OpenMP workers spin for a few
+ms and share a core with our helper thread, so with several threads this kernel is then no faster
+than the eager one (``"auto"`` measures both). Compiled once per dtype on first use (~1 s, then
+kept in numba's on-disk cache).
+
+Where numba is missing or does not import (for instance a numpy newer than it supports),
+:func:`available` is False, a warning says so once, and GroupLayerNorm runs its torch kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from normscope.nn.functional import blocks_apply
+
+MIN_ELEMS_PER_THREAD = 1 << 15  # below: one thread (a hand-off costs ~10-50 µs, a 32k-element row block ~10 µs)
+CHUNK_ELEMS = 1 << 18  # rows handed to a thread at a time (~1 MiB of float32; a call costs a few µs)
+
+_FASTMATH = {"reassoc", "contract"}
+
+
+@functools.cache
+def _kernels():
+    """{dtype: lng_rows}, compiled by numba on first call, or None where numba does not import."""
+    try:
+        import numba
+
+        try:  # numba's on-disk cache needs a writable folder (read-only installs have none)
+            jit = numba.njit(nogil=True, fastmath=_FASTMATH, boundscheck=False, error_model="numpy", cache=True)
+            return {np.dtype(ft): jit(_lng_rows(ft)) for ft in (np.float32, np.float64)}
+        except RuntimeError:
+            jit = numba.njit(nogil=True, fastmath=_FASTMATH, boundscheck=False, error_model="numpy")
+            return {np.dtype(ft): jit(_lng_rows(ft)) for ft in (np.float32, np.float64)}
+    except Exception as err:  # noqa: BLE001 - missing, or built for another numpy/Python
+        warnings.warn(f"numba is unavailable here ({type(err).__name__}: {str(err)[:80]}); "
+                      "GroupLayerNorm uses its torch kernel (pip install numba for the fused one)")
+        return None
+
+
+# The kernel, written once and specialised per dtype ``ft`` (its constants are then of x's dtype:
+# a runtime 1 or n instead let ``reassoc`` move the division by √m into the inner loop, ~1.5× slower).
+def _lng_rows(ft):
+    def lng_rows(x, out, ms, w, b, n, eps, lo, hi):  # pragma: no cover - compiled
+        groups = x.shape[1] // n
+        nf, e = ft(n), ft(eps)
+        for i in range(lo, hi):
+            for k in range(groups):
+                xg, og = x[i, k * n:(k + 1) * n], out[i, k * n:(k + 1) * n]  # slices: no index-sign checks
+                wg, bg = w[k * n:(k + 1) * n], b[k * n:(k + 1) * n]
+                s = ft(0.0)
+                for j in range(n):
+                    s += xg[j]
+                mu = s / nf
+                q = ft(0.0)
+                for j in range(n):
+                    t = xg[j] - mu
+                    q += t * t
+                m = q / nf + e
+                ms[i * groups + k] = m
+                r = ft(1.0) / np.sqrt(m)
+                for j in range(n):
+                    og[j] = (xg[j] - mu) * r * wg[j] + bg[j]
+    return lng_rows
+
+
+def available() -> bool:
+    """Whether numba imports here (the first call tries, and warns once if not)."""
+    return _kernels() is not None
+
+
+_POOL: dict[str, object] = {"size": 0, "pool": None}
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool threads and lock state did not come along."""
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()
+    _POOL.update(size=0, pool=None)
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The per-process pool of ``workers`` helper threads (rebuilt for a new thread count)."""
+    with _POOL_LOCK:
+        if _POOL["size"] != workers:
+            if _POOL["pool"] is not None:
+                _POOL["pool"].shutdown(wait=False)
+            _POOL.update(size=workers, pool=ThreadPoolExecutor(workers, thread_name_prefix="normscope"))
+        return _POOL["pool"]
+
+
+def _run_rows(kernel, rows: int, width: int, *args) -> None:
+    """``kernel(*args, lo, hi)`` over rows [0, rows), shared out over torch's intra-op thread count.
+
+    The rows go in chunks of ~``CHUNK_ELEMS`` elements to whichever thread is free (a shared
+    counter), not in equal parts: right after a torch operation its OpenMP workers keep spinning
+    for a few ms, and a thread that shares its core with one finishes late; with equal parts the
+    whole call waited for it (right after a matmul, 2 threads: 1.40–1.47× ``F.layer_norm`` in equal
+    parts, 1.27–1.34× in chunks; 1.11–1.22× both without the matmul)."""
+    threads = torch.get_num_threads()
+    parts = max(1, min(threads, rows, rows * width // MIN_ELEMS_PER_THREAD))
+    if parts == 1:
+        kernel(*args, 0, rows)
+        return
+    step = max(1, min(CHUNK_ELEMS // width, -(-rows // parts)))  # every thread gets a chunk
+    counter = itertools.count()  # next() is atomic under the GIL
+
+    def work() -> None:
+        while (lo := next(counter) * step) < rows:
+            kernel(*args, lo, min(lo + step, rows))
+
+    futures = []
+    try:
+        pool = _pool(threads - 1)
+        futures = [pool.submit(work) for _ in range(parts - 1)]
+    except RuntimeError:  # pool shut down by a concurrent rebuild, or the interpreter exiting
+        pass  # the caller's work() below takes the rows nobody took
+    work()
+    for f in futures:
+        f.result()
+
+
+def _param(p: torch.Tensor | None, d: int, x: torch.Tensor, fill: float) -> np.ndarray:
+    return p.detach().numpy() if p is not None else np.full(d, fill, dtype=x.numpy().dtype)
+
+
+def group_layer_norm(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, n: int,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """LN-G of the rows of ``x2`` in groups of ``n`` neurons, fused.
+
+    **Arguments:** ``x2`` (rows, C) contiguous CPU float32/float64; ``weight``, ``bias`` (C,) of its
+    dtype or ``None`` (1 and 0); ``n`` divides C; ``eps`` ≥ 0. Nothing is differentiated.
+
+    **Returns:** ``(z, m)``: z (rows, C), m (rows·C/n,) = mean(p²) + ε per group, row-major.
+    """
+    if x2.dim() != 2 or not x2.is_contiguous() or n < 1 or x2.shape[1] % n:
+        raise ValueError(f"group_layer_norm needs a contiguous (rows, C) input with n | C; got shape "
+                         f"{tuple(x2.shape)}, n={n} (reshape to (-1, C) and call .contiguous())")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and (p.shape != (x2.shape[1],) or p.dtype != x2.dtype or not p.is_contiguous()):
+            raise ValueError(f"group_layer_norm: {name} must be contiguous ({x2.shape[1]},) {x2.dtype}; "
+                             f"got {tuple(p.shape)} {p.dtype} (cast or copy it to the input's dtype)")
+    x2 = x2.detach()
+    lng_rows = _kernels()[x2.numpy().dtype]
+    rows, d = x2.shape
+    out = torch.empty_like(x2)
+    ms = x2.new_empty(rows * (d // n))
+    _run_rows(lng_rows, rows, d, x2.numpy(), out.numpy(), ms.numpy(), _param(weight, d, x2, 1.0),
+              _param(bias, d, x2, 0.0), n, float(eps))
+    return out, ms
+
+
+def applies(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+    """Whether the fused kernel may run on ``x``: a plain CPU float32/float64 tensor with parameters
+    of its dtype, nothing to differentiate, no tracer, compiler or vmap watching (they would not see
+    a kernel outside torch), and numba available."""
+    if type(x) is not torch.Tensor or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
+    return blocks_apply(x, *params) and available()
+
+
+__all__ = ["available", "applies", "group_layer_norm", "MIN_ELEMS_PER_THREAD", "CHUNK_ELEMS"]

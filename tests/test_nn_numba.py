@@ -1,0 +1,328 @@
+"""The fused numba kernel (``normscope.nn._numba``) behind ``GroupLayerNorm(backend="numba")``: against the rescaled float64 oracle at every scale, the same bits at any thread count
+and chunking, non-finite values kept in their group, a fork, and the fallback without numba.
+
+Tolerance (``tests/_nn_bounds.py``): tol = (2u + 4·n·u)·max(max|z| + max|b|, 1) for n-wide
+groups, plus (n + 3)·u·max|g|·κ with κ = max over groups of max|x|/√(mean(p²) + ε): μ carries up
+to (n − 1)·u·max|x| of summation error and x − μ is rounded relative to |x|, not to |x − μ|, so a
+group far from its mean loses (n + 3)·u·κ relative to its spread (torch's ``layer_norm`` too).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import normscope.nn as nsn
+from _nn_bounds import N, _input, _magnitudes, _oracle, _tol, _u
+from normscope.nn import _autotune, _numba
+
+pytestmark = pytest.mark.numerical
+
+
+def _group_oracle(x, groups, w, b, eps):
+    """float64 LN-G oracle: the rescaled LayerNorm oracle per group, then the affine."""
+    xg = x.double().unflatten(-1, (groups, x.shape[-1] // groups))
+    z = torch.stack([_oracle("layernorm", xg[..., k, :], None, None, eps) for k in range(groups)], -2).flatten(-2)
+    return z * (w.double() if w is not None else 1.0) + (b.double() if b is not None else 0.0)
+
+
+def _kappa(x, groups, eps):
+    """max over groups of max|x|/√(mean(p²)+ε), in float64 on exactly rescaled groups."""
+    xg = x.double().unflatten(-1, (groups, x.shape[-1] // groups))
+    s = xg.abs().amax(-1, keepdim=True).clamp_min(1e-300)
+    y = xg / s
+    ms = (y - y.mean(-1, keepdim=True)).square().mean(-1, keepdim=True) + eps / s.square()
+    return (y.abs().amax(-1, keepdim=True) / ms.sqrt()).max().item()
+
+
+def _lng_tol(x, groups, ref, w, b, eps):
+    u = _u(x.dtype)
+    wmax = w.double().abs().max().item() if w is not None else 1.0
+    n = x.shape[-1] // groups
+    return _tol(x.dtype, n, ref, bias=b.double() if b is not None else None) + (n + 3) * u * wmax * _kappa(x, groups, eps)
+
+
+def _lng(dtype, groups, affine, eps=1e-5, d=N, backend="numba"):
+    m = nsn.GroupLayerNorm(d, groups, eps=eps, elementwise_affine=affine != "none", bias=affine == "both",
+                           dtype=dtype, backend=backend)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        if m.weight is not None:
+            m.weight.copy_(0.5 + torch.rand(d, generator=g, dtype=torch.float64))
+        if m.bias is not None:
+            m.bias.copy_(torch.randn(d, generator=g, dtype=torch.float64))
+    return m
+
+
+def _every_split(monkeypatch, fn):
+    """fn() with 1 thread, and with 2 threads in chunks of 3 rows (every row range a thread may get);
+    asserts that a fused kernel ran each time (not a silent eager fallback)."""
+    calls, real = [], _numba.group_layer_norm
+    monkeypatch.setattr(_numba, "group_layer_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fn()
+        monkeypatch.setattr(_numba, "MIN_ELEMS_PER_THREAD", 1)
+        monkeypatch.setattr(_numba, "CHUNK_ELEMS", 3 * N)
+        torch.set_num_threads(2)
+        two = fn()
+    finally:
+        torch.set_num_threads(prev)
+    assert len(calls) == 2
+    return one, two
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", ["huge", "tiny", "one", "1e30", "1e-30"])
+@pytest.mark.parametrize("affine", ["both", "weight", "none"])
+@pytest.mark.parametrize("groups", [1, 8, 32])
+def test_lng_numba_matches_the_oracle_at_every_scale_and_split(monkeypatch, dtype, scale, affine, groups):
+    """Groups of 64, 8 and 2; rows over- or underflowing mean(p²) fall back to the exact trace path."""
+    x = _input(dtype, _magnitudes(dtype)[scale], rows=13)
+    m = _lng(dtype, groups, affine)
+    with torch.no_grad():
+        one, two = _every_split(monkeypatch, lambda: m(x))
+    assert torch.equal(one, two)  # each row's arithmetic is independent of the row split
+    ref = _group_oracle(x, groups, m.weight, m.bias, 1e-5)
+    assert one.dtype == dtype and torch.isfinite(one).all()
+    assert (one.double() - ref).abs().max().item() <= _lng_tol(x, groups, ref, m.weight, m.bias, 1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    n=st.sampled_from([1, 2, 3, 5, 16, 33, 64, 96]),
+    groups=st.sampled_from([1, 2, 3, 4]),
+    rows=st.integers(0, 9),
+    exponent=st.integers(-60, 60),
+    shift=st.sampled_from([0.0, 3.0, 100.0]),
+    eps=st.sampled_from([0.0, 1e-5, 0.5]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_lng_numba_property(dtype, n, groups, rows, exponent, shift, eps, seed):
+    """Any width, group count, row count (0 included), scale 2^±60, a mean shift up to 100σ and
+    ε = 0: within the κ-aware bound of the oracle, or exactly the trace path where it falls back."""
+    d = n * groups
+    g = torch.Generator().manual_seed(seed)
+    x = ((torch.randn(rows, d, generator=g, dtype=torch.float64) + shift) * 2.0**exponent).to(dtype)
+    m = _lng(dtype, groups, "both", eps=eps, d=d)
+    with torch.no_grad():
+        out = m(x)
+    assert out.shape == x.shape and out.dtype == dtype
+    if rows == 0:
+        return
+    if n == 1 and eps == 0:  # one neuron per group and ε = 0: 0/0, NaN like torch
+        assert torch.isnan(out).all()
+        return
+    ref = _group_oracle(x, groups, m.weight, m.bias, eps)
+    tol = _lng_tol(x, groups, ref, m.weight, m.bias, eps)
+    assert (out.double() - ref).abs().max().item() <= tol
+    with torch.no_grad():  # the kernel itself, wherever its statistics are usable (else the module fell back)
+        z, ms = _numba.group_layer_norm(x, m.weight, m.bias, n, eps)
+    usable = (ms.unflatten(0, (rows, groups)) >= torch.finfo(dtype).tiny / torch.finfo(dtype).eps) & torch.isfinite(
+        ms.unflatten(0, (rows, groups)))
+    cols = usable.repeat_interleave(n, dim=1)
+    if cols.any():
+        assert (z.double() - ref)[cols].abs().max().item() <= tol
+
+
+def test_the_bound_rejects_the_uncentred_variance():
+    """Negative control: Σx²/n − μ² in float32 (one pass, cancelling) at a mean 300σ away misses
+    the bound that the fused, centred kernel meets on the same input."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(64, N, generator=g, dtype=torch.float64) + 300.0).float()
+    m = _lng(torch.float32, 8, "none")
+    ref = _group_oracle(x, 8, None, None, 1e-5)
+    tol = _lng_tol(x, 8, ref, None, None, 1e-5)
+    xg = x.unflatten(-1, (8, N // 8))
+    mu = xg.mean(-1, keepdim=True)
+    uncentred = ((xg - mu) / torch.sqrt(xg.square().mean(-1, keepdim=True) - mu.square() + 1e-5)).flatten(-2)
+    with torch.no_grad():
+        assert (m(x).double() - ref).abs().max().item() <= tol
+    assert (uncentred.double() - ref).abs().max().item() > 10 * tol
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_values_stay_in_their_group(bad):
+    x = torch.randn(5, N)
+    x[2, 9] = bad  # group 1 of row 2 (groups of 8)
+    m = _lng(torch.float32, 8, "both")
+    with torch.no_grad():
+        out = m(x)
+    mask = torch.zeros(5, N, dtype=torch.bool)
+    mask[2, 8:16] = True
+    assert torch.equal(torch.isnan(out), mask)
+    clean = torch.where(mask, 0.0, x)
+    ref = _group_oracle(clean, 8, m.weight, m.bias, 1e-5)
+    assert (out[~mask].double() - ref[~mask]).abs().max().item() <= _lng_tol(clean, 8, ref, m.weight, m.bias, 1e-5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_the_kernel_keeps_non_finite_values_in_their_group(bad):
+    """The kernel's own output (the module above falls back on NaN statistics): a NaN or ±Inf
+    makes its group's m and outputs NaN and leaves every other group's bits alone."""
+    x = torch.randn(5, N)
+    clean, _ = _numba.group_layer_norm(x, None, None, 8, 1e-5)
+    x[2, 9] = bad
+    z, ms = _numba.group_layer_norm(x, None, None, 8, 1e-5)
+    mask = torch.zeros(5, N, dtype=torch.bool)
+    mask[2, 8:16] = True
+    assert torch.isnan(z[mask]).all() and torch.equal(z[~mask], clean[~mask])
+    assert torch.isnan(ms[2 * 8 + 1]) and torch.isfinite(ms[torch.arange(ms.numel()) != 17]).all()
+
+
+def test_the_kernel_checks_its_arguments():
+    x = torch.randn(4, N)
+    for args, match in [((x.t(), None, None, 8), "contiguous"), ((x, None, None, 5), "n \\| C"),
+                        ((x, torch.ones(N // 2), None, 8), "weight must be"),
+                        ((x, None, torch.zeros(N, dtype=torch.float64), 8), "bias must be")]:
+        with pytest.raises(ValueError, match=match):
+            _numba.group_layer_norm(*args, 1e-5)
+
+
+def test_leading_dims_and_strided_input(monkeypatch):
+    base = torch.randn(3, N, 7)
+    x = base.transpose(1, 2)  # (3, 7, N), not contiguous
+    m = _lng(torch.float32, 8, "both")
+    with torch.no_grad():
+        one, two = _every_split(monkeypatch, lambda: m(x))
+        flat = m(x.contiguous().reshape(21, N)).reshape(3, 7, N)
+    assert torch.equal(one, two) and torch.equal(one, flat) and one.shape == (3, 7, N)
+
+
+def test_concurrent_callers_and_a_changing_thread_count(monkeypatch):
+    """Four Python threads calling at once (each splitting its rows over 2 threads), then 3 and 1
+    intra-op threads (the helper pool rebuilt): the same bits as one caller with one thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(_numba, "MIN_ELEMS_PER_THREAD", 1)
+    monkeypatch.setattr(_numba, "CHUNK_ELEMS", 5 * N)
+    m = _lng(torch.float32, 8, "both")
+    xs = [torch.randn(97, N, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    prev = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            want = [m(x) for x in xs]
+            torch.set_num_threads(2)
+            def call(x):
+                with torch.no_grad():  # grad mode is per thread
+                    return [m(x) for _ in range(5)]
+
+            with ThreadPoolExecutor(4) as callers:
+                got = list(callers.map(call, xs))
+            torch.set_num_threads(3)
+            three = [m(x) for x in xs]
+    finally:
+        torch.set_num_threads(prev)
+    for w, g, t in zip(want, got, three):
+        assert all(torch.equal(w, gi) for gi in g) and torch.equal(w, t)
+
+
+def test_tracing_records_torch_operations():
+    """Under torch.jit.trace the fused kernel is invisible to the tracer, so it is not used: the
+    traced graph recomputes a new input correctly."""
+    m = _lng(torch.float32, 8, "both", backend="numba")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the eager path's Python control flow
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace itself
+        traced = torch.jit.trace(m, torch.randn(4, N), check_trace=False)
+        x = torch.randn(4, N)
+        assert (traced(x) - m(x)).abs().max().item() <= 1e-5
+
+
+def test_a_read_only_cache_folder_compiles_without_caching(monkeypatch):
+    import numba
+
+    real = numba.njit
+
+    def njit(*a, **k):
+        if k.get("cache"):
+            raise RuntimeError("cannot cache function 'lng_rows': no locator available")
+        return real(*a, **k)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    kernels = _numba._kernels.__wrapped__()
+    x = torch.randn(3, N).numpy()
+    z = x.copy()
+    kernels[x.dtype](x, z, torch.empty(24).numpy(), torch.ones(N).numpy(), torch.zeros(N).numpy(), 8, 1e-5, 0, 3)
+    want, _ = _numba.group_layer_norm(torch.from_numpy(x), None, None, 8, 1e-5)
+    assert torch.equal(torch.from_numpy(z), want)
+
+
+def test_numba_applies_only_where_it_may():
+    """Autograd, half precision and mixed-dtype parameters take the eager path (same result as
+    backend="eager"), with no error."""
+    x = torch.randn(4, N)
+    m, e = _lng(torch.float32, 8, "both"), _lng(torch.float32, 8, "both", backend="eager")
+    out = m(x)  # grad enabled, parameters require grad: autograd path
+    assert out.requires_grad and torch.equal(out, e(x))
+    with torch.no_grad():
+        h = x.to(torch.bfloat16)
+        assert torch.equal(m.to(torch.bfloat16)(h), e.to(torch.bfloat16)(h))
+    assert not _numba.applies(x, torch.ones(N, dtype=torch.float64))
+
+
+def test_auto_measures_numba_and_never_compiles_unasked(monkeypatch):
+    monkeypatch.delenv("NORMSCOPE_COMPILE", raising=False)
+    monkeypatch.setattr(_autotune, "_CHOICES", {})
+    x = torch.randn(300, N)
+    m = _lng(torch.float32, 8, "both", backend="auto")
+    assert m._candidates(x) == ["eager"]  # parameters requiring grad, grad enabled: autograd path only
+    with torch.no_grad():
+        assert m._candidates(x) == ["eager", "numba"]
+        m(x)
+    assert set(_autotune.choices(nsn.GroupLayerNorm).values()) <= {"eager", "numba"}
+
+
+def _child(q):
+    torch.set_num_threads(2)
+    _numba.MIN_ELEMS_PER_THREAD, _numba.CHUNK_ELEMS = 1, 3 * N
+    m = _lng(torch.float32, 8, "both")
+    with torch.no_grad():
+        q.put(m(torch.linspace(-3, 5, 40 * N).reshape(40, N)).numpy())  # by value: the child exits
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="no fork on this platform")
+def test_a_forked_child_gets_its_own_threads(monkeypatch):
+    """The helper pool is per process: a child forked after the parent used it still runs."""
+    _, two = _every_split(monkeypatch, lambda: _child_value())
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q,), daemon=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads alive: the pool is rebuilt
+            p.start()
+        got = torch.from_numpy(q.get(timeout=60))
+        p.join(60)
+    finally:
+        if p.is_alive():
+            p.kill()
+    assert p.exitcode == 0 and torch.equal(got, two)
+
+
+def _child_value():
+    with torch.no_grad():
+        return _lng(torch.float32, 8, "both")(torch.linspace(-3, 5, 40 * N).reshape(40, N))
+
+
+def test_without_numba_a_warning_and_the_torch_kernels(monkeypatch):
+    """numba missing (or built for another numpy): one warning naming the fix; backend="numba"
+    then runs the eager kernel (same bits), and "auto" does not offer numba."""
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba -> ImportError
+    with pytest.warns(UserWarning, match=r"numba is unavailable here \((ModuleNotFound|Import)Error.*GroupLayerNorm uses its torch kernel \(pip install numba"):
+        assert _numba._kernels.__wrapped__() is None
+    monkeypatch.setattr(_numba, "_kernels", lambda: None)
+    x = torch.randn(6, N)
+    m, e = _lng(torch.float32, 8, "both"), _lng(torch.float32, 8, "both", backend="eager")
+    with torch.no_grad():
+        assert torch.equal(m(x), e(x))
+        assert m._candidates(x) == ["eager"]
