@@ -133,6 +133,32 @@ def test_lng_numba_property(dtype, n, groups, rows, exponent, shift, eps, seed):
         assert (z.double() - ref)[cols].abs().max().item() <= tol
 
 
+@settings(max_examples=100, deadline=None)
+@given(rows=st.integers(1, 200), parts=st.integers(1, 5), step=st.integers(1, 40),
+       order=st.lists(st.integers(0, 4), min_size=1, max_size=400))
+def test_chunks_cover_every_row_once(rows, parts, step, order):
+    """Whatever order the threads claim in, the chunks tile [0, rows) exactly once; a thread
+    starts at the front of its own region."""
+    parts = min(parts, rows)
+    chunks = _numba._Chunks(rows, parts, step)
+    seen = torch.zeros(rows, dtype=torch.int64)
+    first = {}
+    live = set(range(parts))
+    for t in [t % parts for t in order] + [t for t in range(parts) for _ in range(rows)]:
+        if t not in live:
+            continue
+        own = chunks.lo[t] < chunks.hi[t]  # rows of its own region left (not all stolen)
+        ab = chunks.claim(t)
+        if ab is None:
+            live.discard(t)
+            continue
+        if t not in first and own:
+            first[t] = ab[0]
+        seen[ab[0]:ab[1]] += 1
+    assert torch.equal(seen, torch.ones(rows, dtype=torch.int64))
+    assert all(a == rows * t // parts for t, a in first.items())
+
+
 def test_the_bound_rejects_the_uncentred_variance():
     """Negative control: Σx²/n − μ² in float32 (one pass, cancelling) at a mean 300σ away misses
     the bound that the fused, centred kernel meets on the same input."""

@@ -14,14 +14,17 @@ torch's CPU kernels; numba may reassociate the sums into vector lanes and fuse m
 arithmetic). Each group's m is returned for ``functional.stats_reliable``; the caller recomputes
 with the exactly rescaled path when some m over- or underflowed.
 
-**Threads.** Rows go in chunks to ``torch.get_num_threads()`` threads, the caller's and a small
-per-process pool (the kernel releases the GIL), so the row split never changes a bit of the output.
-numba's own threading layer is not used: its OpenMP layer aborts in a forked child, its work queue
-is not thread-safe, and choosing one is a global setting of the user's numba. Cost measured by
-``benchmarks/bench_nn.py``: right after a torch operation, torch's OpenMP workers spin for a few
-ms and share a core with our helper thread, so with several threads this kernel is then no faster
-than the eager one (``"auto"`` measures both). Compiled once per dtype on first use (~1 s, then
-kept in numba's on-disk cache).
+**Threads.** Rows are shared out over ``torch.get_num_threads()`` threads, the caller's and a
+small per-process pool (the kernel releases the GIL); each row's arithmetic is the same whichever
+thread runs it, so the split never changes a bit. numba's own threading layer is not used: its
+OpenMP layer aborts in a forked child, its work queue is not thread-safe, and choosing one is a
+global setting of the user's numba. A norm's time is mostly the page faults of its fresh output
+(a pre-faulted copy of 64 MB takes 4.5 ms with 2 threads, a fresh one 21 ms), so each thread
+writes one contiguous region, as torch's OpenMP loops do, and steals chunks at the end. Right
+after a torch operation (as in a model) torch's OpenMP workers keep spinning for a few ms on the
+cores our helper thread needs; with several threads this kernel is then about as fast as the
+eager one (``benchmarks/bench_nn.py`` measures both cases; ``"auto"`` picks by measurement).
+Compiled once per dtype on first use (~1 s, then kept in numba's on-disk cache).
 
 Where numba is missing or does not import (for instance a numpy newer than it supports),
 :func:`available` is False, a warning says so once, and GroupLayerNorm runs its torch kernel.
@@ -30,7 +33,6 @@ Where numba is missing or does not import (for instance a numpy newer than it su
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import threading
 import warnings
@@ -42,7 +44,7 @@ import torch
 from normscope.nn.functional import blocks_apply
 
 MIN_ELEMS_PER_THREAD = 1 << 15  # below: one thread (a hand-off costs ~10-50 µs, a 32k-element row block ~10 µs)
-CHUNK_ELEMS = 1 << 18  # rows handed to a thread at a time (~1 MiB of float32; a call costs a few µs)
+CHUNK_ELEMS = 1 << 18  # rows a thread takes at a time (~1 MiB of float32; a kernel call costs a few µs)
 
 _FASTMATH = {"reassoc", "contract"}
 
@@ -120,33 +122,56 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL["pool"]
 
 
+class _Chunks:
+    """Rows [0, rows) in ``parts`` contiguous regions, one per thread, handed out in chunks of
+    ``step`` rows: a thread takes its own region front to back, then takes chunks from the back of
+    the region with the most rows left."""
+
+    def __init__(self, rows: int, parts: int, step: int) -> None:
+        cuts = [rows * t // parts for t in range(parts + 1)]
+        self.lo, self.hi, self.step = cuts[:-1], cuts[1:], step
+        self.lock = threading.Lock()
+
+    def claim(self, t: int) -> tuple[int, int] | None:
+        with self.lock:
+            if self.lo[t] < self.hi[t]:
+                a = self.lo[t]
+                self.lo[t] = min(a + self.step, self.hi[t])
+                return a, self.lo[t]
+            v = max(range(len(self.lo)), key=lambda u: self.hi[u] - self.lo[u])
+            if self.lo[v] >= self.hi[v]:
+                return None
+            b = self.hi[v]
+            self.hi[v] = max(self.lo[v], b - self.step)
+            return self.hi[v], b
+
+
 def _run_rows(kernel, rows: int, width: int, *args) -> None:
     """``kernel(*args, lo, hi)`` over rows [0, rows), shared out over torch's intra-op thread count.
 
-    The rows go in chunks of ~``CHUNK_ELEMS`` elements to whichever thread is free (a shared
-    counter), not in equal parts: right after a torch operation its OpenMP workers keep spinning
-    for a few ms, and a thread that shares its core with one finishes late; with equal parts the
-    whole call waited for it (right after a matmul, 2 threads: 1.40–1.47× ``F.layer_norm`` in equal
-    parts, 1.27–1.34× in chunks; 1.11–1.22× both without the matmul)."""
+    Each thread owns one contiguous region of rows (as torch's OpenMP loops split them: the fresh
+    output's page faults, most of a norm's time, then fall on separate page tables) and, done with
+    it, takes chunks of ~``CHUNK_ELEMS`` from the back of the others: right after a torch
+    operation its OpenMP workers keep spinning for a few ms and a thread sharing a core with one
+    falls behind."""
     threads = torch.get_num_threads()
     parts = max(1, min(threads, rows, rows * width // MIN_ELEMS_PER_THREAD))
     if parts == 1:
         kernel(*args, 0, rows)
         return
-    step = max(1, min(CHUNK_ELEMS // width, -(-rows // parts)))  # every thread gets a chunk
-    counter = itertools.count()  # next() is atomic under the GIL
+    chunks = _Chunks(rows, parts, max(1, CHUNK_ELEMS // width))
 
-    def work() -> None:
-        while (lo := next(counter) * step) < rows:
-            kernel(*args, lo, min(lo + step, rows))
+    def work(t: int) -> None:
+        while (ab := chunks.claim(t)) is not None:
+            kernel(*args, *ab)
 
     futures = []
     try:
         pool = _pool(threads - 1)
-        futures = [pool.submit(work) for _ in range(parts - 1)]
+        futures = [pool.submit(work, t) for t in range(1, parts)]
     except RuntimeError:  # pool shut down by a concurrent rebuild, or the interpreter exiting
         pass  # the caller's work() below takes the rows nobody took
-    work()
+    work(0)
     for f in futures:
         f.result()
 
