@@ -1,6 +1,7 @@
 """Probe: per-token metrics against a dense NumPy computation, streaming statistics, run()."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -353,10 +354,29 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     want = token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values
     monkeypatch.setenv("NORMSCOPE_COMPILE", "1")
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(metrics, "_COMPILED", {})
-    with pytest.warns(UserWarning, match="torch.compile failed"):
+    monkeypatch.setattr(metrics.compiled_sums, "_compiled", None)  # not tried yet in this process
+    with pytest.warns(UserWarning, match=r"torch.compile is unavailable here \(RuntimeError\); the probe's per-token"):
         got = token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values
     assert torch.equal(got, want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per process
+        assert torch.equal(token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values, want)
+
+
+def test_a_call_the_compiler_rejects_falls_back_once(monkeypatch):
+    from normscope.probe import metrics
+
+    def rejecting(*a, **k):
+        raise RuntimeError("shape the compiler cannot handle")
+
+    x = torch.randn(30, 16)
+    g = torch.ones(16, dtype=torch.float64)
+    want = token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values
+    monkeypatch.setenv("NORMSCOPE_COMPILE", "1")
+    monkeypatch.setattr(metrics.compiled_sums, "_compiled", rejecting)
+    with pytest.warns(UserWarning, match="per-token metrics uses the eager kernel"):
+        got = token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values
+    assert torch.equal(got, want) and metrics.compiled_sums() is None
 
 
 @pytest.mark.slow
@@ -365,10 +385,13 @@ def test_compiled_sweep_matches_dense(monkeypatch):
     from normscope.probe import metrics
 
     monkeypatch.setenv("NORMSCOPE_COMPILE", "1")
-    monkeypatch.setattr(metrics, "_COMPILED", {})
+    monkeypatch.setattr(metrics.compiled_sums, "_compiled", None)
+    calls = []
+    real = metrics._sums_eager
+    monkeypatch.setattr(metrics, "_sums_eager", lambda *a: calls.append(1) or real(*a))
     test_token_metrics_match_dense(torch.float32, "layernorm")
     test_token_metrics_match_dense(torch.float32, "rmsnorm")
-    assert metrics._COMPILED.get("fn") is not None and not metrics._COMPILED.get("failed")
+    assert metrics.compiled_sums() is not None and not calls  # the compiled kernel did every sum
 
 
 @pytest.mark.parametrize("skip_first", [False, True])

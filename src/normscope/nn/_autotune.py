@@ -40,24 +40,34 @@ class LazyCompiled:
     **Returns** (on call): the compiled kernel, or ``None`` where no compiler works (warned once).
     """
 
-    def __init__(self, fn: Callable, probe: Callable[[Callable], object], owner: str) -> None:
-        self.fn, self.probe, self.owner = fn, probe, owner
+    def __init__(self, fn: Callable, probe: Callable[[Callable], object], owner: str, *, dynamic: bool = False) -> None:
+        self.fn, self.probe, self.owner, self.dynamic = fn, probe, owner, dynamic
         self._compiled: Callable | bool | None = None  # None: not tried yet; False: no compiler here
 
     def __call__(self) -> Callable | None:
         if self._compiled is None:
             try:
-                self._compiled = torch.compile(self.fn, dynamic=False)  # rows marked dynamic per call
+                self._compiled = torch.compile(self.fn, dynamic=self.dynamic)  # static: rows marked dynamic per call
                 self.probe(self._compiled)
             except Exception as err:  # noqa: BLE001 - no C++ compiler, unsupported platform, ...
-                warnings.warn(f"torch.compile is unavailable here ({type(err).__name__}); {self.owner} uses the eager kernel")
-                self._compiled = False
+                self.fail(err)
         return self._compiled or None
+
+    def fail(self, err: BaseException) -> None:
+        """Give up on the compiled kernel for this process, with one warning (also for a failure
+        at a later call, e.g. a shape the compiler rejects)."""
+        warnings.warn(f"torch.compile is unavailable here ({type(err).__name__}); {self.owner} uses the eager kernel")
+        self._compiled = False
 
     def candidates(self) -> list[str]:
         """The backends ``"auto"`` measures: ``"eager"``, plus ``"compile"`` when
         ``NORMSCOPE_COMPILE=1`` is set and a compiler works."""
-        return ["eager", "compile"] if os.environ.get("NORMSCOPE_COMPILE") == "1" and self() is not None else ["eager"]
+        return ["eager", "compile"] if opted_in() and self() is not None else ["eager"]
+
+
+def opted_in() -> bool:
+    """Whether the user asked for compiled kernels: ``NORMSCOPE_COMPILE=1`` (the only switch)."""
+    return os.environ.get("NORMSCOPE_COMPILE") == "1"
 
 
 def bucket(x: torch.Tensor, width: int, *extra: object) -> tuple:

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
+
+from normscope.nn import _autotune
 
 __all__ = ["VECTOR_METRICS", "METRIC_ROWS", "ROW", "VectorMetrics", "TokenSums", "TokenMetrics",
            "token_metrics", "token_sums", "vector_metrics"]
@@ -147,25 +148,21 @@ def _sums_fused(x: torch.Tensor, z: torch.Tensor, g: torch.Tensor, b: torch.Tens
     return torch.stack([x.sum(-1), sxx, z.sum(-1), (z * z).sum(-1), (x * z).sum(-1), (diff * diff).sum(-1)])
 
 
-_COMPILED: dict = {}
+# the torch.compile'd _sums_fused (dynamic token count), built on first use with NORMSCOPE_COMPILE=1
+compiled_sums = _autotune.LazyCompiled(
+    _sums_fused, lambda k: k(torch.ones(2, 4), torch.ones(2, 4), torch.ones(4), torch.zeros(4), 1e-5),
+    "the probe's per-token metrics", dynamic=True)
 
 
 def _compiled_sums(x, z, g, b, eps) -> TokenSums | None:
-    """:func:`_sums_fused` under torch.compile, or None (compilation off or failed: eager sweep)."""
-    if os.environ.get("NORMSCOPE_COMPILE", "0") in ("", "0") or _COMPILED.get("failed"):
+    """:func:`_sums_fused` compiled, or None (not opted in, or no compiler: the eager sweep)."""
+    fn = compiled_sums() if _autotune.opted_in() else None
+    if fn is None:
         return None
     try:
-        fn = _COMPILED.get("fn")
-        if fn is None:
-            fn = _COMPILED["fn"] = torch.compile(_sums_fused, dynamic=True)
-        bb = b if b is not None else torch.zeros_like(g)
-        o = fn(x, z, g, bb, float(eps)).to(torch.float64)
-    except Exception as err:  # noqa: BLE001 - no compiler / unsupported backend: eager sweep
-        import warnings
-
-        _COMPILED["failed"] = True
-        warnings.warn(f"NORMSCOPE_COMPILE: torch.compile failed ({type(err).__name__}); using the eager "
-                      "sweep (unset NORMSCOPE_COMPILE to silence this)", stacklevel=3)
+        o = fn(x, z, g, b if b is not None else torch.zeros_like(g), float(eps)).to(torch.float64)
+    except Exception as err:  # noqa: BLE001 - the compiler rejected this call: eager from now on
+        compiled_sums.fail(err)
         return None
     return TokenSums(o[0], o[1], o[2], o[3], o[4], o[5])
 
