@@ -139,6 +139,9 @@ def test_fold_and_verify_commands(tmp_path, capsys):
     assert "first divergence" in capsys.readouterr().out
     with pytest.raises(ValueError, match="exceeds --tol"):
         cli("verify", str(src), str(out), "--dtypes", "float32", "--tol", "0", "--seq-len", "16", "--max-tokens", "32")
+    # the fold output (no tokenizer) as A: loaded with its norms rebuilt, the same pair the other way round
+    assert cli("verify", str(out), str(src), "--dtypes", "float32", "--tol", "1e-4", "--seq-len", "16",
+               "--max-tokens", "32") == 0
 
 
 def test_fold_streaming_command(tmp_path, capsys):
@@ -168,3 +171,25 @@ def test_fold_streaming_refuses_non_finite_logits(tmp_path):
     with pytest.raises(NonFiniteError, match=r"original model's logits are not finite: .* batch 0, row 0, position 0"):
         cli("fold", str(src), str(out), "--streaming", "--seq-len", "16", "--max-tokens", "32")
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_fold_of_a_tokenizerless_convert_output_keeps_its_norms(tmp_path):
+    """A convert output without a tokenizer is loaded for folding with its RMSNorm sites rebuilt
+    (normscope.convert.saving.load), not as the stock class with LayerNorm: the folded model still
+    computes the original's logits."""
+    from normscope.convert import to_rmsnorm
+    from normscope.convert.saving import write
+
+    src, conv, folded = tmp_path / "src", tmp_path / "conv", tmp_path / "folded"
+    m = make("gpt2")
+    m.save_pretrained(src)
+    conv.mkdir()
+    write(to_rmsnorm(m), conv)  # the Python API writes no tokenizer
+    streamed = tmp_path / "streamed"
+    assert cli("fold", str(conv), str(folded), "--seq-len", "16", "--max-tokens", "32") == 0
+    assert cli("fold", str(conv), str(streamed), "--streaming", "--seq-len", "16", "--max-tokens", "32") == 0
+    for out in (folded, streamed):
+        res = tmp_path / f"verify-{out.name}.json"
+        assert cli("verify", str(src), str(out), "--dtypes", "float32", "--seq-len", "16", "--max-tokens", "32",
+                   "--out", str(res)) == 0
+        assert json.loads(res.read_text())["results"][0]["max_abs_dlogits"] <= 1e-4

@@ -38,10 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     from normscope._io import atomic_write_json
     from normscope.cli.fold import load_for_surgery
-    from normscope.models.loading import is_normscope_output
     from normscope.models.text import context_length, default_texts, token_batches
     from normscope.surgery import error_table
-    from normscope.surgery.verification import load_any
 
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     bad = [d for d in dtypes if d not in _DTYPES]
@@ -50,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists():
         raise FileExistsError(f"{out} exists; choose another --out")
-    la = _load(args.a, load_for_surgery)
-    b = load_any(args.b) if is_normscope_output(args.b) else _load(args.b, load_for_surgery).model
+    la = load_for_surgery(args.a, torch.float32)
+    b = load_for_surgery(args.b, torch.float32).model
     a = la.model
     ctx = context_length(a)
     seq_len = min(args.seq_len, ctx) if ctx else args.seq_len
@@ -82,22 +80,3 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"float32 max |Δlogits| {f32.max_abs_dlogits:.3e} exceeds --tol {args.tol:g}")
     return 0
 
-
-def _load(name: str, loader):
-    import torch
-
-    from normscope.models.loading import is_normscope_output
-
-    if is_normscope_output(name):
-        from transformers import AutoTokenizer
-
-        from normscope.models import LoadedModel
-        from normscope.surgery import load
-
-        m = load(name)
-        try:
-            tok = AutoTokenizer.from_pretrained(name)
-        except (OSError, ValueError):
-            tok = None
-        return LoadedModel(m, tok, name, m.config.model_type, name)
-    return loader(name, torch.float32)

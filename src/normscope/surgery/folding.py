@@ -93,8 +93,9 @@ def make_weightless_(norm: nn.Module, kind: str) -> None:
 def fold(model: nn.Module) -> FoldResult:
     """Return a copy of ``model`` with every foldable norm's gain (and bias) folded into its readers.
 
-    LayerNorm families are centred first (:func:`normscope.convert.to_rmsnorm`), so every
-    residual-reading LayerNorm becomes a weightless RMSNorm; RMSNorm families keep their norm
+    LayerNorm families are centred first (:func:`normscope.convert.to_rmsnorm`; a model it already
+    converted is taken as it is), so every residual-reading LayerNorm becomes a weightless RMSNorm;
+    RMSNorm families keep their norm
     modules with gain 1 (Gemma: stored ``w = 0``). Sites that cannot be folded keep their
     affine; :attr:`FoldResult.map` says why. A tied unembedding is untied only when the final
     norm's gain goes into it. The input model is not modified.
@@ -108,7 +109,11 @@ def fold(model: nn.Module) -> FoldResult:
     if not fmap.folded:
         why = sorted({s.reason for s in fmap.kept}) or ["no norm sites"]
         raise NotFoldableError(f"{fmap.family}: no norm can be folded ({'; '.join(why)})")
-    if fmap.kind == "layernorm":
+    done = getattr(model.config, "normscope_conversion", None)
+    if fmap.kind == "layernorm" and isinstance(done, dict):  # a convert output: centred already
+        new = copy.deepcopy(model)
+        conversion = dict(done)
+    elif fmap.kind == "layernorm":
         from normscope.convert import to_rmsnorm
 
         new = to_rmsnorm(model)
