@@ -84,8 +84,8 @@ def speed_block(results: Path) -> str:
 
 
 # -- reproductions: one extractor per command, reading the JSON it writes -------------------------
-def _ni(folder: Path) -> str:
-    res = json.loads((folder / "results.json").read_text())["results"]
+def _ni(path: Path) -> str:
+    res = json.loads(path.read_text())["results"]
     parts = []
     rows = (res.get("construct") or {}).get("rows") or []
     big = [r for r in rows if r.get("classes") == 2 and r.get("m") == max((x.get("m", 0) for x in rows), default=0)]
@@ -99,8 +99,8 @@ def _ni(folder: Path) -> str:
     return "; ".join(parts)
 
 
-def _riechers(folder: Path) -> str:
-    res = json.loads((folder / "claims.json").read_text())
+def _riechers(path: Path) -> str:
+    res = json.loads(path.read_text())
     claims = res.get("claims") or []
     ok = [c for c in claims if c.get("pass", c.get("ok"))]
     return f"claims: {len(ok)}/{len(claims)} checks reproduce the reference status"
@@ -171,8 +171,7 @@ def _brody_real(e: dict[str, Any]) -> str:
 _BRODY = {"random-points": _brody_random_points, "majority": _brody_majority, "lm": _brody_lm, "real": _brody_real}
 
 
-def _brody(folder: Path) -> list[tuple[str, str]]:
-    path = folder / "summary.json"
+def _brody(path: Path) -> list[tuple[str, str]]:
     try:
         exps = json.loads(path.read_text())["experiments"]
         rows = [(name, _BRODY[name](e)) for name, e in exps.items()]
@@ -188,7 +187,7 @@ def _brody(folder: Path) -> list[tuple[str, str]]:
 
 class Repro(NamedTuple):
     """A reproduce command: README label, the JSON file it writes into --out, and the row builder
-    (folder holding that file -> [(experiment, what it shows)]; experiment "" for a single row)."""
+    (path of that file -> [(experiment, what it shows)]; experiment "" for a single row)."""
 
     label: str
     file: str
@@ -208,7 +207,7 @@ def repro_block(folders: dict[str, Path]) -> str:
         if name not in REPRO:
             raise SystemExit(f"--repro {name}=...: no extractor for {name!r}; known: {', '.join(REPRO)}")
         rep = REPRO[name]
-        for exp, text in rep.rows(folder):
+        for exp, text in rep.rows(folder / rep.file):
             lines.append(f"| {rep.label}{f' ({exp})' if exp else ''} | {text} |")
     return "\n".join(lines)
 
