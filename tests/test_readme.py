@@ -48,6 +48,6 @@ def test_brody_row_builder_fails_loudly_on_missing_keys(tmp_path, bad):
 
     (tmp_path / "summary.json").write_text(json.dumps(bad))
     with pytest.raises(SystemExit) as err:
-        _readme_numbers().REPRO["brody"].rows(tmp_path)
+        _readme_numbers().REPRO["brody"].rows(tmp_path / "summary.json")
     msg = str(err.value.code)
     assert str(tmp_path / "summary.json") in msg and "\n" not in msg and "reproduce brody" in msg
