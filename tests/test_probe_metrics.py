@@ -343,40 +343,30 @@ def test_block_sweep_is_bitwise_independent_of_block_size(monkeypatch):
     assert torch.equal(one.values, many.values)
 
 
-def test_compile_failure_falls_back_to_eager(monkeypatch):
+@pytest.mark.parametrize("where", ["compile", "call"])
+def test_compile_failure_falls_back_to_eager_once(monkeypatch, where):
+    """torch.compile failing (no compiler) or the compiled kernel rejecting a call: one warning,
+    the eager sweep's exact values, and no compiled kernel for the rest of the process."""
     from normscope.probe import metrics
 
     def broken(*a, **k):
-        raise RuntimeError("no compiler")
+        raise RuntimeError("no compiler, or a shape the compiler cannot handle")
 
     x = torch.randn(30, 16)
     g = torch.ones(16, dtype=torch.float64)
     want = token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values
     monkeypatch.setenv("NORMSCOPE_COMPILE", "1")
-    monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(metrics.compiled_sums, "_compiled", None)  # not tried yet in this process
+    if where == "compile":
+        monkeypatch.setattr(torch, "compile", broken)
+        monkeypatch.setattr(metrics.compiled_sums, "_compiled", None)  # not tried yet in this process
+    else:
+        monkeypatch.setattr(metrics.compiled_sums, "_compiled", broken)
     with pytest.warns(UserWarning, match=r"torch.compile is unavailable here \(RuntimeError\); the probe's per-token"):
         got = token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values
-    assert torch.equal(got, want)
+    assert torch.equal(got, want) and metrics.compiled_sums() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once per process
         assert torch.equal(token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values, want)
-
-
-def test_a_call_the_compiler_rejects_falls_back_once(monkeypatch):
-    from normscope.probe import metrics
-
-    def rejecting(*a, **k):
-        raise RuntimeError("shape the compiler cannot handle")
-
-    x = torch.randn(30, 16)
-    g = torch.ones(16, dtype=torch.float64)
-    want = token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values
-    monkeypatch.setenv("NORMSCOPE_COMPILE", "1")
-    monkeypatch.setattr(metrics.compiled_sums, "_compiled", rejecting)
-    with pytest.warns(UserWarning, match="per-token metrics uses the eager kernel"):
-        got = token_metrics(x, x, kind="rmsnorm", eps=1e-6, gain=g, bias=None).values
-    assert torch.equal(got, want) and metrics.compiled_sums() is None
 
 
 @pytest.mark.slow
