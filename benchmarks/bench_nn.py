@@ -13,7 +13,8 @@ with 1 thread and with all cores (the same count for every contender):
   ``F.layer_norm``;
 - a plain copy (``x.clone()``), the memory-bandwidth floor; every contender allocates its output;
 - the LN-G and RMSNorm kernels again, each timed call right after a 512² matmul as in a model
-  (torch's OpenMP threads still spin then, which helps torch's kernels and slows threads of ours).
+  (torch's OpenMP threads still spin then, which helps torch's kernels and slows threads of ours);
+- LN-G (``auto``) in groups of 2, 4, 8, 16 and 256 neurons against the same ``F.layer_norm``.
 
 Ratios (ours / reference, medians) go to ``benchmarks/results/bench_nn.json`` with the spread
 (IQR/median) of both sides. Compiled references are skipped, with a note, where no compiler works.
@@ -149,6 +150,7 @@ def main() -> None:
             bench.ratio(c, "F.layer_norm", "copy (bandwidth floor)", key=f"layer_norm_vs_copy_{tag}",
                         what="how far torch's LayerNorm is from the bandwidth floor")
             _after_matmul(bench, args, x, w, b, lng, rms, rms_c if have_c else None, have_numba, sync, tag)
+            _group_sizes(bench, args, x, w, b, load, sync, tag)
     if not args.quick or args.save:
         bench.save()
 
@@ -178,6 +180,22 @@ def _after_matmul(bench, args, x, w, b, lng, rms, rms_c, have_numba, sync, tag) 
     if rms_c is not None:
         bench.ratio(c, "nn.RMSNorm eager", "compiled F.rms_norm", key=f"rmsnorm_eager_after_matmul_vs_compiled_{tag}",
                     what="the eager RMSNorm kernel vs compiled F.rms_norm where a model runs it")
+
+
+def _group_sizes(bench, args, x, w, b, load, sync, tag) -> None:
+    """LN-G (auto: what a user gets) at other group sizes n, against full-width F.layer_norm."""
+    d = x.shape[-1]
+    sizes = [n for n in (2, 4, 8, 16, 256) if d % n == 0 and n != d // args.groups]
+    mods = {n: load(nsn.GroupLayerNorm(d, d // n, backend="auto")) for n in sizes}
+    contenders = {"F.layer_norm": lambda: F.layer_norm(x, (d,), w, b, 1e-5)}
+    contenders.update({f"nn.GroupLayerNorm n={n} auto": (lambda m=m: m(x)) for n, m in mods.items()})
+    c = bench.compare(contenders, rounds=max(3, args.rounds // 2), warmup=2, sync=sync,
+                      label=f"{args.rows}x{d} {args.dtype} on {x.device}, groups of n neurons")
+    for n in sizes:
+        bench.ratio(c, f"nn.GroupLayerNorm n={n} auto", "F.layer_norm", key=f"lng_n{n}_auto_vs_F.layer_norm_{tag}",
+                    what=f"LN-G in groups of {n} (auto) vs full-width F.layer_norm")
+    bench.record(f"lng_group_sizes_auto_choice_{tag}",
+                 {str(key): v for key, v in _autotune.choices(nsn.GroupLayerNorm).items()})
 
 
 if __name__ == "__main__":

@@ -138,9 +138,9 @@ class GroupLayerNorm(nn.Module):
             backend = _autotune.choose(self, x, key, lambda: self._candidates(x))
         if backend == "numba" and _numba.applies(x, self.weight, self.bias):
             check_input(x, self.normalized_shape, type(self).__name__)
-            z, ms = _numba.group_layer_norm(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.bias,
-                                            self.group_size, self.eps)
-            return z.view(x.shape) if stats_reliable(ms) else self.trace(x).output
+            z, bad = _numba.group_layer_norm(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.bias,
+                                             self.group_size, self.eps)
+            return z.view(x.shape) if not bad else self.trace(x).output
         kernel = compiled_kernel() if backend == "compile" else None
         if kernel is not None:
             check_input(x, self.normalized_shape, type(self).__name__)
