@@ -54,7 +54,7 @@ def _one_blas_thread():
         yield
 cases = st.tuples(st.sampled_from(LAWS), st.integers(0, 2**32 - 1), st.floats(-150.0, 150.0))
 
-# the root engine: dlaed4 root by root below 512 poles (the default dispatch), or the vectorised
+# the root engine: dlaed4 root by root below 1536 poles (the default dispatch), or the vectorised
 # iteration of geometry/_roots.py forced from 3 poles on
 ENGINES = pytest.mark.parametrize("vector_min", [_secular._VECTOR_MIN, 3], ids=["dispatch", "vectorised"])
 

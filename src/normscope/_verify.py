@@ -77,20 +77,21 @@ def finite_max_abs_diff(
     Raises :class:`normscope.errors.NonFiniteError` naming the model, batch, row, position and
     output of the first non-finite value and how many there are.
     """
-    d = _finite_abs_diff(a.double(), b.double(), a, b, what=what, names=names, batch=batch, axes=axes)
+    d = _finite_abs_diff(a.double(), b.double(), what=what, names=names, batch=batch, axes=axes)
     return float(d.max()) if d.numel() else 0.0
 
 
-def _finite_abs_diff(ad, bd, a, b, *, what, names, batch, axes) -> torch.Tensor:
-    """|ad − bd| for the float64 copies ``ad``, ``bd`` of ``a``, ``b``; raises as
-    :func:`finite_max_abs_diff` says (shape mismatch, NaN/±Inf in a, b or the difference)."""
-    if a.shape != b.shape:
-        raise ValueError(f"cannot compare {what} of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+def _finite_abs_diff(ad, bd, *, what, names, batch, axes) -> torch.Tensor:
+    """|ad − bd| for float64 copies ``ad``, ``bd`` of the two outputs (the copy keeps every shape,
+    NaN/Inf position and value); raises as :func:`finite_max_abs_diff` says (shape mismatch,
+    NaN/±Inf in either or in the difference)."""
+    if ad.shape != bd.shape:
+        raise ValueError(f"cannot compare {what} of shapes {tuple(ad.shape)} and {tuple(bd.shape)}")
     d = (ad - bd).abs()
     if bool(torch.isfinite(d).all()):  # the usual case: NaN/Inf in a or b would make d non-finite too
         return d
     at = f"batch {batch}, " if batch is not None else ""
-    for t, name in ((a, names[0]), (b, names[1])):
+    for t, name in ((ad, names[0]), (bd, names[1])):
         nf = first_nonfinite(t)
         if nf is not None:
             raise NonFiniteError(
@@ -129,7 +130,7 @@ def logit_agreement(
     n_tok = n_el = 0
     for i, (a, b) in enumerate(pairs):
         ad, bd = a.double(), b.double()  # once per batch: these are the large tensors
-        d = _finite_abs_diff(ad, bd, a, b, what="logits", names=names, batch=i, axes=None)
+        d = _finite_abs_diff(ad, bd, what="logits", names=names, batch=i, axes=None)
         mx = max(mx, float(d.max()) if d.numel() else 0.0)
         mean_num += float(d.sum())
         n_el += d.numel()

@@ -57,25 +57,22 @@ def _batches(lm, args, model):
 
 def load_for_surgery(name: str, dtype):
     """``normscope.models.load``; a local folder without a tokenizer loads bare (verified on random
-    ids): a normscope convert/fold output through ``normscope.convert.saving.load`` (its norms
-    rebuilt), any other through ``AutoModelForCausalLM``."""
+    ids): a normscope convert/fold output with its norms rebuilt, any other through
+    ``AutoModelForCausalLM``."""
     from normscope.models import LoadedModel, load
-    from normscope.models.loading import _quiet_transformers, is_normscope_output
+    from normscope.models.folder_checks import has_tokenizer
+    from normscope.models.loading import _load_normscope_output, _quiet_transformers, is_normscope_output
 
     path = Path(name)
-    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    if path.is_dir() and not any((path / f).is_file() for f in tokenizer_files):
-        with _quiet_transformers():
-            if is_normscope_output(path):
-                from normscope.convert.saving import load as load_converted
+    if not path.is_dir() or has_tokenizer(path):
+        return load(name, dtype=dtype)
+    if is_normscope_output(path):
+        return _load_normscope_output(path, name=name, dtype=dtype, tokenizer=False)
+    from transformers import AutoModelForCausalLM
 
-                model = load_converted(path).to(dtype)
-            else:
-                from transformers import AutoModelForCausalLM
-
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        return LoadedModel(model.eval(), None, name, model.config.model_type, str(path))
-    return load(name, dtype=dtype)
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return LoadedModel(model.eval(), None, name, model.config.model_type, str(path))
 
 
 def _check(name: str, r: dict, tol: float | None) -> None:

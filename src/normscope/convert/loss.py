@@ -22,6 +22,11 @@ __all__ = ["LossSum", "hidden_of", "lm_head", "lm_loss_from_hidden", "lm_loss_fr
 _CHUNK_ELEMENTS = 1 << 22
 
 
+def chunk_rows(vocab: int, rows: int) -> int:
+    """Rows of one logits chunk: ``_CHUNK_ELEMENTS`` elements, at least 1 row, at most ``rows``."""
+    return max(1, min(_CHUNK_ELEMENTS // vocab, rows))
+
+
 class LossSum(NamedTuple):
     """Summed cross-entropy over scored positions; non-finite per-token losses are counted, not added.
 
@@ -41,7 +46,7 @@ def _chunked_ce(
     """Per-row −log softmax(ℓ)[target] in float64 for ``rows`` rows, ⌊2²²/V⌋ at a time:
     ``logits_at(a, n)`` gives rows a..a+n (any float dtype), soft-capped as cap·tanh(ℓ/cap) when
     ``cap`` is set, each chunk copied into one float64 scratch and reduced in place."""
-    step = max(1, min(_CHUNK_ELEMENTS // vocab, rows))
+    step = chunk_rows(vocab, rows)
     scratch = torch.empty(step, vocab, dtype=torch.float64, device=device)
     losses = torch.empty(rows, dtype=torch.float64, device=device)
     for a in range(0, rows, step):
@@ -108,7 +113,7 @@ def lm_loss_from_hidden(model: nn.Module, hidden: torch.Tensor, ids: torch.Tenso
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     tgt = ids[:, 1:].reshape(-1).to(h.device)
     vocab = head.weight.shape[0]
-    raw = torch.empty(max(1, min(_CHUNK_ELEMENTS // vocab, h.shape[0])), vocab, dtype=h.dtype, device=h.device)
+    raw = torch.empty(chunk_rows(vocab, h.shape[0]), vocab, dtype=h.dtype, device=h.device)
     losses = _chunked_ce(h.shape[0], vocab, h.device, lambda a, n: _linear_into(head, h[a:a + n], raw[:n]), tgt, cap)
     return _sum_ce(losses, torch.arange(losses.numel(), device=losses.device), seq)
 

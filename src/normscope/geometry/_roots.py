@@ -94,31 +94,29 @@ def _evaluate(p: _Problem, origin, tau, cols=None, *, exclude=None):
     return s0, s1, s2.square_(), at
 
 
-class _State(NamedTuple):
-    """Per-root constants: the origin side, δ at the interval's poles relative to the origin."""
-
-    at_lo: torch.Tensor  # origin Dᵢ (else Dᵢ₊₁)
-    gap_lo: torch.Tensor  # Dᵢ − D_o (exact: 0 or −(Dᵢ₊₁ − Dᵢ))
-    gap_hi: torch.Tensor  # Dᵢ₊₁ − D_o
-    z_lo2: torch.Tensor
-    z_hi2: torch.Tensor
-
-
-def _step(st: _State, tau, w, dw, u_lo, u_hi, lb, ub):
+def _step(at_lo, win: "_Window", tau, w, dw, u_lo, u_hi, lb, ub):
     """dlaed4's step for the interior case without the switches: Li's middle way on the two poles
-    of the interval, Newton if it points the wrong way, half the bracket if it leaves it."""
-    d_i, d_p = st.gap_lo - tau, st.gap_hi - tau  # δ at Dᵢ and Dᵢ₊₁
-    span = st.gap_hi - st.gap_lo
-    c = w - torch.where(st.at_lo, d_p * dw - span * u_lo * u_lo, d_i * dw + span * u_hi * u_hi)
+    of the interval (the window's middle columns; ``at_lo``: the origin is Dᵢ, else Dᵢ₊₁), Newton
+    if it points the wrong way, half the bracket if it leaves it."""
+    gap_lo, gap_hi = win.gap[:, _WINDOW - 1], win.gap[:, _WINDOW]  # Dᵢ − D_o, Dᵢ₊₁ − D_o (one is 0)
+    z_lo2, z_hi2 = win.z[:, _WINDOW - 1] ** 2, win.z[:, _WINDOW] ** 2
+    d_i, d_p = gap_lo - tau, gap_hi - tau  # δ at Dᵢ and Dᵢ₊₁
+    span = gap_hi - gap_lo
+    c = w - torch.where(at_lo, d_p * dw - span * u_lo * u_lo, d_i * dw + span * u_hi * u_hi)
     a = (d_i + d_p) * w - d_i * d_p * dw
     b = d_i * d_p * w
     r = torch.sqrt((a * a - 4 * b * c).abs())
     eta = torch.where(a <= 0, (a - r) / (2 * c), 2 * b / (a + r))
-    a0 = torch.where(st.at_lo, st.z_lo2 + d_p * d_p * (dw - u_lo * u_lo), st.z_hi2 + d_i * d_i * (dw - u_hi * u_hi))
+    a0 = torch.where(at_lo, z_lo2 + d_p * d_p * (dw - u_lo * u_lo), z_hi2 + d_i * d_i * (dw - u_hi * u_hi))
     eta = torch.where(c == 0, b / torch.where(a == 0, a0, a), eta)
     eta = torch.where(w * eta >= 0, -w / dw, eta)
     nxt = tau + eta
     return torch.where((nxt > ub) | (nxt < lb), torch.where(w < 0, (ub - tau) / 2, (lb - tau) / 2), eta)
+
+
+def _narrow(lb, ub, w, tau):
+    """The bracket after evaluating f(τ) = w: the root lies above τ where w ≤ 0, below it where w > 0."""
+    return torch.where(w <= 0, torch.maximum(lb, tau), lb), torch.where(w > 0, torch.minimum(ub, tau), ub)
 
 
 _WINDOW = 8  # poles on each side of the interval kept exact in the local model
@@ -134,7 +132,7 @@ class _Window(NamedTuple):
     gap: torch.Tensor  # Dⱼ − D_o
 
 
-def _model_root(st: _State, win: _Window, r0, r1, tb, tau, lb, ub):
+def _model_root(at_lo, win: _Window, r0, r1, tb, tau, lb, ub):
     """Root in [lb, ub] of the local model  r0 + r1·(τ − tb) + Σ_window zⱼ²/(Dⱼ − D_o − τ):
     the window's poles exact, the rest of f linear around τ = tb (its value r0 and slope r1
     there), by ``_MODEL_STEPS`` of dlaed4's steps on the model."""
@@ -144,9 +142,8 @@ def _model_root(st: _State, win: _Window, r0, r1, tb, tau, lb, ub):
         u = win.z / dlt
         w = r0 + r1 * (tau - tb) + (u * win.z).sum(1)
         dw = r1 + (u * u).sum(1)
-        lb = torch.where(w <= 0, torch.maximum(lb, tau), lb)
-        ub = torch.where(w > 0, torch.minimum(ub, tau), ub)
-        tau = tau + torch.where(w == 0, 0.0, _step(st, tau, w, dw, u[:, lo], u[:, hi], lb, ub))
+        lb, ub = _narrow(lb, ub, w, tau)
+        tau = tau + torch.where(w == 0, 0.0, _step(at_lo, win, tau, w, dw, u[:, lo], u[:, hi], lb, ub))
     return tau
 
 
@@ -185,10 +182,9 @@ def _start(p: _Problem, i: torch.Tensor):
     zero = torch.zeros_like(mid)
     lb, ub = torch.where(at_lo, zero, -mid), torch.where(at_lo, mid, zero)
     origin = torch.where(at_lo, d_lo, d_hi)
-    st = _State(at_lo, torch.where(at_lo, 0.0, -span), torch.where(at_lo, span, 0.0), zi2, zp2)
     win = _Window(cols, valid, zw, D[cols] - origin[:, None])
-    tau = _model_root(st, win, rest, slope, torch.where(at_lo, mid, -mid), torch.where(at_lo, t_lo, t_hi), lb, ub)
-    return st, win, origin, tau, lb, ub
+    tau = _model_root(at_lo, win, rest, slope, torch.where(at_lo, mid, -mid), torch.where(at_lo, t_lo, t_hi), lb, ub)
+    return at_lo, win, origin, tau, lb, ub
 
 
 def interior_roots(D: np.ndarray, z: np.ndarray, rho: float, i: np.ndarray) -> Roots:
@@ -207,8 +203,8 @@ def interior_roots(D: np.ndarray, z: np.ndarray, rho: float, i: np.ndarray) -> R
         raise ValueError(f"interior roots are 0..{n - 2}; got indices {int(it.min())}..{int(it.max())}")
     rows = max(1, min(it.numel(), _BLOCK_ELEMS // n))
     p = _Problem(Dt, zt, torch.arange(n, dtype=torch.float64) * zt, 1.0 / rho, torch.empty(rows, n, dtype=torch.float64))
-    st, win, origin, tau, lb, ub = _start(p, it)
-    ii = torch.where(st.at_lo, it, it + 1)
+    at_lo, win, origin, tau, lb, ub = _start(p, it)
+    ii = torch.where(at_lo, it, it + 1)
     active = torch.arange(it.numel())
     for step in range(MAXIT + 1):
         if active.numel() == 0:
@@ -218,7 +214,7 @@ def interior_roots(D: np.ndarray, z: np.ndarray, rho: float, i: np.ndarray) -> R
         s0, s1, dw, uw = _evaluate(p, origin[a], ta, win.cols[a])
         uw = torch.where(win.valid[a], uw, 0.0)  # z/δ on the window, from the same δ as the sums
         u_lo, u_hi = uw[:, _WINDOW - 1], uw[:, _WINDOW]
-        temp = zt[ii[a]] * torch.where(st.at_lo[a], u_lo, u_hi)  # the origin pole's term
+        temp = zt[ii[a]] * torch.where(at_lo[a], u_lo, u_hi)  # the origin pole's term
         w = p.rhoinv + s0
         erretm = (8 * (s0 - temp).abs() + (s1 - ii[a].double() * s0) + 2 * p.rhoinv + 3 * temp.abs()
                   + ta.abs() * dw)
@@ -227,13 +223,13 @@ def interior_roots(D: np.ndarray, z: np.ndarray, rho: float, i: np.ndarray) -> R
         active = a
         if a.numel() == 0 or step == MAXIT:
             break
-        lb[a] = torch.where(w <= 0, torch.maximum(lb[a], ta), lb[a])
-        ub[a] = torch.where(w > 0, torch.minimum(ub[a], ta), ub[a])
-        sa, wa = _State(*(x[a] for x in st)), _Window(*(x[a] for x in win))
+        lba, uba = _narrow(lb[a], ub[a], w, ta)
+        lb[a], ub[a] = lba, uba
+        la, wa = at_lo[a], _Window(*(x[a] for x in win))
         # the rest of f beyond the window at τ, by difference (its rounding is f's own)
         r0 = w - (uw * wa.z).sum(1)
         r1 = dw - (uw * uw).sum(1)
-        nxt = _model_root(sa, wa, r0, r1, ta, ta, lb[a], ub[a])
-        fallback = ta + _step(sa, ta, w, dw, u_lo, u_hi, lb[a], ub[a])
+        nxt = _model_root(la, wa, r0, r1, ta, ta, lba, uba)
+        fallback = ta + _step(la, wa, ta, w, dw, u_lo, u_hi, lba, uba)
         tau[a] = torch.where(torch.isfinite(nxt) & (nxt != ta), nxt, fallback)
     return Roots(origin, tau, active)

@@ -48,8 +48,14 @@ def safetensors_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def check_model_folder(folder: Path) -> None:
-    """Refuse a local model folder with a bad config, no weights, corrupt safetensors or no tokenizer.
+def has_tokenizer(folder: Path) -> bool:
+    """Whether ``folder`` holds a saved tokenizer (any of the files transformers writes)."""
+    return any((folder / t).is_file() for t in _TOKENIZER_FILES)
+
+
+def check_model_folder(folder: Path, *, tokenizer: bool = True) -> None:
+    """Refuse a local model folder with a bad config, no weights, corrupt safetensors or (when
+    ``tokenizer``, and the model reads text) no tokenizer.
 
     Runs before any weights are loaded, so the user hears about it at once, in one line.
     """
@@ -72,7 +78,7 @@ def check_model_folder(folder: Path) -> None:
         why = safetensors_problem(st)
         if why:
             raise UserError(f"weights file {st} is corrupt: {why}; re-download it or re-save the model")
-    if reads_text(config) and not any((folder / t).is_file() for t in _TOKENIZER_FILES):
+    if tokenizer and reads_text(config) and not has_tokenizer(folder):
         raise UserError(
             f"model folder {folder} has no tokenizer (no tokenizer.json, tokenizer_config.json or vocab file); "
             "save the model's tokenizer into it with tokenizer.save_pretrained(folder)"

@@ -168,10 +168,12 @@ def is_normscope_output(folder: str | os.PathLike) -> bool:
     return isinstance(config, dict) and any(isinstance(config.get(k), dict) for k in NORMSCOPE_RECORDS)
 
 
-def _load_normscope_output(folder: Path, *, name: str, dtype: torch.dtype, device_map: Any = None) -> LoadedModel:
+def _load_normscope_output(folder: Path, *, name: str, dtype: torch.dtype, device_map: Any = None,
+                           tokenizer: bool = True) -> LoadedModel:
     """Load a ``normscope convert`` / ``fold`` output: the original HF class with its converted and
     folded norms as ``normscope.nn.RMSNorm`` (see ``normscope.convert.saving.load``), so those sites
-    have kind ``rmsnorm``. The folder is checked first like any model folder (weights, tokenizer).
+    have kind ``rmsnorm``. The folder is checked first like any model folder (weights, and the
+    tokenizer unless ``tokenizer=False``: then none is loaded, for surgery on random ids).
     It loads on the CPU and moves to ``device_map`` when that names one device (``"cuda"``,
     ``"cuda:1"``, a ``torch.device``; ``"auto"``: the GPU if there is one); a per-module map
     (sharding) is refused in one line."""
@@ -185,13 +187,13 @@ def _load_normscope_output(folder: Path, *, name: str, dtype: torch.dtype, devic
     if device_map == "auto":
         device_map = "cuda" if torch.cuda.is_available() else None
     device = None if device_map is None else torch.device(device_map)
-    _check_model_folder(folder)
+    _check_model_folder(folder, tokenizer=tokenizer)
     with _quiet_transformers():
         model = load_converted(folder).to(dtype)
         if device is not None:
             model = model.to(device)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    return LoadedModel(model.eval(), tokenizer, name, model.config.model_type, str(folder))
+        tok = AutoTokenizer.from_pretrained(folder) if tokenizer else None
+    return LoadedModel(model.eval(), tok, name, model.config.model_type, str(folder))
 
 
 def _wants_causal_lm(config: Any) -> bool:

@@ -133,10 +133,11 @@ class GroupLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = self.backend
+        fused = backend in ("auto", "numba") and _numba.applies(x, self.weight, self.bias)
         if backend == "auto":  # numba's applicability (grad mode, dtype, ...) is part of the bucket
-            key = _autotune.bucket(x, self.normalized_shape[0], self.num_groups, _numba.applies(x, self.weight, self.bias))
+            key = _autotune.bucket(x, self.normalized_shape[0], self.num_groups, fused)
             backend = _autotune.choose(self, x, key, lambda: self._candidates(x))
-        if backend == "numba" and _numba.applies(x, self.weight, self.bias):
+        if backend == "numba" and fused:
             check_input(x, self.normalized_shape, type(self).__name__)
             z, bad = _numba.group_layer_norm(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.bias,
                                              self.group_size, self.eps)

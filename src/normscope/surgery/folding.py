@@ -109,18 +109,17 @@ def fold(model: nn.Module) -> FoldResult:
     if not fmap.folded:
         why = sorted({s.reason for s in fmap.kept}) or ["no norm sites"]
         raise NotFoldableError(f"{fmap.family}: no norm can be folded ({'; '.join(why)})")
-    done = getattr(model.config, "normscope_conversion", None)
-    if fmap.kind == "layernorm" and isinstance(done, dict):  # a convert output: centred already
-        new = copy.deepcopy(model)
-        conversion = dict(done)
-    elif fmap.kind == "layernorm":
+    from normscope.convert.saving import _records
+
+    done, _ = _records(model.config)  # a convert output is centred already
+    if fmap.kind == "layernorm" and done is None:
         from normscope.convert import to_rmsnorm
 
         new = to_rmsnorm(model)
         conversion = dict(new.config.normscope_conversion)
     else:
         new = copy.deepcopy(model)
-        conversion = None
+        conversion = dict(done) if fmap.kind == "layernorm" else None
     modules = dict(new.named_modules())
     untied = 0
     flags = {s.create_bias for s in fmap.folded if s.create_bias}

@@ -33,11 +33,11 @@ PAPER_READING = {
 }
 
 
-
 def first_n(p_any: np.ndarray, ns: list[int], level: float = 0.95) -> int | None:
     """The smallest n whose P(at least one unselectable point) reaches ``level`` (None: none does)."""
     hit = np.flatnonzero(np.asarray(p_any) >= level)
     return int(ns[hit[0]]) if hit.size else None
+
 
 def settings(paper_scale: bool, runs: int | None = None) -> dict[str, Any]:
     s = {"d": list(range(3, 16)), "n": list(range(3, 61)) if paper_scale else list(range(3, 61, 3)), "runs": 100 if paper_scale else 40}
