@@ -234,7 +234,7 @@ def test_auto_backend_measures_and_caches(monkeypatch):
     m(torch.randn(40, N))  # same (device, dtype, width, rows) bucket: no second measurement
     assert len(calls) == 1
     (key, choice), = rms_mod.auto_choices().items()
-    assert key == ("cpu", torch.float32, N.bit_length(), 33 .bit_length() // 2, torch.get_num_threads())
+    assert key == ("cpu", torch.float32, N.bit_length(), 33 .bit_length() // 2, torch.get_num_threads(), False)
     assert choice in ("eager", "torch")
     ref = reference("rmsnorm", x, m.weight, m.bias, eps=1e-5)
     assert (out.double() - ref).abs().max().item() <= _tol(torch.float32, N, ref, bias=m.bias.double())

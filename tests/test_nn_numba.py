@@ -1,15 +1,17 @@
-"""The fused numba kernel (``normscope.nn._numba``) behind ``GroupLayerNorm(backend="numba")``: against the rescaled float64 oracle at every scale, the same bits at any thread count
-and chunking, non-finite values kept in their group, a fork, and the fallback without numba.
+"""The fused numba kernels (``normscope.nn._numba``) behind ``GroupLayerNorm(backend="numba")`` and
+``RMSNorm(backend="numba")``: against the rescaled float64 oracle at every scale, the same bits
+with one thread, torch's OpenMP team and the pool, non-finite values kept in their group or row,
+and the fallback without numba. (The row runners themselves: ``tests/test_nn_threads.py``.)
 
 Tolerance (``tests/_nn_bounds.py``): tol = (2u + 4·n·u)·max(max|z| + max|b|, 1) for n-wide
-groups, plus (n + 3)·u·max|g|·κ with κ = max over groups of max|x|/√(mean(p²) + ε): μ carries up
-to (n − 1)·u·max|x| of summation error and x − μ is rounded relative to |x|, not to |x − μ|, so a
-group far from its mean loses (n + 3)·u·κ relative to its spread (torch's ``layer_norm`` too).
+groups (n = N for RMSNorm), plus, for LN-G, (n + 3)·u·max|g|·κ with κ = max over groups of
+max|x|/√(mean(p²) + ε): μ carries up to (n − 1)·u·max|x| of summation error and x − μ is rounded
+relative to |x|, not to |x − μ|, so a group far from its mean loses (n + 3)·u·κ relative to its
+spread (torch's ``layer_norm`` too). RMSNorm has no μ, hence no κ term.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import sys
 import warnings
 
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 
 import normscope.nn as nsn
 from _nn_bounds import N, _input, _magnitudes, _oracle, _tol, _u
-from normscope.nn import _autotune, _numba
+from normscope.nn import _autotune, _numba, _threads
 
 pytestmark = pytest.mark.numerical
 
@@ -60,23 +62,44 @@ def _lng(dtype, groups, affine, eps=1e-5, d=N, backend="numba"):
     return m
 
 
-def _every_split(monkeypatch, fn):
-    """fn() with 1 thread, and with 2 threads in chunks of 3 rows (every row range a thread may get);
-    asserts that a fused kernel ran each time (not a silent eager fallback)."""
-    calls, real = [], _numba.group_layer_norm
-    monkeypatch.setattr(_numba, "group_layer_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
-    prev = torch.get_num_threads()
+def _rms(dtype, affine, eps=1e-5, d=N, backend="numba"):
+    m = nsn.RMSNorm(d, eps=eps, elementwise_affine=affine != "none", bias=affine == "both", dtype=dtype,
+                    backend=backend)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        if m.weight is not None:
+            m.weight.copy_(0.5 + torch.rand(d, generator=g, dtype=torch.float64))
+        if m.bias is not None:
+            m.bias.copy_(torch.randn(d, generator=g, dtype=torch.float64))
+    return m
+
+
+def _every_split(monkeypatch, fn, entry="group_layer_norm"):
+    """fn() with 1 thread, with 2 threads on torch's OpenMP team, and with 2 threads on the pool in
+    chunks of 3 rows (every row range a thread may get); asserts that the fused kernel ran each
+    time (not a silent eager fallback) and that the team ran where this process has one. Returns
+    the three outputs."""
+    calls, real = [], getattr(_numba, entry)
+    monkeypatch.setattr(_numba, entry, lambda *a, **k: calls.append(1) or real(*a, **k))
+    pooled, real_pool = [], _threads._run_pool
+    monkeypatch.setattr(_threads, "_run_pool", lambda *a: pooled.append(1) or real_pool(*a))
+    prev, team = torch.get_num_threads(), _threads.team_available()
+    outs = []
     try:
         torch.set_num_threads(1)
-        one = fn()
-        monkeypatch.setattr(_numba, "MIN_ELEMS_PER_THREAD", 1)
-        monkeypatch.setattr(_numba, "CHUNK_ELEMS", 3 * N)
+        outs.append(fn())
+        monkeypatch.setattr(_threads, "MIN_ELEMS_PER_THREAD", 1)
+        monkeypatch.setattr(_threads, "CHUNK_ELEMS", 3 * N)
         torch.set_num_threads(2)
-        two = fn()
+        outs.append(fn())
+        assert len(pooled) == (0 if team else 1)
+        monkeypatch.setattr(_threads, "team_available", lambda: False)
+        outs.append(fn())
+        assert len(pooled) == (1 if team else 2)
     finally:
         torch.set_num_threads(prev)
-    assert len(calls) == 2
-    return one, two
+    assert len(calls) == 3
+    return outs
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -88,8 +111,8 @@ def test_lng_numba_matches_the_oracle_at_every_scale_and_split(monkeypatch, dtyp
     x = _input(dtype, _magnitudes(dtype)[scale], rows=13)
     m = _lng(dtype, groups, affine)
     with torch.no_grad():
-        one, two = _every_split(monkeypatch, lambda: m(x))
-    assert torch.equal(one, two)  # each row's arithmetic is independent of the row split
+        one, *others = _every_split(monkeypatch, lambda: m(x))
+    assert all(torch.equal(one, o) for o in others)  # each row's arithmetic is independent of the split
     ref = _group_oracle(x, groups, m.weight, m.bias, 1e-5)
     assert one.dtype == dtype and torch.isfinite(one).all()
     assert (one.double() - ref).abs().max().item() <= _lng_tol(x, groups, ref, m.weight, m.bias, 1e-5)
@@ -136,30 +159,98 @@ def test_lng_numba_property(dtype, n, groups, rows, exponent, shift, eps, seed):
         assert (z.double() - ref)[cols].abs().max().item() <= tol
 
 
-@settings(max_examples=100, deadline=None)
-@given(rows=st.integers(1, 200), parts=st.integers(1, 5), step=st.integers(1, 40),
-       order=st.lists(st.integers(0, 4), min_size=1, max_size=400))
-def test_chunks_cover_every_row_once(rows, parts, step, order):
-    """Whatever order the threads claim in, the chunks tile [0, rows) exactly once; a thread
-    starts at the front of its own region."""
-    parts = min(parts, rows)
-    chunks = _numba._Chunks(rows, parts, step)
-    seen = torch.zeros(rows, dtype=torch.int64)
-    first = {}
-    live = set(range(parts))
-    for t in [t % parts for t in order] + [t for t in range(parts) for _ in range(rows)]:
-        if t not in live:
-            continue
-        own = chunks.lo[t] < chunks.hi[t]  # rows of its own region left (not all stolen)
-        ab = chunks.claim(t)
-        if ab is None:
-            live.discard(t)
-            continue
-        if t not in first and own:
-            first[t] = ab[0]
-        seen[ab[0]:ab[1]] += 1
-    assert torch.equal(seen, torch.ones(rows, dtype=torch.int64))
-    assert all(a == rows * t // parts for t, a in first.items())
+def _rms_oracle(x, m, eps):
+    e = eps if eps is not None else torch.finfo(x.dtype).eps
+    w = m.weight.double() if m.weight is not None else None
+    b = m.bias.double() if m.bias is not None else None
+    return _oracle("rmsnorm", x, w, b, e), (_tol(x.dtype, x.shape[-1], _oracle("rmsnorm", x, w, b, e), bias=b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", ["huge", "tiny", "one", "1e30", "1e-30", "mixed"])
+@pytest.mark.parametrize("affine", ["both", "weight", "none"])
+@pytest.mark.parametrize("eps", [None, 1e-5])
+def test_rms_numba_matches_the_oracle_at_every_scale_and_split(monkeypatch, dtype, scale, affine, eps):
+    """Rows whose mean(x²) over- or underflows (huge, tiny, one row of each in "mixed") fall back
+    to the exactly rescaled path; the rest are the kernel's bits, the same on every split."""
+    x = _input(dtype, _magnitudes(dtype)["one" if scale == "mixed" else scale], mixed=scale == "mixed", rows=13)
+    m = _rms(dtype, affine, eps)
+    with torch.no_grad():
+        one, *others = _every_split(monkeypatch, lambda: m(x), entry="rms_norm")
+    assert all(torch.equal(one, o) for o in others)
+    ref, tol = _rms_oracle(x, m, eps)
+    assert one.dtype == dtype and torch.isfinite(one).all()
+    assert (one.double() - ref).abs().max().item() <= tol
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    d=st.sampled_from([1, 2, 3, 5, 16, 63, 64, 100, 257]),
+    rows=st.integers(0, 9),
+    exponent=st.integers(-60, 60),
+    eps=st.sampled_from([None, 0.0, 1e-5, 0.5]),
+    affine=st.sampled_from(["both", "weight", "none"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_rms_numba_property(dtype, d, rows, exponent, eps, affine, seed):
+    """Any width, row count (0 included), scale 2^±60, ε = 0 or the dtype's: the module within
+    the bound of the oracle; where the kernel reports no bad row, the module returned its bits."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, d, generator=g, dtype=torch.float64) * 2.0**exponent).to(dtype)
+    m = _rms(dtype, affine, eps=eps, d=d)
+    with torch.no_grad():
+        out = m(x)
+        e = eps if eps is not None else torch.finfo(dtype).eps
+        z, bad = _numba.rms_norm(x, m.weight, m.bias, e)
+    assert out.shape == x.shape and out.dtype == dtype
+    if rows == 0:
+        return
+    ref, tol = _rms_oracle(x, m, eps)
+    assert (out.double() - ref).abs().max().item() <= tol
+    if not bad:
+        assert torch.equal(z, out)
+
+
+def test_the_rms_bound_rejects_a_missing_eps():
+    """Negative control: x/√mean(x²) (ε dropped) misses the bound by more than 10× on rows where
+    ε = 0.5 matters, which the kernel meets."""
+    x = torch.randn(16, N) * 0.3
+    m = _rms(torch.float32, "none", eps=0.5)
+    ref, tol = _rms_oracle(x, m, 0.5)
+    with torch.no_grad():
+        assert (m(x).double() - ref).abs().max().item() <= tol
+    no_eps = x * torch.rsqrt(x.square().mean(-1, keepdim=True))
+    assert (no_eps.double() - ref).abs().max().item() > 10 * tol
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 3e38])
+def test_the_rms_kernel_keeps_non_finite_values_in_their_row(bad):
+    """NaN, ±Inf or a mean square that overflows: that row is reported (one bad row) and every other
+    row keeps its bits; the module recomputes it exactly (3e38: finite, the oracle's value)."""
+    x = torch.randn(5, N)
+    clean, none = _numba.rms_norm(x, None, None, 1e-5)
+    x[2, 9] = bad
+    z, count = _numba.rms_norm(x, None, None, 1e-5)
+    assert none == 0 and count == 1 and torch.equal(z[[0, 1, 3, 4]], clean[[0, 1, 3, 4]])
+    with torch.no_grad():
+        out = _rms(torch.float32, "none")(x)
+    if bad == 3e38:
+        ref, tol = _rms_oracle(x, _rms(torch.float32, "none"), 1e-5)
+        assert (out.double() - ref).abs().max().item() <= tol
+    else:  # as the eager kernel (and torch): NaN where that row's limit is undefined, other rows finite
+        with torch.no_grad():
+            eager = _rms(torch.float32, "none", backend="eager")(x)
+        assert torch.equal(torch.isnan(out), torch.isnan(eager)) and torch.isnan(out[2]).any()
+        assert torch.isfinite(out[[0, 1, 3, 4]]).all()
+
+
+def test_the_rms_kernel_checks_its_arguments():
+    x = torch.randn(4, N)
+    for args, match in [((x.t(), None, None), "contiguous"), ((x, torch.ones(N // 2), None), "weight must be"),
+                        ((x, None, torch.zeros(N, dtype=torch.float64)), "bias must be")]:
+        with pytest.raises(ValueError, match=match):
+            _numba.rms_norm(*args, 1e-5)
 
 
 def test_the_bound_rejects_the_uncentred_variance():
@@ -221,38 +312,9 @@ def test_leading_dims_and_strided_input(monkeypatch):
     x = base.transpose(1, 2)  # (3, 7, N), not contiguous
     m = _lng(torch.float32, 8, "both")
     with torch.no_grad():
-        one, two = _every_split(monkeypatch, lambda: m(x))
+        one, *others = _every_split(monkeypatch, lambda: m(x))
         flat = m(x.contiguous().reshape(21, N)).reshape(3, 7, N)
-    assert torch.equal(one, two) and torch.equal(one, flat) and one.shape == (3, 7, N)
-
-
-def test_concurrent_callers_and_a_changing_thread_count(monkeypatch):
-    """Four Python threads calling at once (each splitting its rows over 2 threads), then 3 and 1
-    intra-op threads (the helper pool rebuilt): the same bits as one caller with one thread."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    monkeypatch.setattr(_numba, "MIN_ELEMS_PER_THREAD", 1)
-    monkeypatch.setattr(_numba, "CHUNK_ELEMS", 5 * N)
-    m = _lng(torch.float32, 8, "both")
-    xs = [torch.randn(97, N, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    prev = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            torch.set_num_threads(1)
-            want = [m(x) for x in xs]
-            torch.set_num_threads(2)
-            def call(x):
-                with torch.no_grad():  # grad mode is per thread
-                    return [m(x) for _ in range(5)]
-
-            with ThreadPoolExecutor(4) as callers:
-                got = list(callers.map(call, xs))
-            torch.set_num_threads(3)
-            three = [m(x) for x in xs]
-    finally:
-        torch.set_num_threads(prev)
-    for w, g, t in zip(want, got, three):
-        assert all(torch.equal(w, gi) for gi in g) and torch.equal(w, t)
+    assert all(torch.equal(one, o) for o in [*others, flat]) and one.shape == (3, 7, N)
 
 
 def test_tracing_records_torch_operations():
@@ -280,7 +342,7 @@ def test_a_read_only_cache_folder_compiles_without_caching(monkeypatch, n):
         return real(*a, **k)
 
     monkeypatch.setattr(numba, "njit", njit)
-    kernel = _numba._kernel.__wrapped__(np.dtype(np.float32), n)
+    kernel = _numba._kernel.__wrapped__(np.dtype(np.float32), "lng", n).jitted
     x = torch.randn(3, N).numpy()
     z = x.copy()
     assert kernel(x, z, torch.ones(N).numpy(), torch.zeros(N).numpy(), n, 1e-5, 2.0**-103, 0, 3) == 0
@@ -294,7 +356,7 @@ def test_small_groups_have_their_own_kernel():
     property test)."""
     import numpy as np
 
-    names = {n: _numba._kernel(np.dtype(np.float32), n).py_func.__qualname__ for n in (2, 3, 4, 8)}
+    names = {n: _numba._kernel(np.dtype(np.float32), "lng", n).source.__qualname__ for n in (2, 3, 4, 8)}
     assert names[2].startswith("_lng_rows_n") and names[4].startswith("_lng_rows_n")
     assert names[3].startswith("_lng_rows.") and names[8].startswith("_lng_rows.")
 
@@ -324,43 +386,30 @@ def test_auto_measures_numba_and_never_compiles_unasked(monkeypatch):
     assert set(_autotune.choices(nsn.GroupLayerNorm).values()) <= {"eager", "numba"}
 
 
-def _child(q):
-    torch.set_num_threads(2)
-    _numba.MIN_ELEMS_PER_THREAD, _numba.CHUNK_ELEMS = 1, 3 * N
-    m = _lng(torch.float32, 8, "both")
+def test_rms_auto_measures_numba_where_it_applies(monkeypatch):
+    """RMSNorm's "auto": numba is a candidate only where it applies, and that is part of the bucket."""
+    from normscope.nn import rms_norm as rms_mod
+
+    monkeypatch.delenv("NORMSCOPE_COMPILE", raising=False)
+    monkeypatch.setattr(_autotune, "_CHOICES", {})
+    seen = []
+    real = _autotune.measure
+    monkeypatch.setattr(_autotune, "measure", lambda mod, x, c: seen.append(list(c)) or real(mod, x, c))
+    x = torch.randn(300, N)
+    m = _rms(torch.float32, "weight", backend="auto")
+    m(x)  # autograd: eager only, nothing to measure
     with torch.no_grad():
-        q.put(m(torch.linspace(-3, 5, 40 * N).reshape(40, N)).numpy())  # by value: the child exits
-
-
-@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="no fork on this platform")
-def test_a_forked_child_gets_its_own_threads(monkeypatch):
-    """The helper pool is per process: a child forked after the parent used it still runs."""
-    _, two = _every_split(monkeypatch, lambda: _child_value())
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(q,), daemon=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads alive: the pool is rebuilt
-            p.start()
-        got = torch.from_numpy(q.get(timeout=60))
-        p.join(60)
-    finally:
-        if p.is_alive():
-            p.kill()
-    assert p.exitcode == 0 and torch.equal(got, two)
-
-
-def _child_value():
-    with torch.no_grad():
-        return _lng(torch.float32, 8, "both")(torch.linspace(-3, 5, 40 * N).reshape(40, N))
+        m(x)
+    assert seen == [["eager", "numba"]]
+    keys = rms_mod.auto_choices()
+    assert sorted(k[-1] for k in keys) == [False, True] and set(keys.values()) <= {"eager", "numba"}
 
 
 def test_without_numba_a_warning_and_the_torch_kernels(monkeypatch):
     """numba missing (or built for another numpy): one warning naming the fix; backend="numba"
     then runs the eager kernel (same bits), and "auto" does not offer numba."""
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba -> ImportError
-    with pytest.warns(UserWarning, match=r"numba is unavailable here \((ModuleNotFound|Import)Error.*GroupLayerNorm uses its torch kernel \(pip install numba"):
+    with pytest.warns(UserWarning, match=r"numba is unavailable here \((ModuleNotFound|Import)Error.*the norm modules use their torch kernels \(pip install numba"):
         assert _numba._import_numba.__wrapped__() is None
     monkeypatch.setattr(_numba, "_import_numba", lambda: None)
     x = torch.randn(6, N)
@@ -368,3 +417,5 @@ def test_without_numba_a_warning_and_the_torch_kernels(monkeypatch):
     with torch.no_grad():
         assert torch.equal(m(x), e(x))
         assert m._candidates(x) == ["eager"]
+        r, re = _rms(torch.float32, "weight"), _rms(torch.float32, "weight", backend="eager")
+        assert torch.equal(r(x), re(x))

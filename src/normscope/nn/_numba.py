@@ -1,51 +1,44 @@
-"""LN-G fused per row and group, compiled by numba: x read from memory once, z written once.
+"""Norms fused per row (RMSNorm) and per row and group (LN-G), compiled by numba: x read from
+memory once, z written once.
 
-A torch-eager LN-G is a chain of whole-tensor operations, each a pass over memory (or, blocked as
+A torch-eager norm is a chain of whole-tensor operations, each a pass over memory (or, blocked as
 in ``functional.block_elems``, over cache); torch's ``F.layer_norm`` is one fused C++ loop per row
-but cannot take a per-group statistic with a per-neuron affine. This kernel is that loop. Per row
-of x and group of n neurons (Ni et al., arXiv:2406.01255), the group in L1 after the first loop:
+but cannot take a per-group statistic with a per-neuron affine, and torch 2.13's CPU
+``F.rms_norm`` is a chain of operations. These kernels are those loops, the row (or group) in L1
+after its first loop:
 
-    μ = Σx/n,   m = Σ(x − μ)²/n + ε,   z = (x − μ)·m^(−1/2)·g + b
+- **LN-G** (Ni et al., arXiv:2406.01255), per group of n neurons:
+  μ = Σx/n,  m = Σ(x − μ)²/n + ε,  z = (x − μ)·m^(−1/2)·g + b. Three loops: the sum, the centred
+  sum of squares (two-pass, so no Σx² − nμ² cancellation), the output with the affine fused.
+  Groups of 2 and 4 neurons get a kernel with n a constant, whose loop over groups vectorises (at
+  n ≤ 4 the per-group reductions, square root and division dominate).
+- **RMSNorm** (Gupta et al., arXiv:2409.12951), per row of N: m = Σx²/N + ε, z = x·m^(−1/2)·g + b.
+  Two loops.
 
-three loops: the sum, the centred sum of squares (two-pass, so no Σx² − nμ² cancellation), the
-output with the affine fused. Groups of 2 and 4 neurons get a kernel with n a constant, whose loop
-over groups vectorises (at n ≤ 4 the per-group reductions, square root and division dominate). Arithmetic happens in the input's dtype (float32 or float64), like
-torch's CPU kernels; numba may reassociate the sums into vector lanes and fuse multiply-adds (its
-``fastmath`` flags ``reassoc`` and ``contract`` only, so NaN and Inf propagate as in IEEE
-arithmetic). The kernel counts the groups whose m over- or underflowed (``functional.stats_reliable``'s
-rule), and the caller recomputes the call with the exactly rescaled path when there are any.
-
-**Threads.** Rows are shared out over ``torch.get_num_threads()`` threads, the caller's and a
-small per-process pool (the kernel releases the GIL); each row's arithmetic is the same whichever
-thread runs it, so the split never changes a bit. numba's own threading layer is not used: its
-OpenMP layer aborts in a forked child, its work queue is not thread-safe, and choosing one is a
-global setting of the user's numba. A norm's time is mostly the page faults of its fresh output
-(a pre-faulted copy of 64 MB takes 4.5 ms with 2 threads, a fresh one 21 ms), so each thread
-writes one contiguous region, as torch's OpenMP loops do, and steals chunks at the end. Right
-after a torch operation (as in a model) torch's OpenMP workers keep spinning for a few ms on the
-cores our helper thread needs; with several threads this kernel is then about as fast as the
-eager one (``benchmarks/bench_nn.py`` measures both cases; ``"auto"`` picks by measurement).
-Compiled once per dtype on first use (~1 s, then kept in numba's on-disk cache).
+Arithmetic happens in the input's dtype (float32 or float64), like torch's CPU kernels; numba may
+reassociate the sums into vector lanes and fuse multiply-adds (its ``fastmath`` flags ``reassoc``
+and ``contract`` only, so NaN and Inf propagate as in IEEE arithmetic). The kernels count the rows
+or groups whose m over- or underflowed (``functional.stats_reliable``'s rule), and the caller
+recomputes the call with the exactly rescaled path when there are any. Rows are shared out over
+torch's intra-op threads by ``normscope.nn._threads`` (on torch's own OpenMP team where it can;
+numba's threading layers are not used: its OpenMP layer aborts in a forked child, its work queue
+is not thread-safe, and choosing one is a global setting of the user's numba). Compiled once per
+dtype on first use (~1 s, then kept in numba's on-disk cache).
 
 Where numba is missing or does not import (for instance a numpy newer than it supports),
-:func:`available` is False, a warning says so once, and GroupLayerNorm runs its torch kernel.
+:func:`available` is False, a warning says so once, and the modules run their torch kernels.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from normscope.nn._threads import RowKernel, RowTask, run_rows
 from normscope.nn.functional import blocks_apply
-
-MIN_ELEMS_PER_THREAD = 1 << 15  # below: one thread (a hand-off costs ~10-50 µs, a 32k-element row block ~10 µs)
-CHUNK_ELEMS = 1 << 18  # rows a thread takes at a time (~1 MiB of float32; a kernel call costs a few µs)
 
 _FASTMATH = {"reassoc", "contract"}
 
@@ -62,20 +55,25 @@ def _import_numba():
         return numba
     except Exception as err:  # noqa: BLE001 - missing, or built for another numpy/Python
         warnings.warn(f"numba is unavailable here ({type(err).__name__}: {str(err)[:80]}); "
-                      "GroupLayerNorm uses its torch kernel (pip install numba for the fused one)")
+                      "the norm modules use their torch kernels (pip install numba for the fused ones)")
         return None
 
 
 @functools.cache
-def _kernel(dtype: np.dtype, n: int):
-    """The compiled kernel for ``dtype`` and group size ``n`` (its own for n in ``SMALL_GROUPS``)."""
+def _kernel(dtype: np.dtype, kind: str, n: int = 0):
+    """The compiled ``kind`` ("lng" or "rms") row kernel for ``dtype`` (LN-G: its own for a group
+    size ``n`` in ``SMALL_GROUPS``)."""
     numba = _import_numba()
-    fn = _lng_rows_n(dtype.type, n) if n in SMALL_GROUPS else _lng_rows(dtype.type)
+    if kind == "rms":
+        fn = _rms_rows(dtype.type)
+    else:
+        fn = _lng_rows_n(dtype.type, n) if n in SMALL_GROUPS else _lng_rows(dtype.type)
     opts = {"nogil": True, "fastmath": _FASTMATH, "boundscheck": False, "error_model": "numpy"}
     try:  # numba's on-disk cache needs a writable folder (read-only installs have none)
-        return numba.njit(cache=True, **opts)(fn)
+        jitted = numba.njit(cache=True, **opts)(fn)
     except RuntimeError:
-        return numba.njit(**opts)(fn)
+        jitted = numba.njit(**opts)(fn)
+    return RowKernel(fn, jitted, frozenset(_FASTMATH))
 
 
 # The kernels, written once and specialised per dtype ``ft`` (its constants are then of x's dtype:
@@ -134,92 +132,54 @@ def _lng_rows_n(ft, N):
     return lng_rows
 
 
+def _rms_rows(ft):
+    """RMSNorm per row; ``b`` empty for no shift (one load and add per element less)."""
+    def rms_rows(x, out, w, b, n, eps, m_min, lo, hi):  # pragma: no cover - compiled; n is the width
+        d = x.shape[1]
+        nf, e, m_lo, m_hi = ft(d), ft(eps), ft(m_min), ft(np.finfo(ft).max)
+        bad = 0
+        for i in range(lo, hi):
+            xi, oi = x[i], out[i]
+            q = ft(0.0)
+            for j in range(d):
+                q += xi[j] * xi[j]
+            m = q / nf + e
+            bad += not (m_lo <= m <= m_hi)
+            r = ft(1.0) / np.sqrt(m)
+            if b.shape[0]:
+                for j in range(d):
+                    oi[j] = xi[j] * r * w[j] + b[j]
+            else:
+                for j in range(d):
+                    oi[j] = xi[j] * r * w[j]
+        return bad
+    return rms_rows
+
+
 def available() -> bool:
     """Whether numba imports here (the first call tries, and warns once if not)."""
     return _import_numba() is not None
 
 
-_POOL: dict[str, object] = {"size": 0, "pool": None}
-_POOL_LOCK = threading.Lock()
+def _check(name: str, x2: torch.Tensor, n: int, params: dict[str, torch.Tensor | None]) -> None:
+    """The rules a kernel relies on (it runs without bounds checks)."""
+    if x2.dim() != 2 or not x2.is_contiguous() or n < 1 or x2.shape[1] % n:
+        raise ValueError(f"{name} needs a contiguous (rows, C) input with n | C; got shape "
+                         f"{tuple(x2.shape)}, n={n} (reshape to (-1, C) and call .contiguous())")
+    for pname, p in params.items():
+        if p is not None and (p.shape != (x2.shape[1],) or p.dtype != x2.dtype or not p.is_contiguous()):
+            raise ValueError(f"{name}: {pname} must be contiguous ({x2.shape[1]},) {x2.dtype}; "
+                             f"got {tuple(p.shape)} {p.dtype} (cast or copy it to the input's dtype)")
 
 
-def _forget_pool() -> None:
-    """In a forked child: the parent's pool threads and lock state did not come along."""
-    global _POOL_LOCK
-    _POOL_LOCK = threading.Lock()
-    _POOL.update(size=0, pool=None)
-
-
-os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """The per-process pool of ``workers`` helper threads (rebuilt for a new thread count)."""
-    with _POOL_LOCK:
-        if _POOL["size"] != workers:
-            if _POOL["pool"] is not None:
-                _POOL["pool"].shutdown(wait=False)
-            _POOL.update(size=workers, pool=ThreadPoolExecutor(workers, thread_name_prefix="normscope"))
-        return _POOL["pool"]
-
-
-class _Chunks:
-    """Rows [0, rows) in ``parts`` contiguous regions, one per thread, handed out in chunks of
-    ``step`` rows: a thread takes its own region front to back, then takes chunks from the back of
-    the region with the most rows left."""
-
-    def __init__(self, rows: int, parts: int, step: int) -> None:
-        cuts = [rows * t // parts for t in range(parts + 1)]
-        self.lo, self.hi, self.step = cuts[:-1], cuts[1:], step
-        self.lock = threading.Lock()
-
-    def claim(self, t: int) -> tuple[int, int] | None:
-        with self.lock:
-            if self.lo[t] < self.hi[t]:
-                a = self.lo[t]
-                self.lo[t] = min(a + self.step, self.hi[t])
-                return a, self.lo[t]
-            v = max(range(len(self.lo)), key=lambda u: self.hi[u] - self.lo[u])
-            if self.lo[v] >= self.hi[v]:
-                return None
-            b = self.hi[v]
-            self.hi[v] = max(self.lo[v], b - self.step)
-            return self.hi[v], b
-
-
-def _run_rows(kernel, rows: int, width: int, *args) -> int:
-    """``kernel(*args, lo, hi)`` over rows [0, rows), shared out over torch's intra-op thread count;
-    returns the sum of what the calls return.
-
-    Each thread owns one contiguous region of rows (as torch's OpenMP loops split them: the fresh
-    output's page faults, most of a norm's time, then fall on separate page tables) and, done with
-    it, takes chunks of ~``CHUNK_ELEMS`` from the back of the others: right after a torch
-    operation its OpenMP workers keep spinning for a few ms and a thread sharing a core with one
-    falls behind."""
-    threads = torch.get_num_threads()
-    parts = max(1, min(threads, rows, rows * width // MIN_ELEMS_PER_THREAD))
-    if parts == 1:
-        return kernel(*args, 0, rows)
-    chunks = _Chunks(rows, parts, max(1, CHUNK_ELEMS // width))
-
-    def work(t: int) -> int:
-        total = 0
-        while (ab := chunks.claim(t)) is not None:
-            total += kernel(*args, *ab)
-        return total
-
-    futures = []
-    try:
-        pool = _pool(threads - 1)
-        futures = [pool.submit(work, t) for t in range(1, parts)]
-    except RuntimeError:  # pool shut down by a concurrent rebuild, or the interpreter exiting
-        pass  # the caller's work() below takes the rows nobody took
-    total = work(0)
-    return total + sum(f.result() for f in futures)
-
-
-def _param(p: torch.Tensor | None, d: int, x: torch.Tensor, fill: float) -> np.ndarray:
-    return p.detach().numpy() if p is not None else np.full(d, fill, dtype=x.numpy().dtype)
+def _run(kernel, x2: torch.Tensor, weight: torch.Tensor | None, bias: np.ndarray, n: int,
+         eps: float) -> tuple[torch.Tensor, int]:
+    x2 = x2.detach()
+    out = torch.empty_like(x2)
+    fi = torch.finfo(x2.dtype)
+    xn = x2.numpy()
+    w = weight.detach().numpy() if weight is not None else np.ones(x2.shape[1], dtype=xn.dtype)
+    return out, run_rows(kernel, RowTask(xn, out.numpy(), w, bias, n, float(eps), fi.tiny / fi.eps))
 
 
 def group_layer_norm(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, n: int,
@@ -234,25 +194,30 @@ def group_layer_norm(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     is no longer relative), whose outputs the caller must recompute (counted in the kernel: storing
     every group's m cost another half of z's traffic at group size 2).
     """
-    if x2.dim() != 2 or not x2.is_contiguous() or n < 1 or x2.shape[1] % n:
-        raise ValueError(f"group_layer_norm needs a contiguous (rows, C) input with n | C; got shape "
-                         f"{tuple(x2.shape)}, n={n} (reshape to (-1, C) and call .contiguous())")
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and (p.shape != (x2.shape[1],) or p.dtype != x2.dtype or not p.is_contiguous()):
-            raise ValueError(f"group_layer_norm: {name} must be contiguous ({x2.shape[1]},) {x2.dtype}; "
-                             f"got {tuple(p.shape)} {p.dtype} (cast or copy it to the input's dtype)")
-    x2 = x2.detach()
-    lng_rows = _kernel(x2.numpy().dtype, n)
-    rows, d = x2.shape
-    out = torch.empty_like(x2)
-    fi = torch.finfo(x2.dtype)
-    bad = _run_rows(lng_rows, rows, d, x2.numpy(), out.numpy(), _param(weight, d, x2, 1.0),
-                    _param(bias, d, x2, 0.0), n, float(eps), fi.tiny / fi.eps)
-    return out, int(bad)
+    _check("group_layer_norm", x2, n, {"weight": weight, "bias": bias})
+    dt = x2.detach().numpy().dtype
+    b = bias.detach().numpy() if bias is not None else np.zeros(x2.shape[1], dtype=dt)
+    return _run(_kernel(dt, "lng", n), x2, weight, b, n, eps)
+
+
+def rms_norm(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+             eps: float) -> tuple[torch.Tensor, int]:
+    """RMSNorm of the rows of ``x2``, fused: z = x·(Σx²/C + ε)^(−1/2)·g + b.
+
+    **Arguments:** ``x2`` (rows, C) contiguous CPU float32/float64; ``weight``, ``bias`` (C,) of its
+    dtype or ``None`` (1, none); ``eps`` ≥ 0. Nothing is differentiated.
+
+    **Returns:** ``(z, bad)``: z (rows, C), and the number of rows whose mean(x²) + ε is NaN,
+    infinite or below tiny/eps of the dtype, whose outputs the caller must recompute.
+    """
+    _check("rms_norm", x2, x2.shape[-1] if x2.dim() == 2 and x2.shape[-1] else 1, {"weight": weight, "bias": bias})
+    dt = x2.detach().numpy().dtype
+    b = bias.detach().numpy() if bias is not None else np.zeros(0, dtype=dt)
+    return _run(_kernel(dt, "rms"), x2, weight, b, x2.shape[1], eps)
 
 
 def applies(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
-    """Whether the fused kernel may run on ``x``: a plain CPU float32/float64 tensor with parameters
+    """Whether a fused kernel may run on ``x``: a plain CPU float32/float64 tensor with parameters
     of its dtype, nothing to differentiate, no tracer, compiler or vmap watching (they would not see
     a kernel outside torch), and numba available."""
     if type(x) is not torch.Tensor or torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -262,4 +227,4 @@ def applies(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
     return blocks_apply(x, *params) and available()
 
 
-__all__ = ["available", "applies", "group_layer_norm", "MIN_ELEMS_PER_THREAD", "CHUNK_ELEMS"]
+__all__ = ["available", "applies", "group_layer_norm", "rms_norm"]

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normscope.nn import _autotune
+from normscope.nn import _autotune, _numba
 from normscope.nn._checks import Shape, as_shape, check_eps, check_input, resolve_affine
 from normscope.nn.functional import NormTrace, _affine, decompose, rms_norm, rows_dynamic, safe_normalize, stats_reliable
 
-BACKENDS = ("auto", "eager", "compile", "torch")
+BACKENDS = ("auto", "eager", "numba", "compile", "torch")
 
 
 def _kernel(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
@@ -51,13 +51,16 @@ class RMSNorm(nn.Module):
 
     - ``"eager"``: two passes (one ``vector_norm``, one scale, in-place affine); on CPU near
       copy speed, where torch 2.13's ``F.rms_norm`` is about 3× slower than ``F.layer_norm``.
+    - ``"numba"``: one fused loop per row (``normscope.nn._numba``: the sum of squares, then the
+      output with the affine, the row in L1), run on torch's own OpenMP threads. CPU,
+      float32/float64, a 1-D shape, nothing to differentiate, numba installed; otherwise eager.
     - ``"compile"``: a ``torch.compile``'d kernel (static width, dynamic rows: compiled once per
       width and dtype, ~20 s), falling back to eager with a warning where no compiler works.
     - ``"torch"``: ``F.rms_norm`` verbatim (fused on CUDA), including torch's overflow for
       |x| ≳ 1e19 in float32; the other backends recompute such rows exactly.
     - ``"auto"`` (default): the fastest *measured* candidate per (device type, dtype, width,
       rows, threads) bucket, decided on first sight and cached for the process
-      (``normscope.nn._autotune``). Candidates: ``"eager"``, plus ``"compile"`` when
+      (``normscope.nn._autotune``). Candidates: ``"eager"``, ``"numba"`` where it applies, and ``"compile"`` when
       ``NORMSCOPE_COMPILE=1`` is set and a compiler works (a library must not start a 20-s
       compile, or need a C++ toolchain, unasked).
 
@@ -95,7 +98,16 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.normalized_shape, type(self).__name__)
-        backend = self.backend if self.backend != "auto" else self._auto(x)
+        one_dim = len(self.normalized_shape) == 1
+        fused = one_dim and self.backend in ("auto", "numba") and _numba.applies(x, self.weight, self.bias)
+        backend = self.backend if self.backend != "auto" else self._auto(x, fused)
+        if backend == "numba" and fused and x.numel():
+            eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+            z, bad = _numba.rms_norm(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.bias, eps)
+            if not bad:
+                return z.view(x.shape)
+            _, xhat, _ = safe_normalize(x, (-1,), eps, project=False)
+            return _affine(xhat, self.weight, self.bias, x.dtype)
         if backend == "compile" and len(self.normalized_shape) == 1 and x.numel():
             kernel = compiled_kernel()
             if kernel is not None:
@@ -113,9 +125,12 @@ class RMSNorm(nn.Module):
             return z + self.bias if self.bias is not None else z
         return rms_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
-    def _auto(self, x: torch.Tensor) -> str:
+    def _auto(self, x: torch.Tensor, fused: bool) -> str:
+        """The measured backend for ``x``'s bucket; whether numba applies (grad mode, dtype, ...) is
+        part of the bucket, so a call it cannot take does not decide for those it can."""
         one_dim = len(self.normalized_shape) == 1
-        return _autotune.choose(self, x, _autotune.bucket(x, self.dim), lambda: _auto_candidates() if one_dim else ["eager"])
+        candidates = lambda: (_auto_candidates() if one_dim else ["eager"]) + (["numba"] if fused else [])  # noqa: E731
+        return _autotune.choose(self, x, _autotune.bucket(x, self.dim, fused), candidates)
 
     def trace(self, x: torch.Tensor) -> NormTrace:
         """Step-by-step run: ``NormTrace(input, projected=x, denom, normalized, output)``."""
