@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 import normscope.nn as nsn
 from _harness import Bench
-from normscope.nn import _autotune, _numba, _threads
+from normscope.nn import _autotune, _numba, _parallel
 from normscope.nn import rms_norm as rms_mod
 
 
@@ -99,7 +99,7 @@ def main() -> None:
     have_ours_c = rms_mod.compiled_kernel() is not None
     have_numba = dev.type == "cpu" and _numba.available()  # a CPU kernel: elsewhere it would time eager
     bench.record("numba", have_numba)
-    bench.record("numba_on_torch_openmp_team", have_numba and _threads.team_available())
+    bench.record("numba_on_torch_openmp_team", have_numba and _parallel.team_available())
     bench.record("compiler_works", bool(have_c and have_ours_c))
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
 

@@ -1,7 +1,7 @@
 """The fused numba kernels (``normscope.nn._numba``) behind ``GroupLayerNorm(backend="numba")`` and
 ``RMSNorm(backend="numba")``: against the rescaled float64 oracle at every scale, the same bits
 with one thread, torch's OpenMP team and the pool, non-finite values kept in their group or row,
-and the fallback without numba. (The row runners themselves: ``tests/test_nn_threads.py``.)
+and the fallback without numba. (The row runners themselves: ``tests/test_nn_parallel.py``.)
 
 Tolerance (``tests/_nn_bounds.py``): tol = (2u + 4·n·u)·max(max|z| + max|b|, 1) for n-wide
 groups (n = N for RMSNorm), plus, for LN-G, (n + 3)·u·max|g|·κ with κ = max over groups of
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import normscope.nn as nsn
 from _nn_bounds import N, _input, _magnitudes, _oracle, _tol, _u
-from normscope.nn import _autotune, _numba, _threads
+from normscope.nn import _autotune, _numba, _parallel
 
 pytestmark = pytest.mark.numerical
 
@@ -81,19 +81,19 @@ def _every_split(monkeypatch, fn, entry="group_layer_norm"):
     the three outputs."""
     calls, real = [], getattr(_numba, entry)
     monkeypatch.setattr(_numba, entry, lambda *a, **k: calls.append(1) or real(*a, **k))
-    pooled, real_pool = [], _threads._run_pool
-    monkeypatch.setattr(_threads, "_run_pool", lambda *a: pooled.append(1) or real_pool(*a))
-    prev, team = torch.get_num_threads(), _threads.team_available()
+    pooled, real_pool = [], _parallel._run_pool
+    monkeypatch.setattr(_parallel, "_run_pool", lambda *a: pooled.append(1) or real_pool(*a))
+    prev, team = torch.get_num_threads(), _parallel.team_available()
     outs = []
     try:
         torch.set_num_threads(1)
         outs.append(fn())
-        monkeypatch.setattr(_threads, "MIN_ELEMS_PER_THREAD", 1)
-        monkeypatch.setattr(_threads, "CHUNK_ELEMS", 3 * N)
+        monkeypatch.setattr(_parallel, "MIN_ELEMS_PER_THREAD", 1)
+        monkeypatch.setattr(_parallel, "CHUNK_ELEMS", 3 * N)
         torch.set_num_threads(2)
         outs.append(fn())
         assert len(pooled) == (0 if team else 1)
-        monkeypatch.setattr(_threads, "team_available", lambda: False)
+        monkeypatch.setattr(_parallel, "team_available", lambda: False)
         outs.append(fn())
         assert len(pooled) == (1 if team else 2)
     finally:

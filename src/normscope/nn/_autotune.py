@@ -9,7 +9,7 @@ once and the module runs its eager kernel.
 width rounded to a power of 2, rows rounded to a power of 4, torch threads, ...) :func:`bucket`, it
 times each candidate backend on the real input (one warm-up call each, then 3 interleaved timed
 calls, a few ms) and caches the fastest (median) for the process, per class. The candidates are
-``"eager"``, GroupLayerNorm's ``"numba"`` where it applies, and ``"compile"`` only when
+``"eager"``, ``"numba"`` where it applies (``normscope.nn._numba``), and ``"compile"`` only when
 ``NORMSCOPE_COMPILE=1`` is set and a compiler works (:meth:`LazyCompiled.candidates`): the first
 compile costs ~20 s and needs a C++ toolchain, which a library must not impose on import or in a
 test run. Measuring beats a fixed table: the winner

@@ -20,7 +20,7 @@ reassociate the sums into vector lanes and fuse multiply-adds (its ``fastmath`` 
 and ``contract`` only, so NaN and Inf propagate as in IEEE arithmetic). The kernels count the rows
 or groups whose m over- or underflowed (``functional.stats_reliable``'s rule), and the caller
 recomputes the call with the exactly rescaled path when there are any. Rows are shared out over
-torch's intra-op threads by ``normscope.nn._threads`` (on torch's own OpenMP team where it can;
+torch's intra-op threads by ``normscope.nn._parallel`` (on torch's own OpenMP team where it can;
 numba's threading layers are not used: its OpenMP layer aborts in a forked child, its work queue
 is not thread-safe, and choosing one is a global setting of the user's numba). Compiled once per
 dtype on first use (~1 s, then kept in numba's on-disk cache).
@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 import torch
 
-from normscope.nn._threads import RowKernel, RowTask, run_rows
+from normscope.nn._parallel import RowKernel, RowTask, run_rows
 from normscope.nn.functional import blocks_apply
 
 _FASTMATH = {"reassoc", "contract"}

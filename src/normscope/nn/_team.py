@@ -7,7 +7,7 @@ arrays' addresses and the scalars, as int64 words), asks libgomp for its thread 
 size, and runs the row kernel on its contiguous share of the rows, as ``at::parallel_for`` shares
 them out. Importing this module fails (``ImportError``) where torch's intra-op threads are not
 libgomp's (no such library loaded, or more than one and none of them torch's): then
-``normscope.nn._threads`` runs the kernels on a pool.
+``normscope.nn._parallel`` runs the kernels on a pool.
 
 The ``cfunc`` calls the kernel's Python source (registered with ``register_jitable``), not its
 ``njit`` dispatcher: numba keys its on-disk cache of a closure on the pickled closure variables,

@@ -1,4 +1,4 @@
-"""The row runners of the numba kernels (``normscope.nn._threads``, ``normscope.nn._team``):
+"""The row runners of the numba kernels (``normscope.nn._parallel``, ``normscope.nn._team``):
 torch's OpenMP team and the pool tile the rows exactly once and give the same bits as one thread,
 from concurrent callers and at any thread count; a forked child runs on the pool (torch's own
 parallel operations hang there); numba's on-disk cache of the team's ``cfunc`` is reused, not
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import normscope.nn as nsn
 from _nn_bounds import N
-from normscope.nn import _numba, _threads
+from normscope.nn import _numba, _parallel
 
 pytestmark = pytest.mark.numerical
 
@@ -46,7 +46,7 @@ def test_chunks_cover_every_row_once(rows, parts, step, order):
     """Whatever order the pool's threads claim in, the chunks tile [0, rows) exactly once; a thread
     starts at the front of its own region."""
     parts = min(parts, rows)
-    chunks = _threads._Chunks(rows, parts, step)
+    chunks = _parallel._Chunks(rows, parts, step)
     seen = torch.zeros(rows, dtype=torch.int64)
     first = {}
     live = set(range(parts))
@@ -65,7 +65,7 @@ def test_chunks_cover_every_row_once(rows, parts, step, order):
     assert all(a == rows * t // parts for t, a in first.items())
 
 
-@pytest.mark.skipif(not _threads.team_available(), reason="torch's intra-op threads are not libgomp's here")
+@pytest.mark.skipif(not _parallel.team_available(), reason="torch's intra-op threads are not libgomp's here")
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 40), threads=st.integers(2, 5), seed=st.integers(0, 2**31 - 1))
 def test_the_team_writes_every_row_once(rows, threads, seed):
@@ -74,7 +74,7 @@ def test_the_team_writes_every_row_once(rows, threads, seed):
     x = torch.randn(rows, N, generator=torch.Generator().manual_seed(seed))
     x[rows // 2, 0] = float("nan")  # one bad row: counted once, whichever thread has it
     kernel = _numba._kernel(np.dtype(np.float32), "rms")
-    task = lambda out: _threads.RowTask(x.numpy(), out, np.ones(N, np.float32), np.zeros(0, np.float32),  # noqa: E731
+    task = lambda out: _parallel.RowTask(x.numpy(), out, np.ones(N, np.float32), np.zeros(0, np.float32),  # noqa: E731
                                         N, 1e-5, 2.0**-103)
     want = np.full((rows, N), np.nan, np.float32)
     assert kernel.jitted(*task(want), 0, rows) == 1
@@ -82,7 +82,7 @@ def test_the_team_writes_every_row_once(rows, threads, seed):
     try:
         torch.set_num_threads(threads)
         got = np.full((rows, N), np.nan, np.float32)
-        assert _threads._team().run(_threads._team_body(kernel, np.dtype(np.float32)), *task(got), min(threads, rows)) == 1
+        assert _parallel._team().run(_parallel._team_body(kernel, np.dtype(np.float32)), *task(got), min(threads, rows)) == 1
     finally:
         torch.set_num_threads(prev)
     assert np.array_equal(got, want, equal_nan=True)
@@ -93,11 +93,11 @@ def test_concurrent_callers_and_a_changing_thread_count(monkeypatch, runner):
     """Four Python threads calling at once (each splitting its rows over 2 threads), then 3 and 1
     intra-op threads (the pool rebuilt): the same bits as one caller with one thread."""
     if runner == "pool":
-        monkeypatch.setattr(_threads, "team_available", lambda: False)
-    elif not _threads.team_available():
+        monkeypatch.setattr(_parallel, "team_available", lambda: False)
+    elif not _parallel.team_available():
         pytest.skip("torch's intra-op threads are not libgomp's here")
-    monkeypatch.setattr(_threads, "MIN_ELEMS_PER_THREAD", 1)
-    monkeypatch.setattr(_threads, "CHUNK_ELEMS", 5 * N)
+    monkeypatch.setattr(_parallel, "MIN_ELEMS_PER_THREAD", 1)
+    monkeypatch.setattr(_parallel, "CHUNK_ELEMS", 5 * N)
     mods = _modules()
     xs = [torch.randn(97, N, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     prev = torch.get_num_threads()
@@ -124,9 +124,9 @@ def test_concurrent_callers_and_a_changing_thread_count(monkeypatch, runner):
 
 def _child(q):
     torch.set_num_threads(2)
-    _threads.MIN_ELEMS_PER_THREAD, _threads.CHUNK_ELEMS = 1, 3 * N
+    _parallel.MIN_ELEMS_PER_THREAD, _parallel.CHUNK_ELEMS = 1, 3 * N
     with torch.no_grad():
-        q.put((_threads.team_available(), [m(_fork_input()).numpy() for m in _modules()]))
+        q.put((_parallel.team_available(), [m(_fork_input()).numpy() for m in _modules()]))
 
 
 def _fork_input():
@@ -137,7 +137,7 @@ def _fork_input():
 def test_a_forked_child_runs_on_the_pool(monkeypatch):
     """A child forked after the parent ran on torch's team (whose workers it does not inherit) runs
     on a pool of its own, to the parent's bits."""
-    monkeypatch.setattr(_threads, "MIN_ELEMS_PER_THREAD", 1)
+    monkeypatch.setattr(_parallel, "MIN_ELEMS_PER_THREAD", 1)
     prev = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -163,16 +163,16 @@ def test_a_forked_child_runs_on_the_pool(monkeypatch):
 
 _CACHE_RUN = textwrap.dedent("""
     import torch
-    from normscope.nn import _numba, _threads
+    from normscope.nn import _numba, _parallel
     torch.set_num_threads(2)
-    _threads.MIN_ELEMS_PER_THREAD = 1
+    _parallel.MIN_ELEMS_PER_THREAD = 1
     x = torch.randn(64, 64)
     _numba.rms_norm(x, None, None, 1e-5), _numba.group_layer_norm(x, None, None, 8, 1e-5)
-    print(_threads.team_available(), _threads._team().body.cache_info().currsize)
+    print(_parallel.team_available(), _parallel._team().body.cache_info().currsize)
 """)
 
 
-@pytest.mark.skipif(not _threads.team_available(), reason="torch's intra-op threads are not libgomp's here")
+@pytest.mark.skipif(not _parallel.team_available(), reason="torch's intra-op threads are not libgomp's here")
 def test_the_team_cfunc_cache_is_reused_not_grown(tmp_path):
     """numba keys a closure's cache entry on its pickled closure variables: the team's cfunc closes
     over the kernel's Python source, not a dispatcher (which pickles with a per-process id), so a
@@ -189,19 +189,19 @@ def test_the_team_cfunc_cache_is_reused_not_grown(tmp_path):
 
 def test_without_the_team_the_pool_runs(monkeypatch):
     """No libgomp of torch's (or a numba that cannot build the cfunc): the pool, the same bits."""
-    monkeypatch.setattr(_threads, "MIN_ELEMS_PER_THREAD", 1)
+    monkeypatch.setattr(_parallel, "MIN_ELEMS_PER_THREAD", 1)
     x = torch.randn(33, N)
     prev = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         with torch.no_grad():
             want = [m(x) for m in _modules()]
-            monkeypatch.setattr(_threads, "_team", lambda: None)  # _team.py did not import
-            assert not _threads.team_available()
+            monkeypatch.setattr(_parallel, "_team", lambda: None)  # _team.py did not import
+            assert not _parallel.team_available()
             assert all(torch.equal(m(x), w) for m, w in zip(_modules(), want))
             monkeypatch.undo()
-            monkeypatch.setattr(_threads, "MIN_ELEMS_PER_THREAD", 1)
-            monkeypatch.setattr(_threads, "_team_body", lambda *a: None)  # the cfunc failed to build
+            monkeypatch.setattr(_parallel, "MIN_ELEMS_PER_THREAD", 1)
+            monkeypatch.setattr(_parallel, "_team_body", lambda *a: None)  # the cfunc failed to build
             assert all(torch.equal(m(x), w) for m, w in zip(_modules(), want))
     finally:
         torch.set_num_threads(prev)
@@ -212,7 +212,7 @@ def test_the_team_needs_torchs_libgomp(monkeypatch):
     torch's, is loaded; with torch's among several, torch's is taken."""
     import threadpoolctl
 
-    if not _threads.team_available():
+    if not _parallel.team_available():
         pytest.skip("torch's intra-op threads are not libgomp's here")
     from normscope.nn import _team
 
