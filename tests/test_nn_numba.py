@@ -212,6 +212,31 @@ def test_rms_numba_property(dtype, d, rows, exponent, eps, affine, seed):
         assert torch.equal(z, out)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rms_blocks_do_not_change_a_bit(monkeypatch, dtype):
+    """The RMSNorm kernel takes rows in blocks (all 1/√m first, then the outputs): blocks of 3 rows
+    give the default kernel's bits on 13 rows (every block boundary and a ragged last block), with
+    and without a shift, and the same count of bad rows."""
+    import numba
+    import numpy as np
+
+    x = _input(dtype, 1.0, mixed=True, rows=13)
+    x[5, 3] = float("nan")
+    xn, nd = x.numpy(), x.numpy().dtype
+    jit = numba.njit(fastmath=_numba._FASTMATH, boundscheck=False, error_model="numpy")
+    default = jit(_numba._rms_rows(nd.type))  # one block of 4096 rows of 64
+    monkeypatch.setattr(_numba, "RMS_BLOCK_ELEMS", 3 * N)
+    small = jit(_numba._rms_rows(nd.type))
+    w = np.linspace(0.5, 1.5, N).astype(nd)
+    fi = torch.finfo(dtype)
+    for b in (np.zeros(0, nd), np.linspace(-1, 1, N).astype(nd)):
+        outs = [np.empty_like(xn), np.empty_like(xn)]
+        args = (w, b, N, 1e-5, fi.tiny / fi.eps, 0, 13)
+        bads = [small(xn, outs[0], *args), default(xn, outs[1], *args)]
+        assert bads[0] == bads[1] == 2  # the huge row (mean(x²) overflows) and the NaN row; ε keeps the tiny one
+        assert np.array_equal(outs[0], outs[1], equal_nan=True)
+
+
 def test_the_rms_bound_rejects_a_missing_eps():
     """Negative control: x/√mean(x²) (ε dropped) misses the bound by more than 10× on rows where
     ε = 0.5 matters, which the kernel meets."""
@@ -350,15 +375,16 @@ def test_a_read_only_cache_folder_compiles_without_caching(monkeypatch, n):
     assert torch.equal(torch.from_numpy(z), want)
 
 
-def test_small_groups_have_their_own_kernel():
-    """Group sizes 2 and 4 run the kernel with n a constant (vectorised over groups); others the
-    general one. Both are checked against the oracle above (groups of 2 and 4 there and in the
+def test_small_groups_have_their_own_kernel(monkeypatch):
+    """Group sizes 2 and 4 run the kernel with n a constant (vectorised over groups); others share
+    the general one. Both are checked against the oracle above (groups of 2 and 4 there and in the
     property test)."""
-    import numpy as np
-
-    names = {n: _numba._kernel(np.dtype(np.float32), "lng", n).source.__qualname__ for n in (2, 3, 4, 8)}
-    assert names[2].startswith("_lng_rows_n") and names[4].startswith("_lng_rows_n")
-    assert names[3].startswith("_lng_rows.") and names[8].startswith("_lng_rows.")
+    used, real = [], _numba._kernel
+    monkeypatch.setattr(_numba, "_kernel", lambda *a: used.append(real(*a).source.__qualname__) or real(*a))
+    for n in (2, 3, 4, 8, 16):
+        _numba.group_layer_norm(torch.randn(3, 48), None, None, n, 1e-5)
+    assert [q.split(".")[0] for q in used] == ["_lng_rows_n", "_lng_rows", "_lng_rows_n", "_lng_rows", "_lng_rows"]
+    assert real.cache_info().currsize <= 2 * 4  # (float32, float64) x (LN-G n=2, n=4, general; rms): not one per n
 
 
 def test_numba_applies_only_where_it_may():

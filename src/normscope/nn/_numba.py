@@ -44,6 +44,7 @@ _FASTMATH = {"reassoc", "contract"}
 
 
 SMALL_GROUPS = (2, 4)  # group sizes with a kernel of their own (see _lng_rows_n)
+RMS_BLOCK_ELEMS = 1 << 18  # RMSNorm's rows per block (see _rms_rows): 1 MiB of float32, in one core's L2
 
 
 @functools.cache
@@ -62,7 +63,7 @@ def _import_numba():
 @functools.cache
 def _kernel(dtype: np.dtype, kind: str, n: int = 0):
     """The compiled ``kind`` ("lng" or "rms") row kernel for ``dtype`` (LN-G: its own for a group
-    size ``n`` in ``SMALL_GROUPS``)."""
+    size ``n`` in ``SMALL_GROUPS``, the general one for ``n = 0``)."""
     numba = _import_numba()
     if kind == "rms":
         fn = _rms_rows(dtype.type)
@@ -133,25 +134,36 @@ def _lng_rows_n(ft, N):
 
 
 def _rms_rows(ft):
-    """RMSNorm per row; ``b`` empty for no shift (one load and add per element less)."""
+    """RMSNorm per row, in blocks of ``RMS_BLOCK_ELEMS``: every row's 1/√m first, then the outputs
+    (the block read from L2 again). Row by row measured 1.5–2 ms slower per 64 MB: the page faults
+    of the fresh output, one per 4 KiB written, evict the row from L1 between its two loops.
+    ``b`` empty for no shift (one load and add per element less)."""
+    block_elems = RMS_BLOCK_ELEMS
+
     def rms_rows(x, out, w, b, n, eps, m_min, lo, hi):  # pragma: no cover - compiled; n is the width
         d = x.shape[1]
         nf, e, m_lo, m_hi = ft(d), ft(eps), ft(m_min), ft(np.finfo(ft).max)
+        step = max(1, block_elems // max(d, 1))
+        r = np.empty(step, dtype=ft)
         bad = 0
-        for i in range(lo, hi):
-            xi, oi = x[i], out[i]
-            q = ft(0.0)
-            for j in range(d):
-                q += xi[j] * xi[j]
-            m = q / nf + e
-            bad += not (m_lo <= m <= m_hi)
-            r = ft(1.0) / np.sqrt(m)
-            if b.shape[0]:
+        for a in range(lo, hi, step):
+            z = min(a + step, hi)
+            for i in range(a, z):
+                xi = x[i]
+                q = ft(0.0)
                 for j in range(d):
-                    oi[j] = xi[j] * r * w[j] + b[j]
-            else:
-                for j in range(d):
-                    oi[j] = xi[j] * r * w[j]
+                    q += xi[j] * xi[j]
+                m = q / nf + e
+                bad += not (m_lo <= m <= m_hi)
+                r[i - a] = ft(1.0) / np.sqrt(m)
+            for i in range(a, z):
+                xi, oi, ri = x[i], out[i], r[i - a]
+                if b.shape[0]:
+                    for j in range(d):
+                        oi[j] = xi[j] * ri * w[j] + b[j]
+                else:
+                    for j in range(d):
+                        oi[j] = xi[j] * ri * w[j]
         return bad
     return rms_rows
 
@@ -172,14 +184,18 @@ def _check(name: str, x2: torch.Tensor, n: int, params: dict[str, torch.Tensor |
                              f"got {tuple(p.shape)} {p.dtype} (cast or copy it to the input's dtype)")
 
 
-def _run(kernel, x2: torch.Tensor, weight: torch.Tensor | None, bias: np.ndarray, n: int,
+def _run(kind: str, x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, n: int,
          eps: float) -> tuple[torch.Tensor, int]:
+    """``kind``'s kernel over the rows of ``x2``: (z, count of unreliable statistics). No bias is
+    an empty array for RMSNorm (its kernel skips the add), zeros for LN-G."""
     x2 = x2.detach()
-    out = torch.empty_like(x2)
+    xn, out = x2.numpy(), torch.empty_like(x2)
+    d = x2.shape[1]
+    w = weight.detach().numpy() if weight is not None else np.ones(d, dtype=xn.dtype)
+    b = bias.detach().numpy() if bias is not None else np.zeros(d if kind == "lng" else 0, dtype=xn.dtype)
     fi = torch.finfo(x2.dtype)
-    xn = x2.numpy()
-    w = weight.detach().numpy() if weight is not None else np.ones(x2.shape[1], dtype=xn.dtype)
-    return out, run_rows(kernel, RowTask(xn, out.numpy(), w, bias, n, float(eps), fi.tiny / fi.eps))
+    task = RowTask(xn, out.numpy(), w, b, n, float(eps), fi.tiny / fi.eps)
+    return out, run_rows(_kernel(xn.dtype, kind, n if kind == "lng" and n in SMALL_GROUPS else 0), task)
 
 
 def group_layer_norm(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, n: int,
@@ -195,9 +211,7 @@ def group_layer_norm(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     every group's m cost another half of z's traffic at group size 2).
     """
     _check("group_layer_norm", x2, n, {"weight": weight, "bias": bias})
-    dt = x2.detach().numpy().dtype
-    b = bias.detach().numpy() if bias is not None else np.zeros(x2.shape[1], dtype=dt)
-    return _run(_kernel(dt, "lng", n), x2, weight, b, n, eps)
+    return _run("lng", x2, weight, bias, n, eps)
 
 
 def rms_norm(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -210,10 +224,8 @@ def rms_norm(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor |
     **Returns:** ``(z, bad)``: z (rows, C), and the number of rows whose mean(x²) + ε is NaN,
     infinite or below tiny/eps of the dtype, whose outputs the caller must recompute.
     """
-    _check("rms_norm", x2, x2.shape[-1] if x2.dim() == 2 and x2.shape[-1] else 1, {"weight": weight, "bias": bias})
-    dt = x2.detach().numpy().dtype
-    b = bias.detach().numpy() if bias is not None else np.zeros(0, dtype=dt)
-    return _run(_kernel(dt, "rms"), x2, weight, b, x2.shape[1], eps)
+    _check("rms_norm", x2, 1, {"weight": weight, "bias": bias})
+    return _run("rms", x2, weight, bias, x2.shape[1], eps)
 
 
 def applies(x: torch.Tensor, *params: torch.Tensor | None) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -49,17 +50,36 @@ class RowTask(NamedTuple):
     m_min: float  # the smallest reliable mean square (tiny/eps of the dtype)
 
 
-# ---------------------------------------------------------------------------------------------
-# torch's OpenMP team
+class RowKernel(NamedTuple):
+    """A row kernel ``(x, out, w, b, n, eps, m_min, lo, hi) -> bad``: its Python ``source`` (for
+    torch's team) and its numba ``njit`` build (``jitted``), with the ``fastmath`` flags of both."""
 
-_FORKED = {"child": False}
+    source: Callable
+    jitted: Callable
+    fastmath: frozenset
 
 
-def _after_fork_in_child() -> None:
-    global _POOL_LOCK
-    _FORKED["child"] = True
-    _POOL_LOCK = threading.Lock()
-    _POOL.update(size=0, pool=None)
+def run_rows(kernel: RowKernel, task: RowTask) -> int:
+    """``kernel`` over all rows of ``task.x``, shared out over torch's intra-op thread count (torch's
+    OpenMP team where :func:`team_available`, else the pool).
+
+    **Arguments:** ``kernel``; ``task`` (its arguments).
+
+    **Returns:** the summed count of unreliable statistics the calls report.
+    """
+    rows, width = task.x.shape
+    parts = max(1, min(torch.get_num_threads(), rows, rows * width // MIN_ELEMS_PER_THREAD))
+    if parts == 1:
+        return int(kernel.jitted(*task, 0, rows))
+    body = _team_body(kernel, task.x.dtype) if team_available() else None
+    if body is not None:
+        return _team().run(body, *task, parts)
+    return _run_pool(kernel.jitted, task, parts)
+
+
+def team_available() -> bool:
+    """Whether :func:`run_rows` runs on torch's OpenMP team in this process."""
+    return not _FORKED["child"] and _team() is not None
 
 
 @functools.cache
@@ -73,12 +93,33 @@ def _team():
         return None
 
 
+@functools.cache
+def _team_body(kernel: RowKernel, dtype: np.dtype) -> int | None:
+    """The team's ``cfunc`` for ``kernel`` and ``dtype``, or None (warned once) where numba cannot build it."""
+    try:
+        return _team().body(kernel.source, dtype, kernel.fastmath)
+    except Exception as err:  # noqa: BLE001 - a numba that cannot build it: the pool runs the kernel
+        warnings.warn(f"normscope's fused norm kernels cannot run on torch's OpenMP threads here "
+                      f"({type(err).__name__}: {str(err)[:80]}); they use a thread pool (slower right after a torch op)")
+        return None
+
+
+_FORKED = {"child": False}
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: libgomp's workers and the pool's threads did not come along."""
+    global _POOL_LOCK
+    _FORKED["child"] = True
+    _POOL_LOCK = threading.Lock()
+    _POOL.update(size=0, pool=None)
+
+
 # ---------------------------------------------------------------------------------------------
-# the pool
+# the pool: elsewhere
 
 _POOL: dict[str, object] = {"size": 0, "pool": None}
 _POOL_LOCK = threading.Lock()
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
@@ -135,47 +176,6 @@ def _run_pool(kernel, task: RowTask, parts: int) -> int:
     return total + sum(f.result() for f in futures)
 
 
-# ---------------------------------------------------------------------------------------------
-
-
-class RowKernel(NamedTuple):
-    """A row kernel ``(x, out, w, b, n, eps, m_min, lo, hi) -> bad``: its Python ``source`` (for
-    torch's team) and its numba ``njit`` build (``jitted``), with the ``fastmath`` flags of both."""
-
-    source: Callable
-    jitted: Callable
-    fastmath: frozenset
-
-
-def team_available() -> bool:
-    """Whether :func:`run_rows` runs on torch's OpenMP team in this process."""
-    return not _FORKED["child"] and _team() is not None
-
-
-@functools.cache
-def _team_body(kernel: RowKernel, dtype: np.dtype) -> int | None:
-    try:
-        return _team().body(kernel.source, dtype, kernel.fastmath)
-    except Exception:  # noqa: BLE001 - a numba that cannot build the cfunc: the pool runs the kernel
-        return None
-
-
-def run_rows(kernel: RowKernel, task: RowTask) -> int:
-    """``kernel`` over all rows of ``task.x``, shared out over torch's intra-op thread count (torch's
-    OpenMP team where :func:`team_available`, else the pool).
-
-    **Arguments:** ``kernel``; ``task`` (its arguments).
-
-    **Returns:** the summed count of unreliable statistics the calls report.
-    """
-    rows, width = task.x.shape
-    parts = max(1, min(torch.get_num_threads(), rows, rows * width // MIN_ELEMS_PER_THREAD))
-    if parts == 1:
-        return int(kernel.jitted(*task, 0, rows))
-    body = _team_body(kernel, task.x.dtype) if team_available() else None
-    if body is not None:
-        return _team().run(body, *task, parts)
-    return _run_pool(kernel.jitted, task, parts)
-
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = ["RowKernel", "RowTask", "run_rows", "team_available", "MIN_ELEMS_PER_THREAD", "CHUNK_ELEMS"]
