@@ -237,6 +237,24 @@ def test_rms_blocks_do_not_change_a_bit(monkeypatch, dtype):
         assert np.array_equal(outs[0], outs[1], equal_nan=True)
 
 
+@settings(max_examples=50, deadline=None)
+@given(shift=st.integers(0, 2047), size=st.integers(0, 3000), dtype=st.sampled_from(["float32", "float64"]))
+def test_parameters_are_placed_away_from_4k_aliasing(shift, size, dtype):
+    """_placed returns p's values at an address at most half a span above out's modulo 4 KiB (p
+    itself where it already is, a copy elsewhere): loads of p never alias the output's recent stores."""
+    import numpy as np
+
+    out = np.empty(4096, dtype=np.float32)
+    pool = np.arange(size + 1024, dtype=dtype)
+    k = shift // pool.itemsize
+    p = pool[k:k + size]
+    q = _numba._placed(p, out)
+    assert np.array_equal(q, p) and q.dtype == p.dtype
+    if size:
+        assert (q.ctypes.data - out.ctypes.data) % _numba.ALIAS_SPAN < _numba.ALIAS_SPAN // 2
+        assert (q is p) == ((p.ctypes.data - out.ctypes.data) % _numba.ALIAS_SPAN < _numba.ALIAS_SPAN // 2)
+
+
 def test_the_rms_bound_rejects_a_missing_eps():
     """Negative control: x/√mean(x²) (ε dropped) misses the bound by more than 10× on rows where
     ε = 0.5 matters, which the kernel meets."""
@@ -429,6 +447,24 @@ def test_rms_auto_measures_numba_where_it_applies(monkeypatch):
     assert seen == [["eager", "numba"]]
     keys = rms_mod.auto_choices()
     assert sorted(k[-1] for k in keys) == [False, True] and set(keys.values()) <= {"eager", "numba"}
+
+
+@pytest.mark.parametrize("make", [lambda: _rms(torch.float32, "weight", backend="auto"),
+                                  lambda: _lng(torch.float32, 8, "both", backend="auto")])
+def test_auto_measuring_is_invisible_to_hooks(monkeypatch, make):
+    """The first call of a bucket times every candidate; forward hooks (a probe's, a user's) still
+    see one call with one output, the returned one."""
+    monkeypatch.setattr(_autotune, "_CHOICES", {})
+    m = make()
+    seen = []
+    m.register_forward_pre_hook(lambda mod, args: seen.append("pre"))
+    m.register_forward_hook(lambda mod, args, out: seen.append(out))
+    measured = []
+    real = _autotune.measure
+    monkeypatch.setattr(_autotune, "measure", lambda *a: measured.append(1) or real(*a))
+    with torch.no_grad():
+        out = m(torch.randn(300, N))
+    assert measured == [1] and len(seen) == 2 and seen[0] == "pre" and seen[1] is out
 
 
 def test_without_numba_a_warning_and_the_torch_kernels(monkeypatch):
