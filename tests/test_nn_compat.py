@@ -346,3 +346,57 @@ def test_group_layernorm_blocked_path(dtype, scale, affine, monkeypatch):
     assert (out.double() - ref).abs().max().item() <= tol * math.sqrt(N // 8)
     assert (out.double() - tr.double()).abs().max().item() <= 2 * tol * math.sqrt(N // 8)
     assert (two.double() - ref).abs().max().item() <= tol * math.sqrt(N // 8)
+
+
+# ---------- torch.export ----------
+
+def _export_cases():
+    """(name, module, float64 oracle of x) for every module and path that exports."""
+    def lng_oracle(m):
+        def f(x):
+            xg = x.double().unflatten(-1, (8, N // 8))
+            z = torch.stack([_oracle("layernorm", xg[..., k, :], None, None, 1e-5) for k in range(8)], -2).flatten(-2)
+            return z * m.weight.double() + m.bias.double()
+        return f
+
+    cases = [(k, _module(k, torch.float32, 1e-5)) for k in ("layernorm", "rmsnorm", "layernorm_noproj")]
+    out = [(k, m, (lambda m, k: lambda x: _oracle("layernorm" if k == "layernorm" else "rmsnorm", x,
+                                                   m.weight.double(), m.bias.double(), 1e-5))(m, k)) for k, m in cases]
+    for backend in ("auto", "numba", "eager"):
+        rms = _module("rmsnorm", torch.float32, 1e-5)
+        rms.backend = backend
+        out.append((f"rmsnorm-{backend}", rms, out[1][2]))
+        lng = nsn.GroupLayerNorm(N, 8, backend=backend)
+        with torch.no_grad():
+            lng.weight.uniform_(0.5, 1.5)
+            lng.bias.normal_()
+        out.append((f"lng-{backend}", lng, lng_oracle(lng)))
+    return out
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_modules_export_and_stay_exact_at_every_scale(case):
+    """torch.export (dynamic batch and sequence) captures the exactly rescaled path: the exported
+    program meets the float64 oracle's bound at scales where the fused kernels' statistics over-
+    or underflow, on shapes other than the traced one."""
+    from torch.export import Dim
+
+    name, m, oracle = _export_cases()[case]
+    ep = torch.export.export(m, (torch.randn(5, 7, N),), dynamic_shapes=({0: Dim("b"), 1: Dim("t")},))
+    for scale in ("huge", "tiny", "one", "mixed"):
+        x = _input(torch.float32, _magnitudes(torch.float32)["one" if scale == "mixed" else scale],
+                   mixed=scale == "mixed", rows=6).reshape(3, 2, N)
+        out, ref = ep.module()(x), oracle(x)
+        bias = m.bias.double() if m.bias is not None else None
+        assert out.shape == x.shape and torch.isfinite(out).all(), name
+        assert (out.double() - ref).abs().max().item() <= _tol(torch.float32, N, ref, bias=bias), (name, scale)
+
+
+def test_export_fails_without_the_exact_path(monkeypatch):
+    """Negative control: with the fused kernel and its data-dependent reliability check traced
+    instead, torch.export cannot capture LayerNorm (what the test above guards against)."""
+    from normscope.nn import layer_norm
+
+    monkeypatch.setattr(layer_norm, "exporting", lambda: False)
+    with pytest.raises(Exception, match="data-dependent"):
+        torch.export.export(_module("layernorm", torch.float32, 1e-5), (torch.randn(5, N),))

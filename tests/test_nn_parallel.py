@@ -220,19 +220,24 @@ def test_without_the_team_the_pool_runs(monkeypatch):
 
 def test_the_team_needs_torchs_libgomp(monkeypatch):
     """Importing ``_team`` fails (so the pool runs) where no libgomp, or several and none of them
-    torch's, is loaded; with torch's among several, torch's is taken."""
+    torch's, is loaded; among several (scikit-learn and scipy bring their own), torch's is taken,
+    not one merely elsewhere in the same site-packages."""
     import threadpoolctl
 
     if not _parallel.team_available():
         pytest.skip("torch's intra-op threads are not libgomp's here")
     from normscope.nn import _team
 
-    real = [i for i in threadpoolctl.threadpool_info() if i.get("prefix") == "libgomp"]
-    other = {"prefix": "libgomp", "filepath": "/elsewhere/libgomp.so.1"}
-    for info, ok in [([], False), ([other, {**other, "filepath": "/else/libgomp.so.1"}], False), (real + [other], True)]:
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    torchs = [i for i in threadpoolctl.threadpool_info()
+              if i.get("prefix") == "libgomp" and os.path.realpath(i["filepath"]).startswith(os.path.realpath(os.path.dirname(torch.__file__)))]
+    assert len(torchs) == 1  # the one torch's wheel ships and libtorch_cpu loads
+    others = [{"prefix": "libgomp", "filepath": os.path.join(site, "scikit_learn.libs", "libgomp-1.so.1")},
+              {"prefix": "libgomp", "filepath": "/usr/lib/libgomp.so.1"}]
+    for info, ok in [([], False), (others, False), (others[:1] + torchs + others[1:], True), (torchs, True)]:
         monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda info=info: info)
         if ok:
-            assert _team._find_libgomp()._name == real[0]["filepath"]
+            assert _team._find_libgomp()._name == torchs[0]["filepath"]
         else:
             with pytest.raises(ImportError, match="not libgomp's"):
                 _team._find_libgomp()

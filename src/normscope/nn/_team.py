@@ -34,9 +34,9 @@ def _find_libgomp() -> ctypes.CDLL:
     """torch's GNU OpenMP runtime, already loaded (the same handle)."""
     from threadpoolctl import threadpool_info
 
-    torch_dir = os.path.realpath(os.path.dirname(os.path.dirname(torch.__file__)))
+    torch_dir = os.path.realpath(os.path.dirname(torch.__file__))  # .../torch (its lib/), or .../torch.libs
     libs = [i for i in threadpool_info() if i.get("prefix") == "libgomp"]
-    mine = [i for i in libs if os.path.realpath(i["filepath"]).startswith(torch_dir)]
+    mine = [i for i in libs if os.path.realpath(i["filepath"]).startswith((torch_dir + os.sep, torch_dir + ".libs" + os.sep))]
     pick = mine or (libs if len(libs) == 1 else [])
     if len(pick) != 1:
         raise ImportError(f"torch's intra-op threads are not libgomp's here ({len(libs)} libgomp loaded)")

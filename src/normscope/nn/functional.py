@@ -154,6 +154,15 @@ def rows_dynamic(x: torch.Tensor) -> torch.Tensor:
     return x2
 
 
+def exporting() -> bool:
+    """Whether ``torch.export`` (or an exporter built on it, such as ``torch.onnx.export(dynamo=True)``)
+    is tracing. The norm modules then run their exactly rescaled step-by-step path
+    (:func:`decompose`): a fused kernel is followed by :func:`stats_reliable`, a Python branch on
+    the data, which an exported graph cannot hold. The exported graph is a few more operations
+    than one fused kernel and exact at every scale."""
+    return torch.compiler.is_exporting()
+
+
 def stats_reliable(mean_square_plus_eps: torch.Tensor | None = None, *, rstd: torch.Tensor | None = None) -> bool:
     """Whether a fused kernel's per-row statistics can be trusted: every mean(p²) + ε (or
     1/rstd²) finite and at least tiny/eps of its dtype (2^-103 in float32), below which its

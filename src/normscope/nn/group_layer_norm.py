@@ -8,7 +8,7 @@ from torch import nn
 from normscope.nn import _autotune, _numba
 from normscope.nn._checks import check_eps, check_input, resolve_affine
 from normscope.nn.functional import (
-    NormTrace, affine_, block_elems, blocks_apply, decompose, rows_dynamic, stats_reliable,
+    NormTrace, affine_, block_elems, blocks_apply, decompose, exporting, rows_dynamic, stats_reliable,
 )
 
 BACKENDS = ("auto", "eager", "numba", "compile")
@@ -132,6 +132,8 @@ class GroupLayerNorm(nn.Module):
         return x.unflatten(-1, (self.num_groups, self.group_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if exporting():  # no data-dependent branch in an exported graph (functional.exporting)
+            return self.trace(x).output
         backend = self.backend
         fused = backend in ("auto", "numba") and _numba.applies(x, self.weight, self.bias)
         if backend == "auto":  # numba's applicability (grad mode, dtype, ...) is part of the bucket

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from normscope.nn._checks import Shape, as_shape, check_eps, check_input, resolve_affine
-from normscope.nn.functional import RADII, NormTrace, decompose, radius_factor, rms_norm, stats_reliable
+from normscope.nn.functional import RADII, NormTrace, decompose, exporting, radius_factor, rms_norm, stats_reliable
 
 
 class LayerNorm(nn.Module):
@@ -95,9 +95,10 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The fused path where one covers the configuration; rows whose statistics overflow or
         underflow in the fused kernel (|x| ≳ 1e19 or ≲ 1e-19 in float32) fall back to
-        :meth:`trace`'s exactly rescaled path, so forward and trace agree at every scale."""
+        :meth:`trace`'s exactly rescaled path, so forward and trace agree at every scale. Under
+        ``torch.export`` that path is the one exported (``functional.exporting``)."""
         check_input(x, self.normalized_shape, type(self).__name__)
-        if self.eq5 or not self.scale:
+        if self.eq5 or not self.scale or exporting():
             return self._decompose(x).output
         # The radius factor r folds into the gain: g ⊙ (r x̂) + b = (r g) ⊙ x̂ + b.
         r = radius_factor(self.radius, self.dim)

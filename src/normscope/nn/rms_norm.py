@@ -10,7 +10,9 @@ from torch import nn
 
 from normscope.nn import _autotune, _numba
 from normscope.nn._checks import Shape, as_shape, check_eps, check_input, resolve_affine
-from normscope.nn.functional import NormTrace, _affine, decompose, rms_norm, rows_dynamic, safe_normalize, stats_reliable
+from normscope.nn.functional import (
+    NormTrace, _affine, decompose, exporting, rms_norm, rows_dynamic, safe_normalize, stats_reliable,
+)
 
 BACKENDS = ("auto", "eager", "numba", "compile", "torch")
 
@@ -98,6 +100,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.normalized_shape, type(self).__name__)
+        if exporting() and self.backend != "torch":  # no data-dependent branch in an exported graph
+            return self.trace(x).output
         one_dim = len(self.normalized_shape) == 1
         fused = one_dim and self.backend in ("auto", "numba") and _numba.applies(x, self.weight, self.bias)
         backend = self.backend if self.backend != "auto" else self._auto(x, fused)
