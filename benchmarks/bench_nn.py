@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -99,7 +100,8 @@ def main() -> None:
     have_ours_c = rms_mod.compiled_kernel() is not None
     have_numba = dev.type == "cpu" and _numba.available()  # a CPU kernel: elsewhere it would time eager
     bench.record("numba", have_numba)
-    bench.record("numba_on_torch_openmp_team", have_numba and _parallel.team_available())
+    bench.record("numba_on_torch_openmp_team", have_numba and _parallel.team_available()
+                 and _parallel._entry(_numba._kernel(np.dtype("float32"), "rms"), np.dtype("float32")) is not None)
     bench.record("compiler_works", bool(have_c and have_ours_c))
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
 

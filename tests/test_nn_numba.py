@@ -1,13 +1,13 @@
-"""The fused numba kernels (``normscope.nn._numba``) behind ``GroupLayerNorm(backend="numba")`` and
-``RMSNorm(backend="numba")``: against the rescaled float64 oracle at every scale, the same bits
-with one thread, torch's OpenMP team and the pool, non-finite values kept in their group or row,
-and the fallback without numba. (The row runners themselves: ``tests/test_nn_parallel.py``.)
+"""The fused numba LN-G kernel (``normscope.nn._numba``) behind ``GroupLayerNorm(backend="numba")``,
+and what the fused kernels share (where they apply, ``auto``, the fallback without numba): against
+the rescaled float64 oracle at every scale, the same bits on every row-sharing path, non-finite
+values kept in their group. (RMSNorm's kernel: ``tests/test_nn_numba_rms.py``; the row runners:
+``tests/test_nn_parallel.py``.)
 
 Tolerance (``tests/_nn_bounds.py``): tol = (2u + 4·n·u)·max(max|z| + max|b|, 1) for n-wide
-groups (n = N for RMSNorm), plus, for LN-G, (n + 3)·u·max|g|·κ with κ = max over groups of
-max|x|/√(mean(p²) + ε): μ carries up to (n − 1)·u·max|x| of summation error and x − μ is rounded
-relative to |x|, not to |x − μ|, so a group far from its mean loses (n + 3)·u·κ relative to its
-spread (torch's ``layer_norm`` too). RMSNorm has no μ, hence no κ term.
+groups, plus (n + 3)·u·max|g|·κ with κ = max over groups of max|x|/√(mean(p²) + ε): μ carries up
+to (n − 1)·u·max|x| of summation error and x − μ is rounded relative to |x|, not to |x − μ|, so a
+group far from its mean loses (n + 3)·u·κ relative to its spread (torch's ``layer_norm`` too).
 """
 
 from __future__ import annotations
@@ -21,85 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import normscope.nn as nsn
-from _nn_bounds import N, _input, _magnitudes, _oracle, _tol, _u
-from normscope.nn import _autotune, _numba, _parallel
+from _nn_bounds import N, _input, _magnitudes
+from _nn_fused import _every_split, _group_oracle, _lng, _lng_tol, _rms, _same_bits
+from normscope.nn import _autotune, _numba
 
 pytestmark = pytest.mark.numerical
-
-
-def _group_oracle(x, groups, w, b, eps):
-    """float64 LN-G oracle: the rescaled LayerNorm oracle per group, then the affine."""
-    xg = x.double().unflatten(-1, (groups, x.shape[-1] // groups))
-    z = torch.stack([_oracle("layernorm", xg[..., k, :], None, None, eps) for k in range(groups)], -2).flatten(-2)
-    return z * (w.double() if w is not None else 1.0) + (b.double() if b is not None else 0.0)
-
-
-def _kappa(x, groups, eps):
-    """max over groups of max|x|/√(mean(p²)+ε), in float64 on exactly rescaled groups."""
-    xg = x.double().unflatten(-1, (groups, x.shape[-1] // groups))
-    s = xg.abs().amax(-1, keepdim=True).clamp_min(1e-300)
-    y = xg / s
-    ms = (y - y.mean(-1, keepdim=True)).square().mean(-1, keepdim=True) + eps / s.square()
-    return (y.abs().amax(-1, keepdim=True) / ms.sqrt()).max().item()
-
-
-def _lng_tol(x, groups, ref, w, b, eps):
-    u = _u(x.dtype)
-    wmax = w.double().abs().max().item() if w is not None else 1.0
-    n = x.shape[-1] // groups
-    return _tol(x.dtype, n, ref, bias=b.double() if b is not None else None) + (n + 3) * u * wmax * _kappa(x, groups, eps)
-
-
-def _lng(dtype, groups, affine, eps=1e-5, d=N, backend="numba"):
-    m = nsn.GroupLayerNorm(d, groups, eps=eps, elementwise_affine=affine != "none", bias=affine == "both",
-                           dtype=dtype, backend=backend)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        if m.weight is not None:
-            m.weight.copy_(0.5 + torch.rand(d, generator=g, dtype=torch.float64))
-        if m.bias is not None:
-            m.bias.copy_(torch.randn(d, generator=g, dtype=torch.float64))
-    return m
-
-
-def _rms(dtype, affine, eps=1e-5, d=N, backend="numba"):
-    m = nsn.RMSNorm(d, eps=eps, elementwise_affine=affine != "none", bias=affine == "both", dtype=dtype,
-                    backend=backend)
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        if m.weight is not None:
-            m.weight.copy_(0.5 + torch.rand(d, generator=g, dtype=torch.float64))
-        if m.bias is not None:
-            m.bias.copy_(torch.randn(d, generator=g, dtype=torch.float64))
-    return m
-
-
-def _every_split(monkeypatch, fn, entry="group_layer_norm"):
-    """fn() with 1 thread, with 2 threads on torch's OpenMP team, and with 2 threads on the pool in
-    chunks of 3 rows (every row range a thread may get); asserts that the fused kernel ran each
-    time (not a silent eager fallback) and that the team ran where this process has one. Returns
-    the three outputs."""
-    calls, real = [], getattr(_numba, entry)
-    monkeypatch.setattr(_numba, entry, lambda *a, **k: calls.append(1) or real(*a, **k))
-    pooled, real_pool = [], _parallel._run_pool
-    monkeypatch.setattr(_parallel, "_run_pool", lambda *a: pooled.append(1) or real_pool(*a))
-    prev, team = torch.get_num_threads(), _parallel.team_available()
-    outs = []
-    try:
-        torch.set_num_threads(1)
-        outs.append(fn())
-        monkeypatch.setattr(_parallel, "MIN_ELEMS_PER_THREAD", 1)
-        monkeypatch.setattr(_parallel, "CHUNK_ELEMS", 3 * N)
-        torch.set_num_threads(2)
-        outs.append(fn())
-        assert len(pooled) == (0 if team else 1)
-        monkeypatch.setattr(_parallel, "team_available", lambda: False)
-        outs.append(fn())
-        assert len(pooled) == (1 if team else 2)
-    finally:
-        torch.set_num_threads(prev)
-    assert len(calls) == 3
-    return outs
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -111,11 +37,13 @@ def test_lng_numba_matches_the_oracle_at_every_scale_and_split(monkeypatch, dtyp
     x = _input(dtype, _magnitudes(dtype)[scale], rows=13)
     m = _lng(dtype, groups, affine)
     with torch.no_grad():
-        one, *others = _every_split(monkeypatch, lambda: m(x))
-    assert all(torch.equal(one, o) for o in others)  # each row's arithmetic is independent of the split
+        paths = _every_split(monkeypatch, lambda: m(x))
+    _same_bits(paths)  # each row's arithmetic is independent of the split
     ref = _group_oracle(x, groups, m.weight, m.bias, 1e-5)
-    assert one.dtype == dtype and torch.isfinite(one).all()
-    assert (one.double() - ref).abs().max().item() <= _lng_tol(x, groups, ref, m.weight, m.bias, 1e-5)
+    tol = _lng_tol(x, groups, ref, m.weight, m.bias, 1e-5)
+    for z in paths.values():
+        assert z.dtype == dtype and torch.isfinite(z).all()
+        assert (z.double() - ref).abs().max().item() <= tol
 
 
 @settings(max_examples=60, deadline=None)
@@ -159,84 +87,6 @@ def test_lng_numba_property(dtype, n, groups, rows, exponent, shift, eps, seed):
         assert (z.double() - ref)[cols].abs().max().item() <= tol
 
 
-def _rms_oracle(x, m, eps):
-    e = eps if eps is not None else torch.finfo(x.dtype).eps
-    w = m.weight.double() if m.weight is not None else None
-    b = m.bias.double() if m.bias is not None else None
-    return _oracle("rmsnorm", x, w, b, e), (_tol(x.dtype, x.shape[-1], _oracle("rmsnorm", x, w, b, e), bias=b))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("scale", ["huge", "tiny", "one", "1e30", "1e-30", "mixed"])
-@pytest.mark.parametrize("affine", ["both", "weight", "none"])
-@pytest.mark.parametrize("eps", [None, 1e-5])
-def test_rms_numba_matches_the_oracle_at_every_scale_and_split(monkeypatch, dtype, scale, affine, eps):
-    """Rows whose mean(x²) over- or underflows (huge, tiny, one row of each in "mixed") fall back
-    to the exactly rescaled path; the rest are the kernel's bits, the same on every split."""
-    x = _input(dtype, _magnitudes(dtype)["one" if scale == "mixed" else scale], mixed=scale == "mixed", rows=13)
-    m = _rms(dtype, affine, eps)
-    with torch.no_grad():
-        one, *others = _every_split(monkeypatch, lambda: m(x), entry="rms_norm")
-    assert all(torch.equal(one, o) for o in others)
-    ref, tol = _rms_oracle(x, m, eps)
-    assert one.dtype == dtype and torch.isfinite(one).all()
-    assert (one.double() - ref).abs().max().item() <= tol
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    dtype=st.sampled_from([torch.float32, torch.float64]),
-    d=st.sampled_from([1, 2, 3, 5, 16, 63, 64, 100, 257]),
-    rows=st.integers(0, 9),
-    exponent=st.integers(-60, 60),
-    eps=st.sampled_from([None, 0.0, 1e-5, 0.5]),
-    affine=st.sampled_from(["both", "weight", "none"]),
-    seed=st.integers(0, 2**31 - 1),
-)
-def test_rms_numba_property(dtype, d, rows, exponent, eps, affine, seed):
-    """Any width, row count (0 included), scale 2^±60, ε = 0 or the dtype's: the module within
-    the bound of the oracle; where the kernel reports no bad row, the module returned its bits."""
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(rows, d, generator=g, dtype=torch.float64) * 2.0**exponent).to(dtype)
-    m = _rms(dtype, affine, eps=eps, d=d)
-    with torch.no_grad():
-        out = m(x)
-        e = eps if eps is not None else torch.finfo(dtype).eps
-        z, bad = _numba.rms_norm(x, m.weight, m.bias, e)
-    assert out.shape == x.shape and out.dtype == dtype
-    if rows == 0:
-        return
-    ref, tol = _rms_oracle(x, m, eps)
-    assert (out.double() - ref).abs().max().item() <= tol
-    if not bad:
-        assert torch.equal(z, out)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_rms_blocks_do_not_change_a_bit(monkeypatch, dtype):
-    """The RMSNorm kernel takes rows in blocks (all 1/√m first, then the outputs): blocks of 3 rows
-    give the default kernel's bits on 13 rows (every block boundary and a ragged last block), with
-    and without a shift, and the same count of bad rows."""
-    import numba
-    import numpy as np
-
-    x = _input(dtype, 1.0, mixed=True, rows=13)
-    x[5, 3] = float("nan")
-    xn, nd = x.numpy(), x.numpy().dtype
-    jit = numba.njit(fastmath=_numba._FASTMATH, boundscheck=False, error_model="numpy")
-    default = jit(_numba._rms_rows(nd.type))  # one block of 4096 rows of 64
-    monkeypatch.setattr(_numba, "RMS_BLOCK_ELEMS", 3 * N)
-    small = jit(_numba._rms_rows(nd.type))
-    w = np.linspace(0.5, 1.5, N).astype(nd)
-    fi = torch.finfo(dtype)
-    for b in (np.zeros(0, nd), np.linspace(-1, 1, N).astype(nd)):
-        outs = [np.empty_like(xn), np.empty_like(xn)]
-        args = (w, b, N, 1e-5, fi.tiny / fi.eps, 0, 13)
-        bads = [small(xn, outs[0], *args), default(xn, outs[1], *args)]
-        assert bads[0] == bads[1] == 2  # the huge row (mean(x²) overflows) and the NaN row; ε keeps the tiny one
-        assert np.array_equal(outs[0], outs[1], equal_nan=True)
-
-
 @settings(max_examples=50, deadline=None)
 @given(shift=st.integers(0, 2047), size=st.integers(0, 3000), dtype=st.sampled_from(["float32", "float64"]))
 def test_parameters_are_placed_away_from_4k_aliasing(shift, size, dtype):
@@ -253,47 +103,6 @@ def test_parameters_are_placed_away_from_4k_aliasing(shift, size, dtype):
     if size:
         assert (q.ctypes.data - out.ctypes.data) % _numba.ALIAS_SPAN < _numba.ALIAS_SPAN // 2
         assert (q is p) == ((p.ctypes.data - out.ctypes.data) % _numba.ALIAS_SPAN < _numba.ALIAS_SPAN // 2)
-
-
-def test_the_rms_bound_rejects_a_missing_eps():
-    """Negative control: x/√mean(x²) (ε dropped) misses the bound by more than 10× on rows where
-    ε = 0.5 matters, which the kernel meets."""
-    x = torch.randn(16, N) * 0.3
-    m = _rms(torch.float32, "none", eps=0.5)
-    ref, tol = _rms_oracle(x, m, 0.5)
-    with torch.no_grad():
-        assert (m(x).double() - ref).abs().max().item() <= tol
-    no_eps = x * torch.rsqrt(x.square().mean(-1, keepdim=True))
-    assert (no_eps.double() - ref).abs().max().item() > 10 * tol
-
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 3e38])
-def test_the_rms_kernel_keeps_non_finite_values_in_their_row(bad):
-    """NaN, ±Inf or a mean square that overflows: that row is reported (one bad row) and every other
-    row keeps its bits; the module recomputes it exactly (3e38: finite, the oracle's value)."""
-    x = torch.randn(5, N)
-    clean, none = _numba.rms_norm(x, None, None, 1e-5)
-    x[2, 9] = bad
-    z, count = _numba.rms_norm(x, None, None, 1e-5)
-    assert none == 0 and count == 1 and torch.equal(z[[0, 1, 3, 4]], clean[[0, 1, 3, 4]])
-    with torch.no_grad():
-        out = _rms(torch.float32, "none")(x)
-    if bad == 3e38:
-        ref, tol = _rms_oracle(x, _rms(torch.float32, "none"), 1e-5)
-        assert (out.double() - ref).abs().max().item() <= tol
-    else:  # as the eager kernel (and torch): NaN where that row's limit is undefined, other rows finite
-        with torch.no_grad():
-            eager = _rms(torch.float32, "none", backend="eager")(x)
-        assert torch.equal(torch.isnan(out), torch.isnan(eager)) and torch.isnan(out[2]).any()
-        assert torch.isfinite(out[[0, 1, 3, 4]]).all()
-
-
-def test_the_rms_kernel_checks_its_arguments():
-    x = torch.randn(4, N)
-    for args, match in [((x.t(), None, None), "contiguous"), ((x, torch.ones(N // 2), None), "weight must be"),
-                        ((x, None, torch.zeros(N, dtype=torch.float64)), "bias must be")]:
-        with pytest.raises(ValueError, match=match):
-            _numba.rms_norm(*args, 1e-5)
 
 
 def test_the_bound_rejects_the_uncentred_variance():
@@ -355,9 +164,10 @@ def test_leading_dims_and_strided_input(monkeypatch):
     x = base.transpose(1, 2)  # (3, 7, N), not contiguous
     m = _lng(torch.float32, 8, "both")
     with torch.no_grad():
-        one, *others = _every_split(monkeypatch, lambda: m(x))
+        paths = _every_split(monkeypatch, lambda: m(x))
         flat = m(x.contiguous().reshape(21, N)).reshape(3, 7, N)
-    assert all(torch.equal(one, o) for o in [*others, flat]) and one.shape == (3, 7, N)
+    _same_bits(paths)
+    assert torch.equal(paths.get("one", paths["njit_one"]), flat) and flat.shape == (3, 7, N)
 
 
 def test_tracing_records_torch_operations():
@@ -428,25 +238,6 @@ def test_auto_measures_numba_and_never_compiles_unasked(monkeypatch):
         assert m._candidates(x) == ["eager", "numba"]
         m(x)
     assert set(_autotune.choices(nsn.GroupLayerNorm).values()) <= {"eager", "numba"}
-
-
-def test_rms_auto_measures_numba_where_it_applies(monkeypatch):
-    """RMSNorm's "auto": numba is a candidate only where it applies, and that is part of the bucket."""
-    from normscope.nn import rms_norm as rms_mod
-
-    monkeypatch.delenv("NORMSCOPE_COMPILE", raising=False)
-    monkeypatch.setattr(_autotune, "_CHOICES", {})
-    seen = []
-    real = _autotune.measure
-    monkeypatch.setattr(_autotune, "measure", lambda mod, x, c: seen.append(list(c)) or real(mod, x, c))
-    x = torch.randn(300, N)
-    m = _rms(torch.float32, "weight", backend="auto")
-    m(x)  # autograd: eager only, nothing to measure
-    with torch.no_grad():
-        m(x)
-    assert seen == [["eager", "numba"]]
-    keys = rms_mod.auto_choices()
-    assert sorted(k[-1] for k in keys) == [False, True] and set(keys.values()) <= {"eager", "numba"}
 
 
 @pytest.mark.parametrize("make", [lambda: _rms(torch.float32, "weight", backend="auto"),

@@ -67,24 +67,33 @@ def test_chunks_cover_every_row_once(rows, parts, step, order):
 
 @pytest.mark.skipif(not _parallel.team_available(), reason="torch's intra-op threads are not libgomp's here")
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 40), threads=st.integers(2, 5), seed=st.integers(0, 2**31 - 1))
-def test_the_team_writes_every_row_once(rows, threads, seed):
-    """On torch's team (any team size, rows fewer than threads included) each row is the one-thread
-    row: an output pre-filled with NaN shows a row missed, a double count shows one run twice."""
+@given(rows=st.integers(1, 40), threads=st.integers(2, 5), lo=st.integers(0, 40), seed=st.integers(0, 2**31 - 1))
+def test_the_team_writes_every_row_once(rows, threads, lo, seed):
+    """On torch's team (any team size, rows fewer than threads included, any [lo, hi)) each row is
+    the entry's one-thread row, and no row outside [lo, hi) is touched: an output pre-filled with
+    NaN shows a row missed, the count shows one run twice."""
+    lo = min(lo, rows - 1)
     x = torch.randn(rows, N, generator=torch.Generator().manual_seed(seed))
-    x[rows // 2, 0] = float("nan")  # one bad row: counted once, whichever thread has it
-    kernel = _numba._kernel(np.dtype(np.float32), "rms")
+    x[rows - 1, 0] = float("nan")  # one bad row: counted once, whichever thread has it
+    team = _parallel._team()
+    e = team.entry(_numba._kernel(np.dtype(np.float32), "rms"), np.dtype(np.float32))
     task = lambda out: _parallel.RowTask(x.numpy(), out, np.ones(N, np.float32), np.zeros(0, np.float32),  # noqa: E731
                                         N, 1e-5, 2.0**-103)
     want = np.full((rows, N), np.nan, np.float32)
-    assert kernel.jitted(*task(want), 0, rows) == 1
+    assert team.run(e, task(want), lo, rows, 1) == 1
+    assert np.isnan(want[:lo]).all()
     prev = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
         got = np.full((rows, N), np.nan, np.float32)
-        assert _parallel._team().run(_parallel._team_body(kernel, np.dtype(np.float32)), *task(got), min(threads, rows)) == 1
+        sizes = []
+        real = np.full
+        with pytest.MonkeyPatch.context() as m:  # the team size the entry reported
+            m.setattr(np, "full", lambda *a, **k: sizes.append(a[0]) or real(*a, **k))
+            assert team.run(e, task(got), lo, rows, threads) == 1
     finally:
         torch.set_num_threads(prev)
+    assert sizes == [threads]
     assert np.array_equal(got, want, equal_nan=True)
 
 
@@ -93,9 +102,10 @@ def test_concurrent_callers_and_a_changing_thread_count(monkeypatch, runner):
     """Four Python threads calling at once (each splitting its rows over 2 threads), then 3 and 1
     intra-op threads (the pool rebuilt): the same bits as one caller with one thread."""
     if runner == "pool":
-        monkeypatch.setattr(_parallel, "team_available", lambda: False)
+        monkeypatch.setattr(_parallel, "_team", lambda: None)
     elif not _parallel.team_available():
         pytest.skip("torch's intra-op threads are not libgomp's here")
+    ran = _spy_runners(monkeypatch)
     monkeypatch.setattr(_parallel, "MIN_ELEMS_PER_THREAD", 1)
     monkeypatch.setattr(_parallel, "CHUNK_ELEMS", 5 * N)
     mods = _modules()
@@ -120,13 +130,41 @@ def test_concurrent_callers_and_a_changing_thread_count(monkeypatch, runner):
     for w, g, t in zip(want, got, three):
         for k in range(len(mods)):
             assert all(torch.equal(w[k], gi[k]) for gi in g) and torch.equal(w[k], t[k])
+    assert ran["kernels"] == 2 * 4 * (1 + 5 + 1) and ran[runner] > 0 and ran["team" if runner == "pool" else "pool"] == 0
+
+
+def _spy_runners(monkeypatch) -> dict:
+    """Counts of fused-kernel calls and of the runner each took (so no test passes on the eager path)."""
+    ran = {"kernels": 0, "team": 0, "pool": 0}
+
+    def spy(name, obj, attr):
+        real = getattr(obj, attr)
+
+        def call(*a, **k):
+            ran[name] += 1
+            return real(*a, **k)
+        monkeypatch.setattr(obj, attr, call)
+
+    spy("kernels", _parallel, "run_rows")
+    for mod in (_numba,):
+        monkeypatch.setattr(mod, "run_rows", _parallel.run_rows)
+    spy("pool", _parallel, "_run_pool")
+    team = _parallel._team()
+    if team is not None:
+        real_run = team.run
+        monkeypatch.setattr(team, "run", lambda e, task, lo, hi, parts: ran.__setitem__("team", ran["team"] + (parts > 1))
+                            or real_run(e, task, lo, hi, parts))
+    return ran
 
 
 def _child(q):
     torch.set_num_threads(2)
     _parallel.MIN_ELEMS_PER_THREAD, _parallel.CHUNK_ELEMS = 1, 3 * N
+    pooled, real = [], _parallel._run_pool
+    _parallel._run_pool = lambda *a: pooled.append(1) or real(*a)
     with torch.no_grad():
-        q.put((_parallel.team_available(), [m(_fork_input()).numpy() for m in _modules()]))
+        outs = [m(_fork_input()).numpy() for m in _modules()]
+    q.put((_parallel.team_available(), len(pooled), outs))
 
 
 def _fork_input():
@@ -138,6 +176,7 @@ def test_a_forked_child_runs_on_the_pool(monkeypatch):
     """A child forked after the parent ran on torch's team (whose workers it does not inherit) runs
     on a pool of its own, to the parent's bits."""
     monkeypatch.setattr(_parallel, "MIN_ELEMS_PER_THREAD", 1)
+    ran = _spy_runners(monkeypatch)
     prev = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -152,12 +191,13 @@ def test_a_forked_child_runs_on_the_pool(monkeypatch):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads alive: the pool is rebuilt
             p.start()
-        team, got = q.get(timeout=60)
+        team, pooled, got = q.get(timeout=60)
         p.join(60)
     finally:
         if p.is_alive():
             p.kill()
-    assert p.exitcode == 0 and team is False
+    assert p.exitcode == 0 and team is False and pooled == 2
+    assert ran["kernels"] == 2 and ran["team" if _parallel.team_available() else "pool"] == 2
     assert all(torch.equal(torch.from_numpy(g), w) for g, w in zip(got, parent))
 
 
@@ -168,7 +208,7 @@ _CACHE_RUN = textwrap.dedent("""
     _parallel.MIN_ELEMS_PER_THREAD = 1
     x = torch.randn(64, 64)
     _numba.rms_norm(x, None, None, 1e-5), _numba.group_layer_norm(x, None, None, 8, 1e-5)
-    print(_parallel.team_available(), _parallel._team().body.cache_info().currsize)
+    print(_parallel.team_available(), _parallel._team().entry.cache_info().currsize)
 """)
 
 
@@ -188,34 +228,41 @@ def test_the_team_cfunc_cache_is_reused_not_grown(tmp_path):
 
 
 def test_without_the_team_the_pool_runs(monkeypatch):
-    """No libgomp of torch's: the pool, silently (expected on macOS); a numba that cannot build the
-    team's cfunc: one warning, then the pool. The same bits either way."""
+    """No libgomp of torch's: the njit kernel (on the pool), silently (expected on macOS); a numba
+    that cannot build the team's entry: one warning, then the same. The outputs within the
+    oracle's bound of the team's (the njit build is another compile of the same source)."""
     import functools
     import types
 
+    from _nn_fused import _rms_oracle
+
     monkeypatch.setattr(_parallel, "MIN_ELEMS_PER_THREAD", 1)
     x = torch.randn(33, N)
+    ran = _spy_runners(monkeypatch)
     prev = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         with torch.no_grad():
-            want = [m(x) for m in _modules()]
-            with monkeypatch.context() as mp_:
-                mp_.setattr(_parallel, "_team", lambda: None)  # _team.py did not import
+            with monkeypatch.context() as m:
+                m.setattr(_parallel, "_team", lambda: None)  # _team.py did not import
                 assert not _parallel.team_available()
                 with warnings.catch_warnings():
                     warnings.simplefilter("error")
-                    assert all(torch.equal(m(x), w) for m, w in zip(_modules(), want))
+                    quiet = [m_(x) for m_ in _modules()]
 
             def broken(*a):
                 raise TypeError("a numba that cannot build it")
 
-            monkeypatch.setattr(_parallel, "_team", lambda: types.SimpleNamespace(body=broken))
-            monkeypatch.setattr(_parallel, "_team_body", functools.cache(_parallel._team_body.__wrapped__))
+            monkeypatch.setattr(_parallel, "_team", lambda: types.SimpleNamespace(entry=broken))
+            monkeypatch.setattr(_parallel, "_entry", functools.cache(_parallel._entry.__wrapped__))
             with pytest.warns(UserWarning, match=r"cannot run on torch's OpenMP threads here \(TypeError"):
-                assert all(torch.equal(m(x), w) for m, w in zip(_modules(), want))
+                warned = [m_(x) for m_ in _modules()]
     finally:
         torch.set_num_threads(prev)
+    assert ran["pool"] == 4 and ran["team"] == 0 and all(torch.equal(a, b) for a, b in zip(quiet, warned))
+    rms = _modules()[1]
+    ref, tol = _rms_oracle(x, rms, 1e-5)
+    assert (quiet[1].double() - ref).abs().max().item() <= tol
 
 
 def test_the_team_needs_torchs_libgomp(monkeypatch):

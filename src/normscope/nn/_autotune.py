@@ -77,8 +77,8 @@ def bucket(x: torch.Tensor, width: int, *extra: object) -> tuple:
 
 
 def choose(module: nn.Module, x: torch.Tensor, key: tuple, candidates: Callable[[], Sequence[str]]) -> str:
-    """The backend ``module`` runs on ``x`` under ``"auto"``: cached per (class, ``key``), else the
-    only candidate, else the :func:`measure`\\ d fastest. ``candidates`` is called on a cache miss only."""
+    """The backend ``module`` (which defines ``_forward(x, backend)``) runs on ``x`` under ``"auto"``:
+    cached per (class, ``key``), else the only candidate, else the :func:`measure`\\ d fastest. ``candidates`` is called on a cache miss only."""
     cache = _CHOICES.setdefault(type(module), {})
     if key not in cache:
         cands = list(candidates())
@@ -92,21 +92,18 @@ def choices(cls: type) -> dict[tuple, str]:
 
 
 def measure(module: nn.Module, x: torch.Tensor, candidates: list[str]) -> str:
-    """The candidate backend with the lowest median of 3 interleaved timed calls on ``x``."""
+    """The candidate backend with the lowest median of 3 interleaved timed calls on ``x``, each
+    ``module._forward(x, backend)``: no forward hooks run (a probe's or a user's see the one real
+    call), and the module is not touched (so concurrent callers cannot see a half-set backend)."""
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    saved = module.backend
     times: dict[str, list[float]] = {c: [] for c in candidates}
-    try:
-        with torch.no_grad():
-            for rnd in range(4):
-                for c in candidates:
-                    module.backend = c
-                    sync()
-                    t0 = time.perf_counter()
-                    module.forward(x)  # not module(x): a user's hooks see one call, not every timed one
-                    sync()
-                    if rnd:  # round 0 is the warm-up
-                        times[c].append(time.perf_counter() - t0)
-    finally:
-        module.backend = saved
+    with torch.no_grad():
+        for rnd in range(4):
+            for c in candidates:
+                sync()
+                t0 = time.perf_counter()
+                module._forward(x, c)
+                sync()
+                if rnd:  # round 0 is the warm-up
+                    times[c].append(time.perf_counter() - t0)
     return min(candidates, key=lambda c: sorted(times[c])[1])

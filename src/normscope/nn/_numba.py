@@ -4,16 +4,16 @@ memory once, z written once.
 A torch-eager norm is a chain of whole-tensor operations, each a pass over memory (or, blocked as
 in ``functional.block_elems``, over cache); torch's ``F.layer_norm`` is one fused C++ loop per row
 but cannot take a per-group statistic with a per-neuron affine, and torch 2.13's CPU
-``F.rms_norm`` is a chain of operations. These kernels are those loops, the row (or group) in L1
-after its first loop:
+``F.rms_norm`` is a chain of operations. These kernels are those loops:
 
-- **LN-G** (Ni et al., arXiv:2406.01255), per group of n neurons:
-  μ = Σx/n,  m = Σ(x − μ)²/n + ε,  z = (x − μ)·m^(−1/2)·g + b. Three loops: the sum, the centred
-  sum of squares (two-pass, so no Σx² − nμ² cancellation), the output with the affine fused.
-  Groups of 2 and 4 neurons get a kernel with n a constant, whose loop over groups vectorises (at
-  n ≤ 4 the per-group reductions, square root and division dominate).
-- **RMSNorm** (Gupta et al., arXiv:2409.12951), per row of N: m = Σx²/N + ε, z = x·m^(−1/2)·g + b.
-  Two loops.
+- **LN-G** (Ni et al., arXiv:2406.01255), per group of n neurons, the group in L1 after its first
+  loop: μ = Σx/n,  m = Σ(x − μ)²/n + ε,  z = (x − μ)·m^(−1/2)·g + b. Three loops: the sum, the
+  centred sum of squares (two-pass, so no Σx² − nμ² cancellation), the output with the affine
+  fused. Groups of 2 and 4 neurons get a kernel with n a constant, whose loop over groups
+  vectorises (at n ≤ 4 the per-group reductions, square root and division dominate).
+- **RMSNorm** (Gupta et al., arXiv:2409.12951), per row of N: m = Σx²/N + ε, z = x·m^(−1/2)·g + b,
+  in blocks of rows of ~1 MiB: every row's m first, then the block's outputs (the block read again
+  from L2; see :func:`_rms_rows`).
 
 Arithmetic happens in the input's dtype (float32 or float64), like torch's CPU kernels; numba may
 reassociate the sums into vector lanes and fuse multiply-adds (its ``fastmath`` flags ``reassoc``
@@ -22,8 +22,9 @@ or groups whose m over- or underflowed (``functional.stats_reliable``'s rule), a
 recomputes the call with the exactly rescaled path when there are any. Rows are shared out over
 torch's intra-op threads by ``normscope.nn._parallel`` (on torch's own OpenMP team where it can;
 numba's threading layers are not used: its OpenMP layer aborts in a forked child, its work queue
-is not thread-safe, and choosing one is a global setting of the user's numba). Compiled once per
-dtype on first use (~1 s, then kept in numba's on-disk cache).
+is not thread-safe, and choosing one is a global setting of the user's numba). Each kernel is
+compiled once per dtype on first use, and once more as torch's team entry (``_team``); both are
+kept in numba's on-disk cache, so a later process loads them in ~0.3 s.
 
 Where numba is missing or does not import (for instance a numpy newer than it supports),
 :func:`available` is False, a warning says so once, and the modules run their torch kernels.
@@ -60,8 +61,22 @@ def _import_numba():
         return None
 
 
+OPTIONS = (("boundscheck", False), ("error_model", "numpy"), ("fastmath", frozenset(_FASTMATH)), ("nogil", True))
+
+
+def with_cache(build):
+    """``build(cache=True)``, or ``build(cache=False)`` where numba cannot cache (a read-only
+    install has no writable folder for its on-disk cache)."""
+    try:
+        return build(True)
+    except RuntimeError as err:
+        if "cannot cache" not in str(err):
+            raise
+        return build(False)
+
+
 @functools.cache
-def _kernel(dtype: np.dtype, kind: str, n: int = 0):
+def _kernel(dtype: np.dtype, kind: str, n: int = 0) -> RowKernel:
     """The compiled ``kind`` ("lng" or "rms") row kernel for ``dtype`` (LN-G: its own for a group
     size ``n`` in ``SMALL_GROUPS``, the general one for ``n = 0``)."""
     numba = _import_numba()
@@ -69,12 +84,8 @@ def _kernel(dtype: np.dtype, kind: str, n: int = 0):
         fn = _rms_rows(dtype.type)
     else:
         fn = _lng_rows_n(dtype.type, n) if n in SMALL_GROUPS else _lng_rows(dtype.type)
-    opts = {"nogil": True, "fastmath": _FASTMATH, "boundscheck": False, "error_model": "numpy"}
-    try:  # numba's on-disk cache needs a writable folder (read-only installs have none)
-        jitted = numba.njit(cache=True, **opts)(fn)
-    except RuntimeError:
-        jitted = numba.njit(**opts)(fn)
-    return RowKernel(fn, jitted, frozenset(_FASTMATH))
+    kernel = RowKernel(fn, None, OPTIONS)
+    return kernel._replace(jitted=with_cache(lambda cache: numba.njit(cache=cache, **kernel.jit_options())(fn)))
 
 
 # The kernels, written once and specialised per dtype ``ft`` (its constants are then of x's dtype:

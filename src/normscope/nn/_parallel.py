@@ -1,24 +1,24 @@
-"""Running a numba row kernel (``normscope.nn._numba``) on torch's intra-op threads.
+"""Sharing a numba row kernel's rows (``normscope.nn._numba``) out over torch's intra-op threads.
 
 A row kernel ``kernel(x, out, w, b, n, eps, m_min, lo, hi) -> bad`` normalises rows [lo, hi) of
-x into out and returns how many of its statistics were unreliable. :func:`run_rows` shares the
-rows out over ``torch.get_num_threads()`` threads, one of two ways:
+x into out and returns how many of its statistics were unreliable. :func:`run_rows` runs it on
+up to ``torch.get_num_threads()`` threads (fewer for small inputs: ``MIN_ELEMS_PER_THREAD``):
 
-- **torch's OpenMP team** (torch built with GNU OpenMP, as its Linux wheels are): libgomp's
-  ``GOMP_parallel``, the call a ``#pragma omp parallel`` compiles to, runs a numba ``cfunc`` on
-  the very worker threads that run torch's operations; each takes one contiguous share of the
-  rows, as ``at::parallel_for`` does. Right after a torch operation its workers keep spinning for
-  a few ms; any other thread would share a core with one (measured, 2 threads, 4096 × 4096
-  float32 RMSNorm right after a matmul: a separate pool 1.19–1.22× compiled ``F.rms_norm``,
-  torch's team 0.99×).
-- **a pool**, where that library is not found, in a forked child (libgomp's workers do not
-  survive ``fork``: torch's own parallel operations hang there, ours take the pool) and when
-  numba cannot build the ``cfunc``: the caller's thread plus a per-process ``ThreadPoolExecutor``.
-  Each thread owns one contiguous region of rows and, done with it, takes chunks of
-  ~``CHUNK_ELEMS`` from the back of the others (a helper thread sharing a core with a spinning
+- **on torch's OpenMP team** where :func:`team_available` (torch built with GNU OpenMP, as its
+  Linux wheels are; ``normscope.nn._team``): the worker threads that run torch's operations run
+  the kernel, each on one contiguous share of the rows, as ``at::parallel_for`` shares them.
+  Right after a torch operation its workers keep spinning for a few ms; any other thread would
+  share a core with one (measured, 2 threads, 4096 × 4096 float32 RMSNorm right after a matmul: a
+  separate pool 1.19–1.22× compiled ``F.rms_norm``, torch's team 0.99×).
+- **on a pool** elsewhere, and in a forked child (libgomp's workers do not survive ``fork``:
+  torch's own parallel operations hang there): the caller's thread plus a per-process
+  ``ThreadPoolExecutor``. Each thread owns one contiguous region of rows and, done with it, takes
+  chunks of ~``CHUNK_ELEMS`` from the back of the others (a helper sharing a core with a spinning
   torch worker falls behind).
 
-Each row's arithmetic is the same whichever thread runs it, so neither split changes a bit (tested).
+Where ``_team`` imports, every path (one thread, the team, the pool in a forked child) calls its
+one compiled entry, so the row split cannot change a bit; elsewhere every path calls the kernel's
+``njit`` build. Each row's arithmetic is independent of the split (tested).
 """
 
 from __future__ import annotations
@@ -51,17 +51,25 @@ class RowTask(NamedTuple):
 
 
 class RowKernel(NamedTuple):
-    """A row kernel ``(x, out, w, b, n, eps, m_min, lo, hi) -> bad``: its Python ``source`` (for
-    torch's team) and its numba ``njit`` build (``jitted``), with the ``fastmath`` flags of both."""
+    """A row kernel ``(x, out, w, b, n, eps, m_min, lo, hi) -> bad``: its Python ``source`` (built
+    again into torch's team entry), its numba ``njit`` build (``jitted``), and the numba
+    ``options`` of both, as sorted (name, value) pairs."""
 
     source: Callable
     jitted: Callable
-    fastmath: frozenset
+    options: tuple
+
+    def options_key(self) -> str:
+        """``options`` as a string that is the same in every process (a set's order is not)."""
+        return repr([(k, sorted(v) if isinstance(v, frozenset) else v) for k, v in self.options])
+
+    def jit_options(self) -> dict:
+        """``options`` as numba's decorators take them (fastmath a set)."""
+        return {k: set(v) if isinstance(v, frozenset) else v for k, v in self.options}
 
 
 def run_rows(kernel: RowKernel, task: RowTask) -> int:
-    """``kernel`` over all rows of ``task.x``, shared out over torch's intra-op thread count (torch's
-    OpenMP team where :func:`team_available`, else the pool).
+    """``kernel`` over all rows of ``task.x``, shared out over torch's intra-op threads.
 
     **Arguments:** ``kernel``; ``task`` (its arguments).
 
@@ -69,16 +77,19 @@ def run_rows(kernel: RowKernel, task: RowTask) -> int:
     """
     rows, width = task.x.shape
     parts = max(1, min(torch.get_num_threads(), rows, rows * width // MIN_ELEMS_PER_THREAD))
-    if parts == 1:
-        return int(kernel.jitted(*task, 0, rows))
-    body = _team_body(kernel, task.x.dtype) if team_available() else None
-    if body is not None:
-        return _team().run(body, *task, parts)
-    return _run_pool(kernel.jitted, task, parts)
+    team = _team()
+    e = _entry(kernel, task.x.dtype) if team is not None else None
+    if e is None:
+        if parts == 1:
+            return int(kernel.jitted(*task, 0, rows))
+        return _run_pool(lambda a, b: kernel.jitted(*task, a, b), task, parts)
+    if parts == 1 or not _FORKED["child"]:
+        return team.run(e, task, 0, rows, parts)
+    return _run_pool(lambda a, b: team.run(e, task, a, b, 1), task, parts)
 
 
 def team_available() -> bool:
-    """Whether :func:`run_rows` runs on torch's OpenMP team in this process."""
+    """Whether :func:`run_rows` shares rows out on torch's OpenMP team in this process."""
     return not _FORKED["child"] and _team() is not None
 
 
@@ -94,11 +105,11 @@ def _team():
 
 
 @functools.cache
-def _team_body(kernel: RowKernel, dtype: np.dtype) -> int | None:
-    """The team's ``cfunc`` for ``kernel`` and ``dtype``, or None (warned once) where numba cannot build it."""
+def _entry(kernel: RowKernel, dtype: np.dtype):
+    """The team entry for ``kernel`` and ``dtype``, or None (warned once per kernel) where numba cannot build it."""
     try:
-        return _team().body(kernel.source, dtype, kernel.fastmath)
-    except Exception as err:  # noqa: BLE001 - a numba that cannot build it: the pool runs the kernel
+        return _team().entry(kernel, dtype)
+    except Exception as err:  # noqa: BLE001 - a numba that cannot build it: the njit kernel on the pool
         warnings.warn(f"normscope's fused norm kernels cannot run on torch's OpenMP threads here "
                       f"({type(err).__name__}: {str(err)[:80]}); they use a thread pool (slower right after a torch op)")
         return None
@@ -116,7 +127,7 @@ def _after_fork_in_child() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the pool: elsewhere
+# the pool
 
 _POOL: dict[str, object] = {"size": 0, "pool": None}
 _POOL_LOCK = threading.Lock()
@@ -156,26 +167,32 @@ class _Chunks:
             return self.hi[v], b
 
 
-def _run_pool(kernel, task: RowTask, parts: int) -> int:
+def _run_pool(call: Callable[[int, int], int], task: RowTask, parts: int) -> int:
+    """``call(lo, hi)`` over the rows of ``task`` in chunks, on the caller's thread and ``parts - 1``
+    pool threads (the GIL is released inside ``call``); returns the summed counts once every
+    submitted chunk is done."""
     rows, width = task.x.shape
     chunks = _Chunks(rows, parts, max(1, CHUNK_ELEMS // width))
 
     def work(t: int) -> int:
         total = 0
         while (ab := chunks.claim(t)) is not None:
-            total += kernel(*task, *ab)
+            total += call(*ab)
         return total
 
     futures = []
     try:
         pool = _pool(torch.get_num_threads() - 1)
-        futures = [pool.submit(work, t) for t in range(1, parts)]
+        for t in range(1, parts):
+            futures.append(pool.submit(work, t))  # one at a time: a failure keeps those already running
     except RuntimeError:  # pool shut down by a concurrent rebuild, or the interpreter exiting
         pass  # the caller's work() below takes the rows nobody took
     total = work(0)
     return total + sum(f.result() for f in futures)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows (no fork there)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 __all__ = ["RowKernel", "RowTask", "run_rows", "team_available", "MIN_ELEMS_PER_THREAD", "CHUNK_ELEMS"]

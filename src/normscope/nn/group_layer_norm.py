@@ -139,6 +139,12 @@ class GroupLayerNorm(nn.Module):
         if backend == "auto":  # numba's applicability (grad mode, dtype, ...) is part of the bucket
             key = _autotune.bucket(x, self.normalized_shape[0], self.num_groups, fused)
             backend = _autotune.choose(self, x, key, lambda: self._candidates(x))
+        return self._forward(x, backend, fused)
+
+    def _forward(self, x: torch.Tensor, backend: str, fused: bool | None = None) -> torch.Tensor:
+        """The forward with ``backend`` (``"auto"``'s measurement calls this: no hooks, no state)."""
+        if fused is None:
+            fused = _numba.applies(x, self.weight, self.bias)
         if backend == "numba" and fused:
             check_input(x, self.normalized_shape, type(self).__name__)
             z, bad = _numba.group_layer_norm(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.bias,

@@ -53,9 +53,10 @@ class RMSNorm(nn.Module):
 
     - ``"eager"``: two passes (one ``vector_norm``, one scale, in-place affine); on CPU near
       copy speed, where torch 2.13's ``F.rms_norm`` is about 3× slower than ``F.layer_norm``.
-    - ``"numba"``: one fused loop per row (``normscope.nn._numba``: the sum of squares, then the
-      output with the affine, the row in L1), run on torch's own OpenMP threads. CPU,
-      float32/float64, a 1-D shape, nothing to differentiate, numba installed; otherwise eager.
+    - ``"numba"``: fused (``normscope.nn._numba``): per ~1 MiB block of rows, every row's sum of
+      squares, then the outputs with the affine (x read from memory once, z written once), on
+      torch's own OpenMP threads. CPU, float32/float64, a 1-D shape, nothing to differentiate,
+      numba installed; otherwise eager.
     - ``"compile"``: a ``torch.compile``'d kernel (static width, dynamic rows: compiled once per
       width and dtype, ~20 s), falling back to eager with a warning where no compiler works.
     - ``"torch"``: ``F.rms_norm`` verbatim (fused on CUDA), including torch's overflow for
@@ -102,32 +103,36 @@ class RMSNorm(nn.Module):
         check_input(x, self.normalized_shape, type(self).__name__)
         if exporting() and self.backend != "torch":  # no data-dependent branch in an exported graph
             return self.trace(x).output
-        one_dim = len(self.normalized_shape) == 1
-        fused = one_dim and self.backend in ("auto", "numba") and _numba.applies(x, self.weight, self.bias)
-        backend = self.backend if self.backend != "auto" else self._auto(x, fused)
+        fused = self.backend in ("auto", "numba") and self._fusable(x)
+        return self._forward(x, self.backend if self.backend != "auto" else self._auto(x, fused), fused)
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        return len(self.normalized_shape) == 1 and _numba.applies(x, self.weight, self.bias)
+
+    def _forward(self, x: torch.Tensor, backend: str, fused: bool | None = None) -> torch.Tensor:
+        """The forward with ``backend`` (``"auto"``'s measurement calls this: no hooks, no state)."""
+        fused = self._fusable(x) if fused is None else fused
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
         if backend == "numba" and fused and x.numel():
-            eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
             z, bad = _numba.rms_norm(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.bias, eps)
-            if not bad:
-                return z.view(x.shape)
-            _, xhat, _ = safe_normalize(x, (-1,), eps, project=False)
-            return _affine(xhat, self.weight, self.bias, x.dtype)
-        if backend == "compile" and len(self.normalized_shape) == 1 and x.numel():
-            kernel = compiled_kernel()
-            if kernel is not None:
-                eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-                cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-                w = self.weight.to(cdt) if self.weight is not None else None
-                b = self.bias.to(cdt) if self.bias is not None else None
-                z, extremes = kernel(rows_dynamic(x), w, b, eps)
-                if not stats_reliable(extremes):
-                    _, xhat, _ = safe_normalize(x.to(cdt), (-1,), eps, project=False)
-                    return _affine(xhat, self.weight, self.bias, x.dtype)
-                return z.reshape(x.shape)
+            return z.view(x.shape) if not bad else self._exact(x, eps)
+        kernel = compiled_kernel() if backend == "compile" and len(self.normalized_shape) == 1 and x.numel() else None
+        if kernel is not None:
+            cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+            w = self.weight.to(cdt) if self.weight is not None else None
+            b = self.bias.to(cdt) if self.bias is not None else None
+            z, extremes = kernel(rows_dynamic(x), w, b, eps)
+            return z.reshape(x.shape) if stats_reliable(extremes) else self._exact(x, eps)
         if backend == "torch":
             z = F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
             return z + self.bias if self.bias is not None else z
         return rms_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def _exact(self, x: torch.Tensor, eps: float) -> torch.Tensor:
+        """The exactly rescaled path, for calls whose fused statistics over- or underflowed."""
+        cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        _, xhat, _ = safe_normalize(x.to(cdt), (-1,), eps, project=False)
+        return _affine(xhat, self.weight, self.bias, x.dtype)
 
     def _auto(self, x: torch.Tensor, fused: bool) -> str:
         """The measured backend for ``x``'s bucket; whether numba applies (grad mode, dtype, ...) is
