@@ -84,8 +84,8 @@ def run_rows(kernel: RowKernel, task: RowTask) -> int:
             return int(kernel.jitted(*task, 0, rows))
         return _run_pool(lambda a, b: kernel.jitted(*task, a, b), task, parts)
     if parts == 1 or not _FORKED["child"]:
-        return team.run(e, task, 0, rows, parts)
-    return _run_pool(lambda a, b: team.run(e, task, a, b, 1), task, parts)
+        return team.run(e, task, 0, rows, parts).bad
+    return _run_pool(lambda a, b: team.run(e, task, a, b, 1).bad, task, parts)
 
 
 def team_available() -> bool:

@@ -127,12 +127,20 @@ def entry(kernel: RowKernel, dtype: np.dtype) -> Entry:
     return Entry(cf, cf.address, ctypes.CFUNCTYPE(None, ctypes.c_void_p)(cf.address))
 
 
-def run(e: Entry, task: RowTask, lo: int, hi: int, parts: int) -> int:
+class Run(NamedTuple):
+    """What :func:`run` did: ``bad`` (the count of unreliable statistics) and ``threads`` (the team
+    size libgomp granted: every row of [lo, hi) was shared out over that many threads)."""
+
+    bad: int
+    threads: int
+
+
+def run(e: Entry, task: RowTask, lo: int, hi: int, parts: int) -> Run:
     """Rows [lo, hi) of ``task`` by ``e``: on a team of ``parts`` of torch's threads, or, for one
     part, called directly on this thread (either way the GIL is released).
 
-    **Returns:** the count of unreliable statistics. Raises RuntimeError where a thread's kernel
-    failed (its rows of ``task.out`` are then not written).
+    **Returns:** a :class:`Run`. Raises RuntimeError where a thread's kernel failed (its rows of
+    ``task.out`` are then not written).
     """
     x, b = task.x, task.b
     bad = np.full(parts, -1, dtype=np.int64)
@@ -148,4 +156,4 @@ def run(e: Entry, task: RowTask, lo: int, hi: int, parts: int) -> int:
     counts = bad[: block[TEAM]]
     if block[TEAM] < 1 or (counts < 0).any():
         raise RuntimeError("normscope: a fused norm kernel failed on one of torch's threads (numba printed why above)")
-    return int(counts.sum())
+    return Run(int(counts.sum()), int(block[TEAM]))
