@@ -38,19 +38,18 @@ def _lng_tol(x, groups, ref, w, b, eps):
 def _lng(dtype, groups, affine, eps=1e-5, d=N, backend="numba"):
     m = nsn.GroupLayerNorm(d, groups, eps=eps, elementwise_affine=affine != "none", bias=affine == "both",
                            dtype=dtype, backend=backend)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        if m.weight is not None:
-            m.weight.copy_(0.5 + torch.rand(d, generator=g, dtype=torch.float64))
-        if m.bias is not None:
-            m.bias.copy_(torch.randn(d, generator=g, dtype=torch.float64))
-    return m
+    return _filled(m, d, seed=3)
 
 
 def _rms(dtype, affine, eps=1e-5, d=N, backend="numba"):
     m = nsn.RMSNorm(d, eps=eps, elementwise_affine=affine != "none", bias=affine == "both", dtype=dtype,
                     backend=backend)
-    g = torch.Generator().manual_seed(4)
+    return _filled(m, d, seed=4)
+
+
+def _filled(m, d, seed):
+    """m with gains in [0.5, 1.5) and shifts ~ N(0, 1) (where it has them)."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         if m.weight is not None:
             m.weight.copy_(0.5 + torch.rand(d, generator=g, dtype=torch.float64))
@@ -118,6 +117,13 @@ def _on(fn, runs, expect):
     z = fn()
     assert (expect(runs) if callable(expect) else runs == expect), runs
     return z
+
+
+def _all_within(paths: Paths, dtype, ref, tol) -> None:
+    """Every path's output has the dtype, is finite, and is within ``tol`` of the oracle ``ref``."""
+    for z in paths.values():
+        assert z.dtype == dtype and torch.isfinite(z).all()
+        assert (z.double() - ref).abs().max().item() <= tol
 
 
 def _same_bits(paths: Paths) -> None:

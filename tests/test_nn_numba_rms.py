@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import normscope.nn as nsn  # noqa: F401 - the modules under test, through _nn_fused
 from _nn_bounds import N, _input, _magnitudes
-from _nn_fused import _every_split, _rms, _rms_oracle, _same_bits
+from _nn_fused import _all_within, _every_split, _rms, _rms_oracle, _same_bits
 from normscope.nn import _autotune, _numba
 
 pytestmark = pytest.mark.numerical
@@ -37,9 +37,7 @@ def test_rms_numba_matches_the_oracle_at_every_scale_and_split(monkeypatch, dtyp
     if scale == "one":  # the kernel's own bits were compared, not the exact fallback's
         assert bad == 0
     ref, tol = _rms_oracle(x, m, eps)
-    for z in paths.values():
-        assert z.dtype == dtype and torch.isfinite(z).all()
-        assert (z.double() - ref).abs().max().item() <= tol
+    _all_within(paths, dtype, ref, tol)
 
 
 @settings(max_examples=60, deadline=None)
