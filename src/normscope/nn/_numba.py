@@ -24,7 +24,7 @@ torch's intra-op threads by ``normscope.nn._parallel`` (on torch's own OpenMP te
 numba's threading layers are not used: its OpenMP layer aborts in a forked child, its work queue
 is not thread-safe, and choosing one is a global setting of the user's numba). Each kernel is
 compiled once per dtype on first use, and once more as torch's team entry (``_team``); both are
-kept in numba's on-disk cache, so a later process loads them in ~0.3 s.
+kept in numba's on-disk cache: a later process imports numba and loads them in ~0.5 s.
 
 Where numba is missing or does not import (for instance a numpy newer than it supports),
 :func:`available` is False, a warning says so once, and the modules run their torch kernels.
