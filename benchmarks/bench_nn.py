@@ -11,6 +11,7 @@ with 1 thread and with all cores (the same count for every contender):
   eager (its blocked torch kernel under no_grad), the grouped ``native_layer_norm`` path it falls
   back to, and compile vs ``F.layer_norm`` over the full width (the target: ≤ 1.2×) and compiled
   ``F.layer_norm``;
+- the modules inside a user's ``torch.compile`` (``torch.compile(nn.RMSNorm)``, ``torch.compile(nn.GroupLayerNorm)``);
 - a plain copy (``x.clone()``), the memory-bandwidth floor; every contender allocates its output;
 - the LN-G and RMSNorm kernels again, each timed call right after a 512² matmul as in a model
   (torch's OpenMP threads still spin then, which helps torch's kernels and slows any other threads);
@@ -98,6 +99,7 @@ def main() -> None:
     rms_c = _compiled(lambda t: F.rms_norm(t, (d,), w, 1e-5))
     have_c = ln_c is not None and _try(ln_c, x) and rms_c is not None and _try(rms_c, x)
     have_ours_c = rms_mod.compiled_kernel() is not None
+    rms_tc, lng_tc = torch.compile(rms["auto"]), torch.compile(lng["auto"])  # a user's compiled model holding them
     have_numba = dev.type == "cpu" and _numba.available()  # a CPU kernel: elsewhere it would time eager
     bench.record("numba", have_numba)
     bench.record("numba_on_torch_openmp_team", have_numba and _parallel.team_available()
@@ -128,6 +130,8 @@ def main() -> None:
             if have_ours_c:
                 contenders["nn.RMSNorm compile"] = lambda: rms["compile"](x)
                 contenders[f"nn.GroupLayerNorm g={args.groups} compile"] = lambda: lng["compile"](x)
+                contenders["torch.compile(nn.RMSNorm)"] = lambda: rms_tc(x)
+                contenders[f"torch.compile(nn.GroupLayerNorm g={args.groups})"] = lambda: lng_tc(x)
             rms["auto"](x), lng["auto"](x)  # the first call measures and caches the auto choice for this shape
             bench.record(f"rmsnorm_auto_choice_{tag}", {str(key): v for key, v in rms_mod.auto_choices().items()})
             bench.record(f"lng_auto_choice_{tag}", {str(key): v for key, v in _autotune.choices(nsn.GroupLayerNorm).items()})
@@ -152,6 +156,12 @@ def main() -> None:
                     if have_c:
                         bench.ratio(c, name, "compiled F.layer_norm", key=f"lng_{kind}_vs_compiled_layer_norm_{tag}",
                                     what="the same vs compiled F.layer_norm")
+            if have_ours_c and have_c:
+                bench.ratio(c, "torch.compile(nn.RMSNorm)", "compiled F.rms_norm", key=f"rmsnorm_in_compiled_model_{tag}",
+                            what="nn.RMSNorm inside a user's torch.compile vs compiled F.rms_norm")
+                bench.ratio(c, f"torch.compile(nn.GroupLayerNorm g={args.groups})", "compiled F.layer_norm",
+                            key=f"lng_in_compiled_model_{tag}",
+                            what="nn.GroupLayerNorm inside a user's torch.compile vs compiled F.layer_norm")
             bench.ratio(c, "F.layer_norm", "copy (bandwidth floor)", key=f"layer_norm_vs_copy_{tag}",
                         what="how far torch's LayerNorm is from the bandwidth floor")
             _after_matmul(bench, args, x, w, b, lng, rms, rms_c if have_c else None, have_numba, sync, tag)

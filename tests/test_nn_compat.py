@@ -400,3 +400,39 @@ def test_export_fails_without_the_exact_path(monkeypatch):
     monkeypatch.setattr(layer_norm, "exporting", lambda: False)
     with pytest.raises(Exception, match="data-dependent"):
         torch.export.export(_module("layernorm", torch.float32, 1e-5), (torch.randn(5, N),))
+
+
+# ---------- torch.compile of a model holding the modules ----------
+
+@pytest.mark.parametrize("case", range(9))
+def test_modules_under_torch_compile_are_exact_at_every_scale(case):
+    """Under the caller's torch.compile (dynamo tracing; the "aot_eager" backend, so no C++ compiler
+    is needed) every module and backend meets the float64 oracle's bound, the exact fallback
+    included (huge, tiny and mixed rows)."""
+    name, m, oracle = _export_cases()[case]
+    torch._dynamo.reset()
+    c = torch.compile(m, backend="aot_eager")
+    for scale in ("huge", "tiny", "one", "mixed"):
+        x = _input(torch.float32, _magnitudes(torch.float32)["one" if scale == "mixed" else scale],
+                   mixed=scale == "mixed", rows=6).reshape(3, 2, N)
+        with torch.no_grad():
+            out = c(x)
+        ref = oracle(x)
+        bias = m.bias.double() if m.bias is not None else None
+        assert (out.double() - ref).abs().max().item() <= _tol(torch.float32, N, ref, bias=bias), (name, scale)
+
+
+@pytest.mark.parametrize("make", [lambda: nsn.RMSNorm(1024, eps=1e-5), lambda: nsn.GroupLayerNorm(1024, 16)])
+def test_torch_compile_traces_one_fused_kernel_not_a_loop(make):
+    """On inputs large enough for the eager row-block kernels (a Python loop over ~1 MiB blocks),
+    the caller's torch.compile traces the compile kernel instead: the traced graphs do not grow
+    with the number of rows (an unrolled loop made LN-G 670 ms instead of 30 ms at 4096 × 4096)."""
+    m = make()
+
+    def traced_ops(rows):
+        torch._dynamo.reset()
+        with torch.no_grad():
+            explained = torch._dynamo.explain(m)(torch.randn(rows, 1024))
+        return sum(len(g.graph.nodes) for g in explained.graphs)
+
+    assert traced_ops(1024) == traced_ops(4096)

@@ -166,14 +166,13 @@ def exporting() -> bool:
 def stats_reliable(mean_square_plus_eps: torch.Tensor | None = None, *, rstd: torch.Tensor | None = None) -> bool:
     """Whether a fused kernel's per-row statistics can be trusted: every mean(p²) + ε (or
     1/rstd²) finite and at least tiny/eps of its dtype (2^-103 in float32), below which its
-    rounding is no longer relative. One ``aminmax`` over the rows (a few µs); when False the
+    rounding is no longer relative. One ``aminmax`` over the rows (a few µs) and one read back; when False the
     modules recompute with :func:`safe_normalize`. NaN compares False, so it fails too."""
     v = (rstd if rstd is not None else mean_square_plus_eps).detach()
     if v.numel() == 0:
         return True
     fi = torch.finfo(v.dtype)
-    lo, hi = torch.aminmax(v)
-    lo, hi = float(lo), float(hi)
+    lo, hi = torch.stack(torch.aminmax(v)).tolist()  # one read back (one graph break under torch.compile)
     if rstd is not None:  # 1/rstd² >= tiny/eps  <=>  rstd <= √(eps/tiny); rstd = 0 means overflow
         return lo > 0.0 and hi <= math.sqrt(fi.eps / fi.tiny)
     return lo >= fi.tiny / fi.eps and math.isfinite(hi)
@@ -233,8 +232,8 @@ def blocks_apply(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
     """Whether a row-blocked CPU kernel (:func:`rms_norm`, ``GroupLayerNorm``) may run: CPU,
     float32/float64 input, parameters of its dtype and device, and nothing to differentiate
     (the kernels write in place)."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-        return False
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
+        return False  # (a compiler would unroll the Python loop over row blocks)
     ps = [t for t in params if t is not None]
     if any(t.dtype != x.dtype or t.device != x.device for t in ps):
         return False

@@ -134,6 +134,8 @@ class GroupLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if exporting():  # no data-dependent branch in an exported graph (functional.exporting)
             return self.trace(x).output
+        if torch.compiler.is_compiling():  # traced into the caller's graph (see _forward)
+            return self._forward(x, "traced", False)
         backend = self.backend
         fused = backend in ("auto", "numba") and _numba.applies(x, self.weight, self.bias)
         if backend == "auto":  # numba's applicability (grad mode, dtype, ...) is part of the bucket
@@ -142,7 +144,10 @@ class GroupLayerNorm(nn.Module):
         return self._forward(x, backend, fused)
 
     def _forward(self, x: torch.Tensor, backend: str, fused: bool | None = None) -> torch.Tensor:
-        """The forward with ``backend`` (``"auto"``'s measurement calls this: no hooks, no state)."""
+        """The forward with ``backend`` (``"auto"``'s measurement calls this: no hooks, no state);
+        ``"traced"``: under the caller's ``torch.compile``, the compile kernel's source, fused into
+        the caller's graph (the blocked kernel's Python loop over row blocks would be unrolled:
+        measured 670 ms against 24 ms eager at 4096 × 4096)."""
         if fused is None:
             fused = _numba.applies(x, self.weight, self.bias)
         if backend == "numba" and fused:
@@ -150,12 +155,13 @@ class GroupLayerNorm(nn.Module):
             z, bad = _numba.group_layer_norm(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.bias,
                                              self.group_size, self.eps)
             return z.view(x.shape) if not bad else self.trace(x).output
-        kernel = compiled_kernel() if backend == "compile" else None
+        kernel = _lng_kernel if backend == "traced" else compiled_kernel() if backend == "compile" else None
         if kernel is not None:
             check_input(x, self.normalized_shape, type(self).__name__)
             w = self.weight.float() if self.weight is not None and x.dtype != torch.float64 else self.weight
             b = self.bias.float() if self.bias is not None and x.dtype != torch.float64 else self.bias
-            z, ms, mean = kernel(rows_dynamic(x), w, b, self.num_groups, self.eps)
+            rows = x.reshape(-1, x.shape[-1]) if backend == "traced" else rows_dynamic(x)
+            z, ms, mean = kernel(rows, w, b, self.num_groups, self.eps)
             if not stats_reliable(ms) or not bool(torch.isfinite(mean).all()):
                 return self.trace(x).output
             return z.reshape(x.shape)

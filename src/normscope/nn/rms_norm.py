@@ -103,6 +103,8 @@ class RMSNorm(nn.Module):
         check_input(x, self.normalized_shape, type(self).__name__)
         if exporting() and self.backend != "torch":  # no data-dependent branch in an exported graph
             return self.trace(x).output
+        if torch.compiler.is_compiling() and self.backend != "torch":  # traced into the caller's graph
+            return self._forward(x, "traced", False)
         fused = self.backend in ("auto", "numba") and self._fusable(x)
         return self._forward(x, self.backend if self.backend != "auto" else self._auto(x, fused), fused)
 
@@ -110,18 +112,23 @@ class RMSNorm(nn.Module):
         return len(self.normalized_shape) == 1 and _numba.applies(x, self.weight, self.bias)
 
     def _forward(self, x: torch.Tensor, backend: str, fused: bool | None = None) -> torch.Tensor:
-        """The forward with ``backend`` (``"auto"``'s measurement calls this: no hooks, no state)."""
+        """The forward with ``backend`` (``"auto"``'s measurement calls this: no hooks, no state);
+        ``"traced"``: under the caller's ``torch.compile``, the compile kernel's source, fused into
+        the caller's graph (the eager kernels' row-block loops would be unrolled by the compiler)."""
         fused = self._fusable(x) if fused is None else fused
         eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
         if backend == "numba" and fused and x.numel():
             z, bad = _numba.rms_norm(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.bias, eps)
             return z.view(x.shape) if not bad else self._exact(x, eps)
-        kernel = compiled_kernel() if backend == "compile" and len(self.normalized_shape) == 1 and x.numel() else None
+        kernel = None
+        if backend in ("compile", "traced") and len(self.normalized_shape) == 1 and x.numel():
+            kernel = _kernel if backend == "traced" else compiled_kernel()
         if kernel is not None:
             cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
             w = self.weight.to(cdt) if self.weight is not None else None
             b = self.bias.to(cdt) if self.bias is not None else None
-            z, extremes = kernel(rows_dynamic(x), w, b, eps)
+            rows = x.reshape(-1, x.shape[-1]) if backend == "traced" else rows_dynamic(x)
+            z, extremes = kernel(rows, w, b, eps)
             return z.reshape(x.shape) if stats_reliable(extremes) else self._exact(x, eps)
         if backend == "torch":
             z = F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
