@@ -87,12 +87,9 @@ class Bench:
         with threads(n) as k:
             yield k
 
-    def compare(
-        self, contenders: dict[str, Callable[[], Any]], *, rounds: int = 11, warmup: int = 2, label: str = "",
-        sync: Callable[[], None] | None = None, settle: float = 0.0, before: Callable[[], Any] | None = None,
-    ) -> Comparison:
-        """Time every contender in interleaved rounds and print a table (median, IQR, min)."""
-        c = compare(contenders, rounds=rounds, warmup=warmup, label=label, sync=sync, settle=settle, before=before)
+    def compare(self, contenders: dict[str, Callable[[], Any]], **options: Any) -> Comparison:
+        """:func:`compare` (same keyword options), recorded and printed as a table (median, IQR, min)."""
+        c = compare(contenders, **options)
         self.comparisons.append(c)
         if not self.quiet:
             print(format_comparison(c), flush=True)

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from normscope.geometry import _roots, _secular, principal_axes
 from normscope.geometry._lapack import dlaed4_roots
-from _geometry_bounds import eig_tol, orth_tol
+from _geometry_bounds import eig_tol
+from test_geometry import _check_against_dense
 from test_geometry_property import LAWS, SETTINGS, make_gain
 
 EPS = _roots.EPS
@@ -128,9 +129,4 @@ def test_unconverged_roots_get_dlaed4_vectors(monkeypatch, maxit):
     left = _roots.interior_roots(D, z, rho, np.arange(D.size - 1)).unconverged.numel()
     assert (left >= D.size - 2) if maxit == 0 else (0 < left < D.size - 2)
     lengths, V = principal_axes(g, directions=True)
-    n, norm_m = g.size, float(np.max(g * g))
-    M = np.diag(g * g) - np.outer(g, g) / n
-    zeta = lengths**2 / n
-    assert np.abs(zeta - np.linalg.eigvalsh(M)[::-1][: zeta.size]).max() <= eig_tol(n, norm_m)
-    assert np.abs(V.T @ V - np.eye(zeta.size)).max() <= orth_tol(n)
-    assert np.abs(M @ V - V * zeta).max() <= eig_tol(n, norm_m)
+    _check_against_dense(g, lengths, V)  # lengths, orthonormality, residual (and eigenspaces) vs dense eigh

@@ -4,8 +4,9 @@ Python's ``max`` drops NaN (``max(0.0, nan) == 0.0``), and ``nan <= tol`` is Fal
 ``not nan > tol`` is True, so an accumulator written the obvious way certifies a model whose
 outputs are NaN as exact. Every verification in normscope (``convert``, its reload check, the
 swap test's exact control, ``fold`` and its streamed check, any later ``verify``) goes through
-:func:`finite_max_abs_diff`, which refuses non-finite values with a message naming the model,
-batch, position and output. :func:`logit_agreement` is the one logit/KL comparison built on it.
+one check, ``_finite_abs_diff`` (behind :func:`finite_max_abs_diff`), which refuses non-finite
+values with a message naming the model, batch, position and output. :func:`logit_agreement` is
+the one logit/KL comparison built on it.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def logit_agreement(
 ) -> dict:
     """Agreement of two models' logits, batch by batch; a verification, so NaN/Inf fails it.
 
-    Each pair goes through :func:`finite_max_abs_diff` first: a NaN or ±Inf logit raises
+    Each pair goes through the check of :func:`finite_max_abs_diff` first (on the float64 copies
+    the KL needs anyway): a NaN or ±Inf logit raises
     :class:`normscope.errors.NonFiniteError` naming the model (``names``), batch, row, position
     and output, instead of being dropped by ``max``. The KL divergence of the next-token
     distributions, KL(p_a ‖ p_b) = Σ_v p_a(v) (log p_a(v) − log p_b(v)), is computed from float64

@@ -61,13 +61,13 @@ def load_for_surgery(name: str, dtype):
     ``AutoModelForCausalLM``."""
     from normscope.models import LoadedModel, load
     from normscope.models.folder_checks import has_tokenizer
-    from normscope.models.loading import _load_normscope_output, _quiet_transformers, is_normscope_output
+    from normscope.models.loading import _quiet_transformers, is_normscope_output
 
     path = Path(name)
     if not path.is_dir() or has_tokenizer(path):
         return load(name, dtype=dtype)
     if is_normscope_output(path):
-        return _load_normscope_output(path, name=name, dtype=dtype, tokenizer=False)
+        return load(name, dtype=dtype, tokenizer=False)
     from transformers import AutoModelForCausalLM
 
     with _quiet_transformers():

@@ -105,6 +105,7 @@ def load(
     *,
     dtype: torch.dtype = torch.float32,
     device_map: str | dict | None = None,
+    tokenizer: bool = True,
 ) -> LoadedModel:
     """Load a model and its tokenizer in eval mode.
 
@@ -115,6 +116,8 @@ def load(
       with ``HF_HUB_OFFLINE=1``).
     - ``dtype``: parameter dtype.
     - ``device_map``: passed to ``from_pretrained`` (accelerate) for models that need sharding.
+    - ``tokenizer``: ``False`` loads a normscope convert/fold output that has none (as the API
+      writes it) without one, for surgery on random ids; other sources always bring theirs.
 
     Causal LMs load through ``AutoModelForCausalLM``; encoders (BERT, RoBERTa, ...) through
     ``AutoModel``. Unknown names raise ``ValueError`` listing the packaged names.
@@ -130,7 +133,7 @@ def load(
     if path.exists() and not path.is_dir():
         raise ValueError(f"{key!r} is a file but not a .gguf; pass an HF model folder or a packaged name")
     if is_normscope_output(path):
-        return _load_normscope_output(path, name=key, dtype=dtype, device_map=device_map)
+        return _load_normscope_output(path, name=key, dtype=dtype, device_map=device_map, tokenizer=tokenizer)
     try:
         return _load_hf(path if path.is_dir() else key, name=key, dtype=dtype, device_map=device_map)
     except (OSError, ValueError) as e:

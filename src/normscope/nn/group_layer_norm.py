@@ -140,7 +140,7 @@ class GroupLayerNorm(nn.Module):
         fused = backend in ("auto", "numba") and _numba.applies(x, self.weight, self.bias)
         if backend == "auto":  # numba's applicability (grad mode, dtype, ...) is part of the bucket
             key = _autotune.bucket(x, self.normalized_shape[0], self.num_groups, fused)
-            backend = _autotune.choose(self, x, key, lambda: self._candidates(x))
+            backend = _autotune.choose(self, x, key, lambda: self._candidates(x, fused))
         return self._forward(x, backend, fused)
 
     def _forward(self, x: torch.Tensor, backend: str, fused: bool | None = None) -> torch.Tensor:
@@ -179,10 +179,12 @@ class GroupLayerNorm(nn.Module):
             return z
         return self._affine(z, x.dtype)
 
-    def _candidates(self, x: torch.Tensor) -> list[str]:
-        """The backends ``"auto"`` measures on ``x``: eager; numba where it applies; compile when opted in."""
-        fused = ["numba"] if _numba.applies(x, self.weight, self.bias) else []
-        return compiled_kernel.candidates() + fused
+    def _candidates(self, x: torch.Tensor, fused: bool | None = None) -> list[str]:
+        """The backends ``"auto"`` measures on ``x``: eager; numba where it applies (``fused``, if
+        the caller already knows); compile when opted in."""
+        if fused is None:
+            fused = _numba.applies(x, self.weight, self.bias)
+        return compiled_kernel.candidates() + (["numba"] if fused else [])
 
     def _blocked_ok(self, x: torch.Tensor) -> bool:
         """Whether the blocked kernel applies: CPU, float32/float64, groups ≤ 256

@@ -67,7 +67,7 @@ def layer_geometry(site: NormSite) -> dict[str, Any]:
     else:  # RMSNorm: the axes are √d·|gᵢ|; a zero gain removes its axis
         a = np.abs(g.numpy())
         axes = np.sort(math.sqrt(d) * a[a > 0])[::-1]
-    out["ellipsoid_dim"] = int(axes.size)  # d − 1 (LN) or d (RMS), less one per zero gain
+    out["ellipsoid_dim"] = int(axes.size)  # LN: d − 1, or d − k₀ with k₀ ≥ 1 zero gains; RMS: d − k₀
     out["semi_axis_max"] = float(axes[0])
     out["semi_axis_min"] = float(axes[-1])
     out["semi_axis_ratio"] = float(axes[0] / axes[-1]) if float(axes[-1]) > 0 else math.inf

@@ -111,15 +111,12 @@ def fold(model: nn.Module) -> FoldResult:
         raise NotFoldableError(f"{fmap.family}: no norm can be folded ({'; '.join(why)})")
     from normscope.convert.saving import _records
 
-    done, _ = _records(model.config)  # a convert output is centred already
-    if fmap.kind == "layernorm" and done is None:
+    if fmap.kind == "layernorm" and _records(model.config)[0] is None:  # a convert output is centred already
         from normscope.convert import to_rmsnorm
 
         new = to_rmsnorm(model)
-        conversion = dict(new.config.normscope_conversion)
     else:
         new = copy.deepcopy(model)
-        conversion = dict(done) if fmap.kind == "layernorm" else None
     modules = dict(new.named_modules())
     untied = 0
     flags = {s.create_bias for s in fmap.folded if s.create_bias}
@@ -146,7 +143,7 @@ def fold(model: nn.Module) -> FoldResult:
         "untied_unembedding_bytes": untied,
         "created_biases": sorted(flags),
         "norm_module": "normscope.nn.RMSNorm" if fmap.kind != "rmsnorm_offset" else "stock",
-        "centred": conversion is not None,
+        "centred": fmap.kind == "layernorm",
     }
     new.config.normscope_fold = record
     return FoldResult(new, fmap, untied, record)
